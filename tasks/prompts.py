@@ -1,0 +1,102 @@
+"""Input formatting: wrap (instruction, text) with the tokenizer's chat template and tokenize.
+
+The wrapper comes from the tokenizer's own chat template, never from matching model names, so any
+instruct model works. Only the tokens of the text itself are pooled: template tokens, the
+instruction and padding are masked out (``pool_mask``). Sequences are left-padded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from tasks.errors import LayercutError
+
+_SLOT = "\uE000LAYERCUT-TEXT\uE001"  # private-use characters: never part of real content
+
+
+@dataclass(frozen=True)
+class PromptConfig:
+    use_chat_template: bool = True  # False: raw text with the tokenizer's own special tokens
+    system_prompt: str | None = None  # None keeps the template's default system turn, if any
+    instruction_separator: str = "; "  # between instruction and text, as in LLM2Vec's E5 data
+    max_length: int = 512
+
+
+class PromptFormatter:
+    """Turns texts (and optional instructions) into left-padded model inputs plus a pool mask."""
+
+    def __init__(self, tokenizer, config: PromptConfig = PromptConfig()):
+        self.tokenizer = tokenizer
+        self.config = config
+        self.prefix, self.suffix = self._wrapper()
+        self.pad_token_id = tokenizer.pad_token_id
+        if self.pad_token_id is None:
+            self.pad_token_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
+
+    def _wrapper(self) -> tuple[str, str]:
+        if not self.config.use_chat_template:
+            return "", ""
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise LayercutError(
+                "the tokenizer has no chat template; set encoder.use_chat_template: false")
+        messages = [{"role": "user", "content": _SLOT}]
+        if self.config.system_prompt is not None:
+            messages.insert(0, {"role": "system", "content": self.config.system_prompt})
+        try:
+            rendered = self.tokenizer.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=False)
+        except Exception as exc:  # noqa: BLE001 - templates raise arbitrary errors
+            raise LayercutError(f"the chat template rejects this prompt setup: {exc}") from exc
+        if rendered.count(_SLOT) != 1:
+            raise LayercutError("the chat template does not place the user message exactly once")
+        prefix, suffix = rendered.split(_SLOT)
+        return prefix, suffix
+
+    def render(self, text: str, instruction: str | None = None) -> tuple[str, int, int]:
+        """The full model input string and the character span of ``text`` inside it."""
+        lead = f"{instruction.strip()}{self.config.instruction_separator}" if instruction else ""
+        start = len(self.prefix) + len(lead)
+        return f"{self.prefix}{lead}{text}{self.suffix}", start, start + len(text)
+
+    def __call__(self, texts: Sequence[str], instructions: Sequence[str | None] | None = None
+                 ) -> dict[str, torch.Tensor]:
+        if instructions is None:
+            instructions = [None] * len(texts)
+        rendered = [self.render(t, i) for t, i in zip(texts, instructions)]
+        encoded = self.tokenizer(
+            [r[0] for r in rendered],
+            add_special_tokens=not self.config.use_chat_template,  # the template has its own
+            return_offsets_mapping=True,
+        )
+        rows = [self._truncate(ids, offsets, start, end) for ids, offsets, (_, start, end)
+                in zip(encoded["input_ids"], encoded["offset_mapping"], rendered)]
+        width = max(len(ids) for ids, _ in rows)
+        input_ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+        pool_mask = torch.zeros((len(rows), width), dtype=torch.bool)
+        for row, (ids, text_mask) in enumerate(rows):
+            input_ids[row, width - len(ids):] = torch.tensor(ids)
+            attention_mask[row, width - len(ids):] = 1
+            pool_mask[row, width - len(ids):] = torch.tensor(text_mask)
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "pool_mask": pool_mask}
+
+    def _truncate(self, ids: list[int], offsets, start: int, end: int) -> tuple[list[int], list[bool]]:
+        # A token belongs to the text when its character span overlaps the text's span.
+        text_mask = [s < end and e > start and e > s for s, e in offsets]
+        if not any(text_mask):
+            raise LayercutError("a text is empty after tokenization")
+        excess = len(ids) - self.config.max_length
+        if excess > 0:
+            # Drop text tokens from the end of the text; keep the template around it intact.
+            text_positions = [i for i, m in enumerate(text_mask) if m]
+            if excess >= len(text_positions):
+                raise LayercutError(
+                    f"max_length {self.config.max_length} leaves no room for text after the "
+                    f"{len(ids) - len(text_positions)} prompt tokens")
+            drop = set(text_positions[-excess:])
+            ids = [t for i, t in enumerate(ids) if i not in drop]
+            text_mask = [m for i, m in enumerate(text_mask) if i not in drop]
+        return ids, text_mask
