@@ -57,6 +57,8 @@ class PromptFormatter:
 
     def render(self, text: str, instruction: str | None = None) -> tuple[str, int, int]:
         """The full model input string and the character span of ``text`` inside it."""
+        # Stripped, as the paper's code does (and as templates that `trim` content render it).
+        text = text.strip()
         lead = f"{instruction.strip()}{self.config.instruction_separator}" if instruction else ""
         start = len(self.prefix) + len(lead)
         return f"{self.prefix}{lead}{text}{self.suffix}", start, start + len(text)

@@ -1,0 +1,129 @@
+"""Shared fixtures: the real offline models, tiny random models of every family, a Ray cluster."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("LAYERCUT_TEST_DATA", REPO.parent / "shared" / "data")).resolve()
+TRIPLETS = SHARED_DATA / "train" / "triplets.jsonl"
+
+# Chat templates of the families (the wrapping part of each real template), so formatting is
+# tested against each family's conventions with a tokenizer we have offline.
+CHAT_TEMPLATES = {
+    "llama": ("{{ bos_token }}{% for message in messages %}{{ '<|start_header_id|>' + message['role']"
+              " + '<|end_header_id|>\n\n' + message['content'] | trim + '<|eot_id|>' }}{% endfor %}"
+              "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}",
+              ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]),
+    "mistral": ("{{ bos_token }}{% for message in messages %}{% if message['role'] == 'user' %}"
+                "{{ '[INST] ' + message['content'] + ' [/INST]' }}{% elif message['role'] == 'assistant' %}"
+                "{{ message['content'] + eos_token }}{% else %}{{ raise_exception('Only user and assistant"
+                " roles are supported!') }}{% endif %}{% endfor %}", []),
+    "qwen2": ("{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+              "{{ '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}{% endif %}"
+              "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
+              "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}", []),
+    "phi3": ("{% for message in messages %}{% if message['role'] == 'system' %}{{'<|system|>\n' + "
+             "message['content'] + '<|end|>\n'}}{% elif message['role'] == 'user' %}{{'<|user|>\n' + "
+             "message['content'] + '<|end|>\n'}}{% elif message['role'] == 'assistant' %}"
+             "{{'<|assistant|>\n' + message['content'] + '<|end|>\n'}}{% endif %}{% endfor %}"
+             "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% else %}{{ eos_token }}{% endif %}",
+             ["<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]),
+    "gemma": ("{{ bos_token }}{% for message in messages %}{% if (message['role'] == 'assistant') %}"
+              "{% set role = 'model' %}{% else %}{% set role = message['role'] %}{% endif %}"
+              "{{ '<start_of_turn>' + role + '\n' + message['content'] | trim + '<end_of_turn>\n' }}"
+              "{% endfor %}{% if add_generation_prompt %}{{'<start_of_turn>model\n'}}{% endif %}",
+              ["<start_of_turn>", "<end_of_turn>"]),
+}
+
+TINY = dict(hidden_size=64, intermediate_size=96, num_attention_heads=4, num_key_value_heads=2,
+            head_dim=16, num_hidden_layers=6, max_position_embeddings=512)
+
+
+def tiny_config(family: str, vocab_size: int):
+    import transformers as tf
+
+    if family == "llama":
+        return tf.LlamaConfig(vocab_size=vocab_size, **TINY)
+    if family == "mistral":
+        return tf.MistralConfig(vocab_size=vocab_size, sliding_window=None, **TINY)
+    if family == "qwen2":
+        return tf.Qwen2Config(vocab_size=vocab_size, use_sliding_window=True, sliding_window=8,
+                              max_window_layers=3, **TINY)
+    if family == "phi3":
+        return tf.Phi3Config(vocab_size=vocab_size, pad_token_id=0, **TINY)
+    if family == "gemma2":
+        return tf.Gemma2Config(vocab_size=vocab_size, sliding_window=8, **TINY)
+    if family == "gemma3":
+        return tf.Gemma3TextConfig(vocab_size=vocab_size, sliding_window=8, **TINY)
+    raise KeyError(family)
+
+
+FAMILIES = ("llama", "mistral", "qwen2", "phi3", "gemma2", "gemma3")
+TEMPLATE_OF = {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2", "phi3": "phi3",
+               "gemma2": "gemma", "gemma3": "gemma"}
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> str:
+    from tasks.models import resolve_model
+
+    return resolve_model("smollm2-135m").path
+
+
+@pytest.fixture(scope="session")
+def base_tokenizer(smollm2_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(smollm2_dir)
+
+
+def family_tokenizer(base_dir: str, family: str):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    template, special = CHAT_TEMPLATES[TEMPLATE_OF[family]]
+    if special:
+        tokenizer.add_special_tokens({"additional_special_tokens": special})
+    tokenizer.chat_template = template
+    return tokenizer
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dirs(tmp_path_factory, smollm2_dir) -> dict[str, str]:
+    """A saved tiny random model (with its family's chat template) per family."""
+    from transformers import AutoModel
+
+    dirs = {}
+    for family in FAMILIES:
+        tokenizer = family_tokenizer(smollm2_dir, family)
+        torch.manual_seed(0)
+        model = AutoModel.from_config(tiny_config(family, len(tokenizer)))
+        target = tmp_path_factory.mktemp(f"tiny-{family}")
+        model.save_pretrained(target)
+        tokenizer.save_pretrained(target)
+        dirs[family] = str(target)
+    return dirs
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A local Ray instance for the session (2 CPUs, no dashboard), shut down at the end."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def triplet_rows():
+    import json
+
+    if not TRIPLETS.exists():
+        pytest.fail(f"shared training data not found at {TRIPLETS} (set LAYERCUT_TEST_DATA)")
+    return [json.loads(line) for line in TRIPLETS.read_text().splitlines() if line.strip()]

@@ -1,0 +1,79 @@
+"""The one-pass per-layer scan equals models actually pruned to l layers and run normally."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import FAMILIES
+from tasks.encoder import Encoder, build_encoder
+from tasks.layer_scan import batch_layer_losses
+from tasks.loss import hard_negative_infonce
+from tasks.models import ModelSource, ModelSpec
+from tasks.prompts import PromptConfig
+
+
+def _batch(rows, size):
+    picked = rows[:size]
+    return {f: [r.get(f) for r in picked] for f in ("query", "positive", "negative", "instruction")}
+
+
+def _pruned_loss(spec: ModelSpec, batch, kept: int, pooling: str, scale: float):
+    """Independent path: load the model cut to ``kept`` layers and encode normally."""
+    pruned = build_encoder(ModelSpec(source=spec.source, layers=kept, attn_implementation=spec.attn_implementation),
+                           PromptConfig(), pooling=pooling, batch_size=4)
+    size = len(batch["query"])
+    q = pruned.encode(batch["query"], batch["instruction"])
+    p = pruned.encode(batch["positive"])
+    n = pruned.encode(batch["negative"])
+    return hard_negative_infonce(q, p, n, scale).item(), q
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_one_pass_equals_truly_pruned_per_family(family, tiny_model_dirs, triplet_rows):
+    spec = ModelSpec(source=ModelSource(tiny_model_dirs[family], True), attn_implementation="eager")
+    encoder = build_encoder(spec, PromptConfig(), pooling="weighted_mean", batch_size=6)
+    batch = _batch(triplet_rows, 6)
+    losses = batch_layer_losses(encoder, batch, scale=50.0)
+    assert losses.shape == (encoder.num_layers,)
+    all_layers = encoder.encode(batch["query"], batch["instruction"], all_layers=True)
+    for kept in (1, 2, 4, 6):
+        expected_loss, expected_q = _pruned_loss(spec, batch, kept, "weighted_mean", 50.0)
+        torch.testing.assert_close(all_layers[kept - 1], expected_q, rtol=1e-5, atol=1e-5)
+        assert losses[kept - 1] == pytest.approx(expected_loss, rel=1e-5, abs=1e-5)
+
+
+@pytest.mark.parametrize("pooling", ["mean", "last_token"])
+def test_one_pass_other_poolings(pooling, tiny_model_dirs, triplet_rows):
+    spec = ModelSpec(source=ModelSource(tiny_model_dirs["llama"], True))
+    encoder = build_encoder(spec, PromptConfig(), pooling=pooling, batch_size=8)
+    batch = _batch(triplet_rows, 4)
+    losses = batch_layer_losses(encoder, batch, scale=20.0)
+    for kept in (2, 5):
+        expected, _ = _pruned_loss(spec, batch, kept, pooling, 20.0)
+        assert losses[kept - 1] == pytest.approx(expected, rel=1e-5, abs=1e-5)
+
+
+def test_embeddings_do_not_depend_on_batching(tiny_model_dirs, triplet_rows):
+    """Position ids ignore left padding, so grouping texts differently changes nothing."""
+    spec = ModelSpec(source=ModelSource(tiny_model_dirs["gemma3"], True))
+    texts = [r["query"] for r in triplet_rows[:7]]
+    model, tokenizer = spec.load()
+    from tasks.prompts import PromptFormatter
+
+    formatter = PromptFormatter(tokenizer, PromptConfig())
+    one_by_one = Encoder(model, formatter, batch_size=1).encode(texts, all_layers=True)
+    together = Encoder(model, formatter, batch_size=7).encode(texts, all_layers=True)
+    torch.testing.assert_close(together, one_by_one, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_one_pass_equals_truly_pruned_smollm2(smollm2_dir, triplet_rows):
+    spec = ModelSpec(source=ModelSource(smollm2_dir, True))
+    encoder = build_encoder(spec, PromptConfig(), batch_size=12)
+    batch = _batch(triplet_rows[100:], 4)
+    losses = batch_layer_losses(encoder, batch, scale=50.0)
+    assert losses.shape == (30,)
+    for kept in (1, 7, 15, 29):
+        expected, _ = _pruned_loss(spec, batch, kept, "weighted_mean", 50.0)
+        assert losses[kept - 1] == pytest.approx(expected, rel=1e-4, abs=1e-4)
