@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import re
 import sys
@@ -80,19 +81,22 @@ def _parameter_counts(source: ModelSource, config: LayerLossConfig) -> tuple[int
 
 
 class _BatchStore:
-    """Finished batches' per-layer losses, one atomically written file each (for resume)."""
+    """Finished batches' per-layer losses, one atomically written file each (for resume).
+
+    The fingerprint of the config that produced them sits beside them; batches of another
+    config are never mixed in. A run that failed before its first batch leaves nothing to guard.
+    """
 
     def __init__(self, run_dir: Path, fingerprint: str):
         self.dir = run_dir / "batches"
-        marker = run_dir / "fingerprint.json"
-        if marker.exists():
-            previous = json.loads(marker.read_text()).get("fingerprint")
+        self.marker = self.dir / "fingerprint.json"
+        self.fingerprint = fingerprint
+        if any(self.dir.glob("batch-*.json")):
+            previous = json.loads(self.marker.read_text()).get("fingerprint") if self.marker.exists() else None
             if previous != fingerprint:
                 raise LayercutError(
                     f"run directory {run_dir} holds results of a different configuration; "
                     "choose another --name or delete it")
-        else:
-            write_json(marker, {"fingerprint": fingerprint})
 
     def load(self, num_layers_: int) -> dict[int, np.ndarray]:
         done = {}
@@ -103,6 +107,8 @@ class _BatchStore:
         return done
 
     def save(self, index: int, losses: np.ndarray) -> None:
+        if not self.marker.exists():
+            write_json(self.marker, {"fingerprint": self.fingerprint})
         write_json(self.dir / f"batch-{index:05d}.json", {"batch": index, "losses": losses.tolist()})
 
 
@@ -115,6 +121,7 @@ def _ensure_ray(address: str | None) -> None:
     from ray.data import DataContext
 
     DataContext.get_current().enable_progress_bars = False  # our own bar tracks the batches
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # no per-dataset execution plans
 
 
 def _scan_with_ray(config: LayerLossConfig, spec, pending: list[tuple[int, dict]], on_result) -> None:
@@ -176,8 +183,8 @@ def run(config: LayerLossConfig, *, show_progress: bool = True) -> dict[str, Any
     data_path = resolve_source(config.data.source, config.data.local_source, config.data.data_root)
     run_dir = config.run_dir()
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_atomic(run_dir / "config.yaml", dump_config(config))
     store = _BatchStore(run_dir, _fingerprint(config, source, data_path))
+    write_atomic(run_dir / "config.yaml", dump_config(config))
 
     _ensure_ray(config.workers.address)
     batches, data_report = sample_triplet_batches(

@@ -171,7 +171,9 @@ def load_backbone(
     model never holds the full model in memory.
     """
     from transformers import AutoModel
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # a per-task "Loading weights" bar only adds noise
     config = load_config(source, trust_remote_code=trust_remote_code, revision=revision)
     if layers is not None:
         config = prune_config(config, resolve_depth(layers, num_layers(config)))
