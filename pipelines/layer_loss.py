@@ -30,7 +30,8 @@ from pipelines.sections import EncoderSection, ModelSection, TripletDataSection,
 from tasks.data import resolve_source, sample_triplet_batches
 from tasks.errors import LayercutError
 from tasks.layer_scan import combine
-from tasks.models import ModelSource, load_config, resolve_model
+from tasks.models import ModelSource, load_config, load_tokenizer, resolve_model
+from tasks.prompts import PromptFormatter
 from tasks.pruning import num_layers, parameters_at_depth
 from tasks.selection import choose_depths
 
@@ -180,6 +181,9 @@ def run(config: LayerLossConfig, *, show_progress: bool = True) -> dict[str, Any
 
     source = resolve_model(config.model.name_or_path)
     total_layers, params = _parameter_counts(source, config)
+    # Fail on a prompt setup the tokenizer cannot serve here, before any data or worker starts.
+    PromptFormatter(load_tokenizer(source, trust_remote_code=config.model.trust_remote_code,
+                                   revision=config.model.revision), config.encoder.prompt())
     data_path = resolve_source(config.data.source, config.data.local_source, config.data.data_root)
     run_dir = config.run_dir()
     run_dir.mkdir(parents=True, exist_ok=True)

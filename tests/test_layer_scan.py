@@ -77,3 +77,22 @@ def test_one_pass_equals_truly_pruned_smollm2(smollm2_dir, triplet_rows):
     for kept in (1, 7, 15, 29):
         expected, _ = _pruned_loss(spec, batch, kept, "weighted_mean", 50.0)
         assert losses[kept - 1] == pytest.approx(expected, rel=1e-4, abs=1e-4)
+
+
+@pytest.mark.slow
+def test_one_pass_equals_truly_pruned_gemma3_270m(triplet_rows):
+    """The second real model: Gemma 3 mixes sliding-window and full-attention layers."""
+    from tasks.models import resolve_model
+
+    spec = ModelSpec(source=resolve_model("gemma3-270m"))
+    prompt = PromptConfig(use_chat_template=False)  # a pretrained GGUF without a chat template
+    encoder = build_encoder(spec, prompt, batch_size=12)
+    batch = _batch(triplet_rows[300:], 4)
+    losses = batch_layer_losses(encoder, batch, scale=50.0)
+    assert losses.shape == (18,)
+    for kept in (1, 6, 17):
+        pruned = build_encoder(ModelSpec(source=spec.source, layers=kept), prompt, batch_size=4)
+        q = pruned.encode(batch["query"], batch["instruction"])
+        p, n = pruned.encode(batch["positive"]), pruned.encode(batch["negative"])
+        assert losses[kept - 1] == pytest.approx(hard_negative_infonce(q, p, n, 50.0).item(),
+                                                 rel=1e-4, abs=1e-4)

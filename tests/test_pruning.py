@@ -73,3 +73,15 @@ def test_fraction_prunes_as_the_paper(tiny_model_dirs):
     model = AutoModel.from_pretrained(tiny_model_dirs["qwen2"])
     prune_model(model, 0.5)  # int(6 * 0.5) = 3 layers kept
     assert len(decoder_layers(model)) == 3 and model.config.num_hidden_layers == 3
+
+
+def test_packaged_configs_validate():
+    from pipelines.config import CONFIG_DIR, find_config, load_config
+    from pipelines.layer_loss import LayerLossConfig
+
+    names = sorted(p.stem for p in (CONFIG_DIR / "layer_loss").glob("*.yaml"))
+    assert {"smollm2-135m", "llama3-8b", "mistral-7b", "qwen2-7b", "phi3-mini"} <= set(names)
+    for name in names:
+        config = load_config(LayerLossConfig, find_config(name, "layer_loss"))
+        assert config.loss.scale == 50 and config.encoder.pooling == "weighted_mean"
+        assert config.model.trust_remote_code is False
