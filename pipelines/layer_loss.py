@@ -144,21 +144,26 @@ def _scan_with_ray(config: LayerLossConfig, spec, pending: list[tuple[int, dict]
                     _forward_batch_size(config), config.loss.scale, pending[k::count], threads)
         for k in range(count)
     ]
-    while generators:
-        ready, generators = ray.wait(generators, num_returns=1)
-        for generator in ready:
-            try:
-                ref = next(generator)
-            except StopIteration:
-                continue
-            try:
+    try:
+        while generators:
+            ready, generators = ray.wait(generators, num_returns=1)
+            for generator in ready:
+                try:
+                    ref = next(generator)
+                except StopIteration:
+                    continue
                 on_result(*ray.get(ref))
-            except ray.exceptions.RayTaskError as exc:
-                cause = exc.cause if isinstance(getattr(exc, "cause", None), LayercutError) else None
-                if cause is not None:
-                    raise cause from None
-                raise
-            generators.append(generator)
+                generators.append(generator)
+    except ray.exceptions.RayTaskError as exc:
+        if isinstance(getattr(exc, "cause", None), LayercutError):
+            raise exc.cause from None  # the user's problem, as one line
+        raise
+    finally:
+        for generator in generators:  # on error, stop the other tasks too
+            try:
+                ray.cancel(generator)
+            except Exception:  # noqa: BLE001 - best effort; the original error matters
+                pass
 
 
 def _forward_batch_size(config: LayerLossConfig) -> int:
@@ -205,8 +210,9 @@ def run(config: LayerLossConfig, *, show_progress: bool = True) -> dict[str, Any
 
     def on_result(index: int, losses: np.ndarray) -> None:
         store.save(index, losses)
+        if index not in per_batch:  # a retried Ray task may deliver a batch twice
+            bar.update(1)
         per_batch[index] = losses
-        bar.update(1)
 
     spec = config.model.spec(source)
     if pending:

@@ -45,7 +45,7 @@ class EncoderSection(StrictModel):
 
 class TripletDataSection(StrictModel):
     # The real default: a public hub dataset of triplets, read by Ray Data through hf://.
-    source: str = "hf://datasets/sentence-transformers/all-nli/triplet"
+    source: str = "hf://datasets/sentence-transformers/all-nli/triplet/train-00000-of-00001.parquet"
     # Used instead of `source` when a data root (--data-root or LAYERCUT_DATA_ROOT) is set.
     local_source: str | None = "train/triplets.jsonl"
     data_root: str | None = None

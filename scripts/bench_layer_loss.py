@@ -15,9 +15,11 @@ memory above the loaded model (Linux VmHWM, reset before each method).
 from __future__ import annotations
 
 import argparse
-import copy
 import json
+import os
 import platform
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -32,13 +34,9 @@ def _rss_kib(field: str) -> int:
     raise RuntimeError(field)
 
 
-def _measure(fn):
+def _reset_peak() -> int:
     Path("/proc/self/clear_refs").write_text("5")  # reset the peak-RSS high-water mark
-    start_rss = _rss_kib("VmRSS")
-    began = time.perf_counter()
-    result = fn()
-    elapsed = time.perf_counter() - began
-    return result, elapsed, (_rss_kib("VmHWM") - start_rss) / 1024
+    return _rss_kib("VmRSS")
 
 
 def main() -> None:
@@ -47,16 +45,49 @@ def main() -> None:
     parser.add_argument("--data", default=str(Path(__file__).resolve().parents[1].parent / "shared/data/train/triplets.jsonl"))
     parser.add_argument("--batch-size", type=int, default=16, help="triplets per batch (3x texts)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--method", choices=METHODS, help=argparse.SUPPRESS)  # child process
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    if args.method:
+        print(json.dumps(run_method(args)))
+        return
+    # Each method in a fresh process, so one method's allocations cannot hide in another's peak.
+    results = {}
+    for method in METHODS:
+        # A fixed mmap threshold makes glibc return every large tensor's memory on free, so
+        # resident memory tracks live tensors and the warm-up cannot hide a method's peak.
+        env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+        child = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--method", method],
+                               check=True, capture_output=True, text=True, env=env)
+        results[method] = json.loads(child.stdout.strip().splitlines()[-1])
+    first = results["one-pass"]
+    reference = np.array(first["losses"])
+    print(f"model {args.model}: L={first['layers']}; batch {args.batch_size} triplets = "
+          f"{3 * args.batch_size} texts, {first['tokens']} tokens; {args.threads} threads; "
+          f"{platform.machine()}, {os.cpu_count()} cores")
+    print(f"{'method':<14}{'seconds':>10}{'peak MiB':>11}{'max |loss diff|':>18}")
+    for name, result in results.items():
+        diff = np.abs(np.array(result["losses"]) - reference).max()
+        print(f"{name:<14}{result['seconds']:>10.2f}{result['peak_mib']:>11.1f}{diff:>18.2e}")
+    speedup = results["per-depth"]["seconds"] / first["seconds"]
+    print(f"speed-up one-pass vs per-depth: {speedup:.1f}x "
+          f"(layer-forwards ratio (L+1)/2 = {(first['layers'] + 1) / 2:.1f})")
+    print(f"peak memory above the loaded model: per-depth / one-pass = "
+          f"{results['per-depth']['peak_mib'] / first['peak_mib']:.2f}x, hidden-states / one-pass = "
+          f"{results['hidden-states']['peak_mib'] / first['peak_mib']:.2f}x")
 
-    from tasks.encoder import Encoder, build_encoder
+
+METHODS = ("one-pass", "per-depth", "hidden-states")
+
+
+def run_method(args) -> dict:
+    torch.set_num_threads(args.threads)
+    from tasks.encoder import build_encoder
     from tasks.layer_scan import batch_layer_losses
     from tasks.loss import hard_negative_infonce
     from tasks.models import ModelSpec, resolve_model
     from tasks.pooling import pool
     from tasks.prompts import PromptConfig
-    from tasks.pruning import final_norm, prune_model
+    from tasks.pruning import decoder_layers, final_norm
 
     rows = [json.loads(line) for line in Path(args.data).read_text().splitlines() if line.strip()]
     rng = np.random.default_rng(0)
@@ -64,30 +95,29 @@ def main() -> None:
     batch = {f: [r.get(f) for r in picked] for f in ("query", "positive", "negative", "instruction")}
     texts = [*batch["query"], *batch["positive"], *batch["negative"]]
     instructions = [*batch["instruction"], *([None] * (2 * args.batch_size))]
-
     encoder = build_encoder(ModelSpec(source=resolve_model(args.model)), PromptConfig(),
                             batch_size=len(texts))
     total = encoder.num_layers
     features = encoder.formatter(texts, instructions)
-    tokens = int(features["attention_mask"].sum())
-    batch_layer_losses(encoder, batch, 50.0)  # warm-up
-
-    def one_pass():
-        return batch_layer_losses(encoder, batch, 50.0)
 
     def split(emb):
         return emb.split(args.batch_size, dim=-2)
 
-    pruned = {}
-    for depth in range(1, total + 1):  # built outside the timing: only the forwards are compared
-        pruned[depth] = Encoder(prune_model(copy.deepcopy(encoder.model), depth), encoder.formatter,
-                                batch_size=len(texts))
+    def one_pass():
+        return batch_layer_losses(encoder, batch, 50.0)
 
     def per_depth():
+        # The model cut to l layers, run normally, for l = 1..L. The cut shares the loaded
+        # weights (a shorter layer list), so memory measures activations, not model copies.
         out = []
-        with torch.inference_mode():
+        model, full = encoder.model, list(decoder_layers(encoder.model))
+        try:
             for depth in range(1, total + 1):
-                out.append(hard_negative_infonce(*split(pruned[depth].encode(texts, instructions)), 50.0).item())
+                model.layers = torch.nn.ModuleList(full[:depth])
+                model.config.num_hidden_layers = depth
+                out.append(hard_negative_infonce(*split(encoder.encode(texts, instructions)), 50.0).item())
+        finally:
+            model.layers, model.config.num_hidden_layers = torch.nn.ModuleList(full), total
         return np.array(out)
 
     def hidden_states():
@@ -97,27 +127,21 @@ def main() -> None:
             states = encoder.model(input_ids=features["input_ids"], attention_mask=mask,
                                    position_ids=(mask.cumsum(1) - 1).clamp(min=0),
                                    output_hidden_states=True, use_cache=False).hidden_states
-            kept = [s.clone() for s in states[1:]]  # all L full tensors alive at once, as the official scan
-            out = []
-            for depth, state in enumerate(kept, start=1):
+            out = []  # all L full (B, S, H) tensors are alive here, as in the official scan
+            for depth, state in enumerate(states[1:], start=1):
                 state = state if depth == total else norm(state)
-                emb = pool(state, features["pool_mask"], encoder.pooling)
-                out.append(hard_negative_infonce(*split(emb), 50.0).item())
+                out.append(hard_negative_infonce(*split(pool(state, features["pool_mask"], encoder.pooling)), 50.0).item())
         return np.array(out)
 
-    results = {}
-    for name, fn in (("one-pass", one_pass), ("per-depth", per_depth), ("hidden-states", hidden_states)):
-        results[name] = _measure(fn)
-    reference = results["one-pass"][0]
-    print(f"model {args.model}: L={total}; batch {args.batch_size} triplets = {len(texts)} texts, "
-          f"{tokens} tokens; {args.threads} threads; {platform.processor() or platform.machine()}")
-    print(f"{'method':<14}{'seconds':>10}{'peak MiB':>11}{'max |loss diff|':>18}")
-    for name, (losses, seconds, peak) in results.items():
-        print(f"{name:<14}{seconds:>10.2f}{peak:>11.1f}{np.abs(losses - reference).max():>18.2e}")
-    speedup = results["per-depth"][1] / results["one-pass"][1]
-    print(f"speed-up one-pass vs per-depth: {speedup:.1f}x (layer-forwards ratio (L+1)/2 = {(total + 1) / 2:.1f})")
-    print(f"peak memory: hidden-states / one-pass = "
-          f"{results['hidden-states'][2] / max(results['one-pass'][2], 1e-9):.1f}x")
+    fn = {"one-pass": one_pass, "per-depth": per_depth, "hidden-states": hidden_states}[args.method]
+    batch_layer_losses(encoder, batch, 50.0)  # warm-up (same for every method)
+    start_rss = _reset_peak()
+    began = time.perf_counter()
+    losses = fn()
+    seconds = time.perf_counter() - began
+    return {"losses": losses.tolist(), "seconds": seconds, "layers": total,
+            "peak_mib": (_rss_kib("VmHWM") - start_rss) / 1024,
+            "tokens": int(features["attention_mask"].sum())}
 
 
 if __name__ == "__main__":

@@ -102,7 +102,7 @@ def test_column_aliases_and_missing_columns(tmp_path, triplet_rows, ray_cluster)
 
 
 def test_data_root_switches_to_the_local_mirror(tmp_path, monkeypatch):
-    hub = "hf://datasets/sentence-transformers/all-nli/triplet"
+    hub = "hf://datasets/sentence-transformers/all-nli/triplet/train-00000-of-00001.parquet"
     monkeypatch.delenv("LAYERCUT_DATA_ROOT", raising=False)
     assert resolve_source(hub, "train/triplets.jsonl", None) == hub
     assert resolve_source(hub, "train/triplets.jsonl", str(SHARED_DATA)) == str(TRIPLETS)
