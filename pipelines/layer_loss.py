@@ -26,7 +26,8 @@ from pydantic import Field
 from pipelines.config import StrictModel, dump_config
 from pipelines.outputs import write_atomic, write_csv, write_json
 from pipelines.plots import plot_layer_losses
-from pipelines.sections import EncoderSection, ModelSection, TripletDataSection, WorkersSection
+from pipelines.sections import (EncoderSection, LossSection, ModelSection, TripletDataSection,
+                                WorkersSection)
 from tasks.data import resolve_source, sample_triplet_batches
 from tasks.errors import LayercutError
 from tasks.layer_scan import combine
@@ -36,10 +37,6 @@ from tasks.pruning import num_layers, parameters_at_depth
 from tasks.selection import choose_depths
 
 STAGE = "layer_loss"
-
-
-class LossSection(StrictModel):
-    scale: float = Field(50.0, gt=0)  # cosine x scale; 50 as the official training script
 
 
 class LayerLossConfig(StrictModel):

@@ -64,6 +64,10 @@ class TripletDataSection(StrictModel):
         return value
 
 
+class LossSection(StrictModel):
+    scale: float = Field(50.0, gt=0)  # cosine x scale; 50 as the official training script
+
+
 class WorkersSection(StrictModel):
     executor: Literal["ray", "local"] = "ray"  # local: in this process, no Ray at all
     address: str | None = None  # None: RAY_ADDRESS / a running cluster, else start one in-process
