@@ -31,21 +31,21 @@ def _get_path(obj: Any, path: str) -> Any:
     return obj
 
 
+def _first_module(model: nn.Module, paths: tuple[str, ...], kind: type, what: str):
+    for path in paths:
+        found = _get_path(model, path)
+        if isinstance(found, kind):
+            return found
+    raise LayercutError(f"cannot find the {what} of {type(model).__name__}")
+
+
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    for path in _LAYER_PATHS:
-        layers = _get_path(model, path)
-        if isinstance(layers, nn.ModuleList):
-            return layers
-    raise LayercutError(f"cannot find the decoder layer list of {type(model).__name__}")
+    return _first_module(model, _LAYER_PATHS, nn.ModuleList, "decoder layer list")
 
 
 def final_norm(model: nn.Module) -> nn.Module:
     """The norm every decoder output passes through before it leaves the model."""
-    for path in _NORM_PATHS:
-        norm = _get_path(model, path)
-        if isinstance(norm, nn.Module):
-            return norm
-    raise LayercutError(f"cannot find the final norm of {type(model).__name__}")
+    return _first_module(model, _NORM_PATHS, nn.Module, "final norm")
 
 
 def _text_config(config: Any) -> Any:
