@@ -27,14 +27,18 @@ def _stage_parser(subparsers, name: str, help_text: str, default_config: str) ->
     return parser
 
 
-def _common_extra(args: argparse.Namespace) -> dict:
+def _common_extra(args: argparse.Namespace, data_root_key: tuple[str, ...]) -> dict:
+    """CLI flags as a config tree; ``data_root_key`` is where the stage keeps its data root."""
     extra: dict = {}
     if args.output_dir:
         extra["output_dir"] = args.output_dir
     if args.name:
         extra["name"] = args.name
     if args.data_root:
-        extra["data"] = {"data_root": str(Path(args.data_root).expanduser().resolve())}
+        node = extra
+        for key in data_root_key[:-1]:
+            node = node.setdefault(key, {})
+        node[data_root_key[-1]] = str(Path(args.data_root).expanduser().resolve())
     return extra
 
 
@@ -43,10 +47,38 @@ def _layer_loss(args: argparse.Namespace) -> int:
     from pipelines.config import find_config, load_config
 
     config = load_config(layer_loss.LayerLossConfig, find_config(args.config, layer_loss.STAGE),
-                         args.overrides, _common_extra(args))
+                         args.overrides, _common_extra(args, ("data", "data_root")))
     summary = layer_loss.run(config, show_progress=not args.no_progress)
     layer_loss.print_summary(summary, config.run_dir())
     return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from pipelines import evaluate
+    from pipelines.config import find_config, load_config
+
+    extra = _common_extra(args, ("data_root",))
+    overrides = list(args.overrides)
+    if args.model:
+        extra["model"] = {"name_or_path": args.model}
+    if args.tasks:
+        # `--tasks A B key=value` hands the overrides to --tasks; no task name contains "=".
+        overrides += [item for item in args.tasks if "=" in item]
+        extra["tasks"] = [item for item in args.tasks if "=" not in item]
+    if args.layers is not None:
+        extra["layers"] = args.layers
+    config = load_config(evaluate.EvaluateConfig, find_config(args.config, evaluate.STAGE),
+                         overrides, extra)
+    evaluate.run(config)
+    run_dir = config.run_dir()
+    print((run_dir / "summary.md").read_text())
+    print(f"mteb result files in {run_dir / 'results'}")
+    return 0
+
+
+def _depth(value: str) -> int | float:
+    number = float(value)
+    return int(number) if number.is_integer() else number
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,6 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
                            "stage 1: per-layer initial loss and the L3Prune small/large depths",
                            "smollm2-135m")
     stage1.set_defaults(handler=_layer_loss)
+    stage3 = _stage_parser(subparsers, "evaluate",
+                           "stage 3: MTEB evaluation with mteb's own tasks, spread over Ray workers",
+                           "smollm2-135m")
+    stage3.add_argument("--model", help="artifact dir, hub id, built-in name or .gguf")
+    stage3.add_argument("--tasks", nargs="+", help="mteb task names or presets (paper, quick)")
+    stage3.add_argument("--layers", type=_depth, help="evaluate the model cut to this depth")
+    stage3.set_defaults(handler=_evaluate)
     return parser
 
 

@@ -178,12 +178,17 @@ def load_backbone(
     if layers is not None:
         config = prune_config(config, resolve_depth(layers, num_layers(config)))
     kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    verbosity = hf_logging.get_verbosity()
+    if layers is not None:  # the dropped layers' weights are "unexpected keys" by design
+        hf_logging.set_verbosity_error()
     try:
         model = AutoModel.from_pretrained(
             source.path, config=config, dtype=dtype, trust_remote_code=trust_remote_code,
             revision=revision, **kwargs)
     except Exception as exc:  # noqa: BLE001
         raise _hub_error(source, exc) from exc
+    finally:
+        hf_logging.set_verbosity(verbosity)
     return model.to(device).eval()
 
 

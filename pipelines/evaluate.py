@@ -1,0 +1,186 @@
+"""Stage 3: MTEB evaluation with mteb's own tasks and evaluators, spread over Ray workers.
+
+    layercut evaluate --model <artifact dir | hub id | built-in> --tasks quick [--layers N]
+    python -m pipelines.evaluate --model smollm2-135m --layers 8 --tasks STSBenchmark
+
+Each worker (a Ray actor; one GPU each on a cluster) loads the model once and runs whole tasks.
+Results: mteb's own per-task JSON files under results/ (mteb's tooling reads them), and a
+summary (summary.md, summary.csv): main score per task, mean per task type, overall mean,
+parameters, layers and encode throughput. Finished tasks are not run again.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import Field
+
+from pipelines.config import CONFIG_DIR, StrictModel, dump_config
+from pipelines.outputs import write_atomic, write_csv
+from pipelines.sections import EncoderSection, ModelSection, WorkersSection
+from tasks.errors import LayercutError
+from tasks.models import resolve_model
+from tasks.mteb_tasks import load_task, resolve_task_names
+
+STAGE = "evaluate"
+
+
+class EvaluateConfig(StrictModel):
+    name: str | None = None  # run name; default: eval-<model>[-<layers>l]
+    output_dir: str = "runs"
+    model: ModelSection = Field(default_factory=ModelSection)
+    layers: int | float | None = None  # evaluate the model cut to this depth (count or fraction)
+    encoder: EncoderSection = Field(default_factory=EncoderSection)
+    tasks: list[str] = Field(default_factory=lambda: ["quick"])  # mteb names or presets
+    data_root: str | None = None  # a local mirror in the hub layout: <data_root>/<task name>/
+    instructions: dict[str, str] = Field(default_factory=dict)  # overrides of the packaged table
+    workers: WorkersSection = Field(default_factory=WorkersSection)
+
+    def run_dir(self) -> Path:
+        slug = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(self.model.name_or_path).name).strip("-")
+        depth = f"-{self.layers}l" if self.layers is not None else ""
+        return Path(self.output_dir) / (self.name or f"eval-{slug}{depth}")
+
+
+def packaged_instructions() -> dict[str, str]:
+    return yaml.safe_load((CONFIG_DIR / STAGE / "instructions.yaml").read_text())
+
+
+def _evaluation_model(config: EvaluateConfig):
+    from tasks.evaluation_task import EvaluationModel
+
+    source = resolve_model(config.model.name_or_path)
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(config.model.name_or_path).name).strip("-")
+    revision = f"layers-{config.layers}" if config.layers is not None else "full"
+    return EvaluationModel(
+        name=f"layercut/{slug}", revision=revision, spec=config.model.spec(source, config.layers),
+        prompt=config.encoder.prompt(), pooling=config.encoder.pooling,
+        batch_size=config.encoder.forward_batch_size or 32,
+        instructions={**packaged_instructions(), **config.instructions})
+
+
+def _model_facts(model) -> dict[str, Any]:
+    """Parameters and layers of what is evaluated, from its config (no weights loaded)."""
+    import torch
+    from transformers import AutoModel
+
+    from tasks.models import load_config
+    from tasks.pruning import num_layers, parameters_at_depth, resolve_depth
+
+    if model.is_sentence_transformer:
+        return {"parameters": None, "layers": None, "layers_total": None}
+    config = load_config(model.spec.source, trust_remote_code=model.spec.trust_remote_code,
+                         revision=model.spec.revision)
+    with torch.device("meta"):
+        counts = parameters_at_depth(AutoModel.from_config(config, trust_remote_code=model.spec.trust_remote_code))
+    total = num_layers(config)
+    kept = total if model.spec.layers is None else resolve_depth(model.spec.layers, total)
+    return {"parameters": counts[kept], "layers": kept, "layers_total": total}
+
+
+def run(config: EvaluateConfig) -> dict[str, Any]:
+    import mteb
+    from mteb.models.model_meta import ScoringFunction
+
+    names = resolve_task_names(config.tasks)
+    for name in names:  # a missing or malformed mirror folder fails here, before any model loads
+        load_task(name, config.data_root)
+    model = _evaluation_model(config)
+    facts = _model_facts(model)
+    run_dir = config.run_dir()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_atomic(run_dir / "config.yaml", dump_config(config))
+    cache = mteb.ResultCache(cache_path=run_dir)
+    meta = mteb.models.ModelMeta.create_empty(overwrites={
+        "name": model.name, "revision": model.revision, "similarity_fn_name": ScoringFunction.COSINE})
+
+    def result_path(name: str) -> Path:
+        return cache.get_task_result_path(name, meta.name, meta.revision)
+
+    pending = [name for name in names if not result_path(name).exists()]
+    throughput: dict[str, tuple[int, float]] = {}
+    for outcome in _evaluate_tasks(config, model, pending):
+        cache.save_to_cache(outcome["result"], meta)
+        throughput[outcome["task"]] = (outcome["texts"], outcome["encode_seconds"])
+    results = {name: mteb.TaskResult.from_disk(result_path(name)) for name in names}
+    summary = _summary(results, facts, throughput)
+    _write_summary(run_dir, model, summary)
+    return summary
+
+
+def _evaluate_tasks(config: EvaluateConfig, model, pending: list[str]):
+    from tasks.evaluation_task import Evaluator, EvaluationWorker
+
+    if not pending:
+        return
+    workers = config.workers
+    if workers.executor == "local":
+        evaluator = Evaluator(model, config.data_root)
+        for name in pending:
+            yield evaluator.evaluate(name)
+        return
+    import ray
+
+    from pipelines.layer_loss import _ensure_ray
+
+    _ensure_ray(workers.address)
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    use_gpu = gpus > 0 if workers.use_gpu == "auto" else workers.use_gpu
+    count = workers.num_workers if workers.num_workers != "auto" else max(1, gpus if use_gpu else 1)
+    count = min(count, len(pending))
+    threads = 0 if use_gpu else max(1, int(workers.cpus_per_worker))
+    actor = EvaluationWorker.options(num_gpus=1 if use_gpu else 0, num_cpus=workers.cpus_per_worker)
+    pool = ray.util.ActorPool([actor.remote(model, config.data_root, threads) for _ in range(count)])
+    try:
+        yield from pool.map_unordered(lambda worker, name: worker.evaluate.remote(name), pending)
+    except ray.exceptions.RayTaskError as exc:
+        if isinstance(getattr(exc, "cause", None), LayercutError):
+            raise exc.cause from None
+        raise
+
+
+def _summary(results, facts, throughput) -> dict[str, Any]:
+    rows = []
+    by_type: dict[str, list[float]] = defaultdict(list)
+    for name, result in results.items():
+        score = float(result.get_score())
+        task_type = result.task_type
+        rows.append({"task": name, "type": task_type, "main_score": score})
+        by_type[task_type].append(score)
+    texts = sum(t for t, _ in throughput.values())
+    seconds = sum(s for _, s in throughput.values())
+    return {
+        "tasks": rows,
+        "mean_per_type": {t: sum(v) / len(v) for t, v in by_type.items()},
+        "mean": sum(r["main_score"] for r in rows) / len(rows),
+        **facts,
+        "texts_per_second": texts / seconds if seconds else None,
+    }
+
+
+def _write_summary(run_dir: Path, model, summary: dict[str, Any]) -> None:
+    write_csv(run_dir / "summary.csv", ["task", "type", "main_score"],
+              [[r["task"], r["type"], f"{r['main_score']:.6f}"] for r in summary["tasks"]])
+    lines = [f"# MTEB evaluation of {model.name} ({model.revision})", ""]
+    if summary["layers"] is not None:
+        lines.append(f"Layers: {summary['layers']} of {summary['layers_total']}; "
+                     f"parameters: {summary['parameters']:,}")
+    if summary["texts_per_second"]:
+        lines.append(f"Encode throughput: {summary['texts_per_second']:.1f} texts/s")
+    lines += ["", "| task | type | main score |", "|---|---|---|"]
+    lines += [f"| {r['task']} | {r['type']} | {r['main_score']:.4f} |" for r in summary["tasks"]]
+    lines += ["", "| task type | mean |", "|---|---|"]
+    lines += [f"| {t} | {m:.4f} |" for t, m in summary["mean_per_type"].items()]
+    lines += ["", f"**Overall mean: {summary['mean']:.4f}**", ""]
+    write_atomic(run_dir / "summary.md", "\n".join(lines))
+
+
+if __name__ == "__main__":
+    from pipelines.cli import main
+
+    sys.exit(main(["evaluate", *sys.argv[1:]]))

@@ -1,0 +1,79 @@
+"""The unit of work of the evaluation stage: load a model once, run mteb tasks on it.
+
+``Evaluator`` is plain Python (used in-process); ``EvaluationWorker`` is the same class as a Ray
+actor, so a pool of them spreads tasks over GPUs (or CPU slots), each loading the model once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ray
+import torch
+
+from tasks.errors import LayercutError
+from tasks.mteb_model import LayercutMTEBModel, sentence_transformer_embed
+from tasks.mteb_tasks import load_task
+
+
+@dataclass(frozen=True)
+class EvaluationModel:
+    """What to evaluate: a decoder backbone (``spec``, a ModelSpec) or a sentence-transformers dir."""
+
+    name: str
+    revision: str
+    spec: Any  # tasks.models.ModelSpec
+    prompt: Any  # tasks.prompts.PromptConfig
+    pooling: str = "weighted_mean"
+    batch_size: int = 32
+    instructions: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def is_sentence_transformer(self) -> bool:
+        path = Path(self.spec.source.path)
+        return self.spec.source.is_local and (path / "modules.json").is_file() \
+            and not (path / "layercut.json").is_file()
+
+
+class Evaluator:
+    def __init__(self, model: EvaluationModel, data_root: str | None, threads: int = 0):
+        if threads:
+            torch.set_num_threads(threads)
+        self.data_root = data_root
+        if model.is_sentence_transformer:
+            from tasks.models import resolve_device
+
+            embed = sentence_transformer_embed(model.spec.source.path,
+                                               device=str(resolve_device(model.spec.device)),
+                                               batch_size=model.batch_size)
+        else:
+            from tasks.encoder import build_encoder
+
+            encoder = build_encoder(model.spec, model.prompt, pooling=model.pooling,
+                                    batch_size=model.batch_size)
+            embed = encoder.encode
+        instructions = {} if model.is_sentence_transformer else model.instructions
+        self.model = LayercutMTEBModel(embed, name=model.name, revision=model.revision,
+                                       instructions=instructions, batch_size=model.batch_size)
+
+    def evaluate(self, task_name: str) -> dict[str, Any]:
+        import mteb
+
+        task = load_task(task_name, self.data_root)
+        texts, seconds = self.model.texts_encoded, self.model.encode_seconds
+        try:
+            result = mteb.evaluate(self.model, [task], cache=None, show_progress_bar=False,
+                                   encode_kwargs={"batch_size": self.model.batch_size})
+        except LayercutError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - mteb and datasets raise many kinds
+            text = str(exc).strip().splitlines()
+            raise LayercutError(f"task {task_name} failed: {text[0] if text else type(exc).__name__}") from exc
+        return {"task": task_name, "result": result.task_results[0],
+                "texts": self.model.texts_encoded - texts,
+                "encode_seconds": self.model.encode_seconds - seconds}
+
+
+EvaluationWorker = ray.remote(Evaluator)

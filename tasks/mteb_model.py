@@ -1,0 +1,71 @@
+"""A layercut model as an mteb 2.x encoder: mteb's own tasks and evaluators score it unchanged.
+
+Queries (and symmetric inputs such as STS pairs) carry the task's instruction, documents none,
+as in LLM2Vec and the paper. Texts are encoded sorted by length; a non-finite embedding is an
+error naming the task and batch, never a silently wrong score.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from mteb.models import ModelMeta
+from mteb.models.model_meta import ScoringFunction
+from mteb.models.abs_encoder import AbsEncoder
+from mteb.types import PromptType
+
+from tasks.errors import LayercutError
+
+EmbedFn = Callable[[Sequence[str], Sequence[str | None]], torch.Tensor]
+
+
+class LayercutMTEBModel(AbsEncoder):
+    def __init__(self, embed: EmbedFn, *, name: str, revision: str | None = None,
+                 instructions: dict[str, str] | None = None, batch_size: int = 32,
+                 extra_meta: dict[str, Any] | None = None):
+        self.embed = embed
+        self.instructions = instructions or {}
+        self.batch_size = batch_size
+        self.mteb_model_meta = ModelMeta.create_empty(overwrites={
+            "name": name, "revision": revision or "local", "similarity_fn_name": ScoringFunction.COSINE,
+            **(extra_meta or {})})
+        self.texts_encoded = 0
+        self.encode_seconds = 0.0
+
+    def instruction_for(self, task_name: str, prompt_type: PromptType | None) -> str | None:
+        if prompt_type == PromptType.document:
+            return None
+        return self.instructions.get(task_name)
+
+    def encode(self, inputs, *, task_metadata, hf_split: str, hf_subset: str,
+               prompt_type: PromptType | None = None, **kwargs) -> np.ndarray:
+        texts = [text for batch in inputs for text in batch["text"]]
+        instruction = self.instruction_for(task_metadata.name, prompt_type)
+        began = time.perf_counter()
+        embeddings = self.embed(texts, [instruction] * len(texts)).float().cpu()
+        self.encode_seconds += time.perf_counter() - began
+        self.texts_encoded += len(texts)
+        finite = torch.isfinite(embeddings).all(dim=1)
+        if not bool(finite.all()):
+            row = int((~finite).nonzero()[0])
+            raise LayercutError(
+                f"non-finite embedding in task {task_metadata.name} ({hf_split}/{hf_subset}), "
+                f"batch {row // self.batch_size} (text {row}: {texts[row][:60]!r})")
+        return embeddings.numpy()
+
+
+def sentence_transformer_embed(model_dir: str, device: str = "cpu", batch_size: int = 32) -> EmbedFn:
+    """Embedding function of a sentence-transformers directory (reference encoders)."""
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(model_dir, device=device)
+
+    def embed(texts, instructions):
+        # Reference encoders are scored as their authors publish them: without instructions.
+        return model.encode(list(texts), batch_size=batch_size, convert_to_tensor=True,
+                            show_progress_bar=False)
+
+    return embed

