@@ -31,7 +31,7 @@ class EncoderSection(StrictModel):
     pooling: Literal["weighted_mean", "mean", "last_token"] = "weighted_mean"
     max_length: int = Field(512, ge=8)
     use_chat_template: bool = True
-    system_prompt: str | None = None  # None keeps the chat template's default system turn
+    system_prompt: str | None = None  # None: no system turn (a template's default is dropped)
     instruction_separator: str = "; "
     # Texts per forward pass; 0 runs a whole triplet batch (3 x batch_size texts) at once.
     forward_batch_size: int = Field(0, ge=0)

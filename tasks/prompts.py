@@ -14,13 +14,16 @@ import torch
 
 from tasks.errors import LayercutError
 
-_SLOT = "\uE000LAYERCUT-TEXT\uE001"  # private-use characters: never part of real content
+# Private-use characters: never part of real content.
+_SLOT = "\uE000LAYERCUT-TEXT\uE001"
+_FIRST, _REPLY, _BOS = "\uE000FIRST\uE001", "\uE000REPLY\uE001", "\uE000BOS\uE001"
 
 
 @dataclass(frozen=True)
 class PromptConfig:
     use_chat_template: bool = True  # False: raw text with the tokenizer's own special tokens
-    system_prompt: str | None = None  # None keeps the template's default system turn, if any
+    # None: no system turn, as the paper's wrappers (a template's default one is dropped).
+    system_prompt: str | None = None
     instruction_separator: str = "; "  # between instruction and text, as in LLM2Vec's E5 data
     max_length: int = 512
 
@@ -36,7 +39,15 @@ class PromptFormatter:
         if self.pad_token_id is None:
             self.pad_token_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
 
+    def _render(self, messages: list[dict[str, str]], **kwargs) -> str:
+        try:
+            return self.tokenizer.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=False, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - templates raise arbitrary errors
+            raise LayercutError(f"the chat template rejects this prompt setup: {exc}") from exc
+
     def _wrapper(self) -> tuple[str, str]:
+        """(prefix, suffix) around the user message, from the tokenizer's chat template."""
         if not self.config.use_chat_template:
             return "", ""
         if not getattr(self.tokenizer, "chat_template", None):
@@ -45,15 +56,37 @@ class PromptFormatter:
         messages = [{"role": "user", "content": _SLOT}]
         if self.config.system_prompt is not None:
             messages.insert(0, {"role": "system", "content": self.config.system_prompt})
-        try:
-            rendered = self.tokenizer.apply_chat_template(
-                messages, tokenize=False, add_generation_prompt=False)
-        except Exception as exc:  # noqa: BLE001 - templates raise arbitrary errors
-            raise LayercutError(f"the chat template rejects this prompt setup: {exc}") from exc
+        rendered = self._render(messages)
         if rendered.count(_SLOT) != 1:
             raise LayercutError("the chat template does not place the user message exactly once")
         prefix, suffix = rendered.split(_SLOT)
+        if self.config.system_prompt is None:
+            prefix = self._drop_default_system_turn(prefix, suffix)
         return prefix, suffix
+
+    def _drop_default_system_turn(self, prefix: str, suffix: str) -> str:
+        """``prefix`` without a system turn the template inserts by itself (Qwen2, SmolLM2).
+
+        The paper's wrappers are bare user turns. A user turn later in a conversation shows the
+        template's user prefix alone: what follows the previous turn's closing (= ``suffix``).
+        Unrecognised templates keep their prefix unchanged.
+        """
+        try:
+            later = self._render([{"role": "user", "content": _FIRST}, {"role": "assistant", "content": _REPLY},
+                                  {"role": "user", "content": _SLOT}])
+            with_marked_bos = self._render([{"role": "user", "content": _SLOT}], bos_token=_BOS)
+        except LayercutError:
+            return prefix
+        if _REPLY not in later or later.count(_SLOT) != 1:
+            return prefix
+        between = later[later.index(_REPLY) + len(_REPLY):later.index(_SLOT)]
+        lead = (self.tokenizer.bos_token or "") if with_marked_bos.startswith(_BOS) else ""
+        core = prefix[len(lead):]
+        if between.endswith(core):  # the single turn has no system turn of its own
+            return prefix
+        if suffix and between.startswith(suffix) and core.endswith(between[len(suffix):]):
+            return lead + between[len(suffix):]
+        return prefix
 
     def render(self, text: str, instruction: str | None = None) -> tuple[str, int, int]:
         """The full model input string and the character span of ``text`` inside it."""

@@ -144,3 +144,15 @@ def test_cli_bad_input(tmp_path, capsys, mini_mirror):
                      *argv, "workers.executor=local"])
         line = capsys.readouterr().err.strip().splitlines()[-1]
         assert code == 2 and line.startswith("layercut: error:") and message in line, (argv, line)
+
+
+def test_prepare_mirror_reports_an_unreachable_hub(tmp_path, capsys, monkeypatch):
+    """The mirror script's real download path, here without a hub: one clear line, exit 2."""
+    import runpy
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    script = runpy.run_path(str(Path(__file__).resolve().parents[1] / "scripts" / "prepare_mteb_mirror.py"))
+    assert script["main"](["--tasks", "STSBenchmark", "--out", str(tmp_path)]) == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith("prepare_mteb_mirror: error: cannot download STSBenchmark (mteb/stsbenchmark-sts)")
+    assert script["main"](["--tasks", "NoSuchTask", "--out", str(tmp_path)]) == 2

@@ -20,8 +20,11 @@ def test_chat_template_wrapping_and_text_mask(family, smollm2_dir):
     features = formatter(TEXTS, INSTRUCTIONS)
     for row, (text, instruction) in enumerate(zip(TEXTS, INSTRUCTIONS)):
         content = f"{instruction}; {text}" if instruction else text
-        expected = tokenizer.apply_chat_template(
-            [{"role": "user", "content": content}], tokenize=False)
+        if family == "qwen2":  # its template adds a default system turn; the paper's wrapper has none
+            expected = f"<|im_start|>user\n{content}<|im_end|>\n"
+        else:
+            expected = tokenizer.apply_chat_template(
+                [{"role": "user", "content": content}], tokenize=False)
         ids = features["input_ids"][row][features["attention_mask"][row].bool()].tolist()
         # The model sees exactly what the family's own chat template renders.
         assert tokenizer.decode(ids) == expected
@@ -37,12 +40,18 @@ def test_chat_template_wrapping_and_text_mask(family, smollm2_dir):
 def test_system_prompt_override_and_no_template(smollm2_dir):
     tokenizer = family_tokenizer(smollm2_dir, "qwen2")
     default = PromptFormatter(tokenizer, PromptConfig())
-    assert "You are a helpful assistant." in default.prefix
+    assert default.prefix == "<|im_start|>user\n" and default.suffix == "<|im_end|>\n"
     custom = PromptFormatter(tokenizer, PromptConfig(system_prompt="Embed."))
     assert "Embed." in custom.prefix and "helpful" not in custom.prefix
     raw = PromptFormatter(tokenizer, PromptConfig(use_chat_template=False))
     features = raw(["plain text"])
     assert tokenizer.decode(features["input_ids"][0]) == tokenizer.decode(tokenizer("plain text")["input_ids"])
+
+
+def test_default_system_turn_of_the_real_smollm2_template_is_dropped(base_tokenizer):
+    formatter = PromptFormatter(base_tokenizer, PromptConfig())
+    assert "SmolLM" in base_tokenizer.apply_chat_template([{"role": "user", "content": "x"}], tokenize=False)
+    assert formatter.render("x")[0] == "<|im_start|>user\nx<|im_end|>\n"
 
 
 def test_truncation_keeps_the_template(smollm2_dir):
