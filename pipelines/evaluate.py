@@ -21,6 +21,7 @@ import yaml
 from pydantic import Field
 
 from pipelines.config import CONFIG_DIR, StrictModel, dump_config
+from pipelines.layer_loss import _ensure_ray
 from pipelines.outputs import write_atomic, write_csv
 from pipelines.sections import EncoderSection, ModelSection, WorkersSection
 from tasks.errors import LayercutError
@@ -39,6 +40,10 @@ class EvaluateConfig(StrictModel):
     tasks: list[str] = Field(default_factory=lambda: ["quick"])  # mteb names or presets
     data_root: str | None = None  # a local mirror in the hub layout: <data_root>/<task name>/
     instructions: dict[str, str] = Field(default_factory=dict)  # overrides of the packaged table
+    # One large input set (a retrieval corpus) of at least corpus_min_texts texts is encoded by
+    # corpus_workers Ray Data actors (a GPU each on a cluster) instead of its task's worker alone.
+    corpus_workers: int = Field(1, ge=1)
+    corpus_min_texts: int = Field(20000, ge=1)
     workers: WorkersSection = Field(default_factory=WorkersSection)
 
     def run_dir(self) -> Path:
@@ -52,16 +57,25 @@ def packaged_instructions() -> dict[str, str]:
 
 
 def _evaluation_model(config: EvaluateConfig):
-    from tasks.evaluation_task import EvaluationModel
+    from tasks.evaluation_task import CorpusSplit, EvaluationModel
 
     source = resolve_model(config.model.name_or_path)
     slug = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(config.model.name_or_path).name).strip("-")
     revision = f"layers-{config.layers}" if config.layers is not None else "full"
+    corpus = None
+    if config.corpus_workers > 1:
+        import ray
+
+        _ensure_ray(config.workers.address)
+        use_gpu = (ray.cluster_resources().get("GPU", 0) > 0 if config.workers.use_gpu == "auto"
+                   else bool(config.workers.use_gpu))
+        corpus = CorpusSplit(workers=config.corpus_workers, min_texts=config.corpus_min_texts,
+                             use_gpu=use_gpu, cpus_per_worker=config.workers.cpus_per_worker)
     return EvaluationModel(
         name=f"layercut/{slug}", revision=revision, spec=config.model.spec(source, config.layers),
         prompt=config.encoder.prompt(), pooling=config.encoder.pooling,
         batch_size=config.encoder.forward_batch_size or 32,
-        instructions={**packaged_instructions(), **config.instructions})
+        instructions={**packaged_instructions(), **config.instructions}, corpus=corpus)
 
 
 def _model_facts(model) -> dict[str, Any]:
@@ -125,8 +139,6 @@ def _evaluate_tasks(config: EvaluateConfig, model, pending: list[str]):
             yield evaluator.evaluate(name)
         return
     import ray
-
-    from pipelines.layer_loss import _ensure_ray
 
     _ensure_ray(workers.address)
     gpus = int(ray.cluster_resources().get("GPU", 0))

@@ -13,9 +13,20 @@ from typing import Any
 import ray
 import torch
 
+from tasks.corpus_encoding import EncoderFactory, embed_with_ray_data
 from tasks.errors import LayercutError
 from tasks.mteb_model import LayercutMTEBModel, sentence_transformer_embed
 from tasks.mteb_tasks import load_task
+
+
+@dataclass(frozen=True)
+class CorpusSplit:
+    """Spread each input set of at least ``min_texts`` over ``workers`` Ray Data actors."""
+
+    workers: int
+    min_texts: int
+    use_gpu: bool
+    cpus_per_worker: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -29,6 +40,7 @@ class EvaluationModel:
     pooling: str = "weighted_mean"
     batch_size: int = 32
     instructions: dict[str, str] = field(default_factory=dict)
+    corpus: CorpusSplit | None = None
 
     @property
     def is_sentence_transformer(self) -> bool:
@@ -48,15 +60,23 @@ class Evaluator:
             embed = sentence_transformer_embed(model.spec.source.path,
                                                device=str(resolve_device(model.spec.device)),
                                                batch_size=model.batch_size)
+            large_embed = None
         else:
-            from tasks.encoder import build_encoder
+            factory = EncoderFactory(model.spec, model.prompt, model.pooling, model.batch_size)
+            embed = factory()
+            large_embed = None
+            if model.corpus is not None and model.corpus.workers > 1:
+                corpus = model.corpus
 
-            encoder = build_encoder(model.spec, model.prompt, pooling=model.pooling,
-                                    batch_size=model.batch_size)
-            embed = encoder.encode
+                def large_embed(texts, instructions):
+                    return embed_with_ray_data(texts, instructions, factory, workers=corpus.workers,
+                                               use_gpu=corpus.use_gpu,
+                                               cpus_per_worker=corpus.cpus_per_worker)
         instructions = {} if model.is_sentence_transformer else model.instructions
-        self.model = LayercutMTEBModel(embed, name=model.name, revision=model.revision,
-                                       instructions=instructions, batch_size=model.batch_size)
+        self.model = LayercutMTEBModel(
+            embed, name=model.name, revision=model.revision, instructions=instructions,
+            batch_size=model.batch_size, large_embed=large_embed,
+            large_min_texts=model.corpus.min_texts if model.corpus else 0)
 
     def evaluate(self, task_name: str) -> dict[str, Any]:
         import mteb

@@ -25,8 +25,12 @@ EmbedFn = Callable[[Sequence[str], Sequence[str | None]], torch.Tensor]
 class LayercutMTEBModel(AbsEncoder):
     def __init__(self, embed: EmbedFn, *, name: str, revision: str | None = None,
                  instructions: dict[str, str] | None = None, batch_size: int = 32,
-                 extra_meta: dict[str, Any] | None = None):
+                 extra_meta: dict[str, Any] | None = None,
+                 large_embed: EmbedFn | None = None, large_min_texts: int = 0):
         self.embed = embed
+        # For input sets of at least large_min_texts (retrieval corpora): e.g. a Ray Data pool.
+        self.large_embed = large_embed
+        self.large_min_texts = large_min_texts
         self.instructions = instructions or {}
         self.batch_size = batch_size
         self.mteb_model_meta = ModelMeta.create_empty(overwrites={
@@ -45,7 +49,8 @@ class LayercutMTEBModel(AbsEncoder):
         texts = [text for batch in inputs for text in batch["text"]]
         instruction = self.instruction_for(task_metadata.name, prompt_type)
         began = time.perf_counter()
-        embeddings = self.embed(texts, [instruction] * len(texts)).float().cpu()
+        embed = self.large_embed if self.large_embed and len(texts) >= self.large_min_texts else self.embed
+        embeddings = embed(texts, [instruction] * len(texts)).float().cpu()
         self.encode_seconds += time.perf_counter() - began
         self.texts_encoded += len(texts)
         finite = torch.isfinite(embeddings).all(dim=1)

@@ -156,3 +156,24 @@ def test_prepare_mirror_reports_an_unreachable_hub(tmp_path, capsys, monkeypatch
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert line.startswith("prepare_mteb_mirror: error: cannot download STSBenchmark (mteb/stsbenchmark-sts)")
     assert script["main"](["--tasks", "NoSuchTask", "--out", str(tmp_path)]) == 2
+
+
+def test_large_input_sets_split_over_ray_data_actors(tiny_model_dirs, ray_cluster, triplet_rows):
+    from tasks.corpus_encoding import EncoderFactory, embed_with_ray_data
+
+    factory = EncoderFactory(ModelSpec(source=ModelSource(tiny_model_dirs["qwen2"], True)),
+                             PromptConfig(), "weighted_mean", 8)
+    texts = [row["positive"] for row in triplet_rows[:60]]
+    instructions = [None] * 30 + ["Retrieve semantically similar text."] * 30
+    expected = factory()(texts, instructions)
+    split = embed_with_ray_data(texts, instructions, factory, workers=2, use_gpu=False,
+                                rows_per_batch=16)
+    torch.testing.assert_close(split, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_corpus_split_gives_the_same_scores(tmp_path, mini_mirror, tiny_model_dirs, ray_cluster):
+    base = {"model": {"name_or_path": tiny_model_dirs["llama"]}, "tasks": ["STSBenchmark"],
+            "data_root": str(mini_mirror), "workers": {"executor": "local"}}
+    plain = run(_config(tmp_path / "plain", **base))
+    split = run(_config(tmp_path / "split", corpus_workers=2, corpus_min_texts=50, **base))
+    assert split["tasks"][0]["main_score"] == pytest.approx(plain["tasks"][0]["main_score"], abs=1e-5)

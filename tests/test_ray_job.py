@@ -48,9 +48,11 @@ def test_ray_job_submit_to_a_local_cluster(tmp_path, tiny_model_dirs):
                   "--name", "job", f"model.name_or_path={tiny_model_dirs['llama']}",
                   f"data.source={TRIPLETS}", "data.num_batches=2", "data.batch_size=4"]
         deadline = time.time() + 120
-        while True:  # the job server needs a few seconds after `ray start`
+        not_ready = ("Connection", "No available agent", "try again later")
+        while True:  # the job server and its agent need a few seconds after `ray start`
             result = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=600)
-            if result.returncode == 0 or time.time() > deadline or "Connection" not in result.stderr + result.stdout:
+            output = result.stderr + result.stdout
+            if result.returncode == 0 or time.time() > deadline or not any(s in output for s in not_ready):
                 break
             time.sleep(3)
         assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
