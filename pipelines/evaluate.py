@@ -21,11 +21,11 @@ import yaml
 from pydantic import Field
 
 from pipelines.config import CONFIG_DIR, StrictModel, dump_config
-from pipelines.layer_loss import _ensure_ray
 from pipelines.outputs import write_atomic, write_csv
+from pipelines.ray_runtime import plan_workers, user_errors_from_ray
 from pipelines.sections import EncoderSection, ModelSection, WorkersSection
-from tasks.errors import LayercutError
 from tasks.models import resolve_model
+from tasks.mteb_model import model_meta
 from tasks.mteb_tasks import load_task, resolve_task_names
 
 STAGE = "evaluate"
@@ -64,13 +64,9 @@ def _evaluation_model(config: EvaluateConfig):
     revision = f"layers-{config.layers}" if config.layers is not None else "full"
     corpus = None
     if config.corpus_workers > 1:
-        import ray
-
-        _ensure_ray(config.workers.address)
-        use_gpu = (ray.cluster_resources().get("GPU", 0) > 0 if config.workers.use_gpu == "auto"
-                   else bool(config.workers.use_gpu))
+        plan = plan_workers(config.workers, config.corpus_workers)
         corpus = CorpusSplit(workers=config.corpus_workers, min_texts=config.corpus_min_texts,
-                             use_gpu=use_gpu, cpus_per_worker=config.workers.cpus_per_worker)
+                             use_gpu=plan.use_gpu, cpus_per_worker=plan.cpus)
     return EvaluationModel(
         name=f"layercut/{slug}", revision=revision, spec=config.model.spec(source, config.layers),
         prompt=config.encoder.prompt(), pooling=config.encoder.pooling,
@@ -99,7 +95,6 @@ def _model_facts(model) -> dict[str, Any]:
 
 def run(config: EvaluateConfig) -> dict[str, Any]:
     import mteb
-    from mteb.models.model_meta import ScoringFunction
 
     names = resolve_task_names(config.tasks)
     for name in names:  # a missing or malformed mirror folder fails here, before any model loads
@@ -110,8 +105,7 @@ def run(config: EvaluateConfig) -> dict[str, Any]:
     run_dir.mkdir(parents=True, exist_ok=True)
     write_atomic(run_dir / "config.yaml", dump_config(config))
     cache = mteb.ResultCache(cache_path=run_dir)
-    meta = mteb.models.ModelMeta.create_empty(overwrites={
-        "name": model.name, "revision": model.revision, "similarity_fn_name": ScoringFunction.COSINE})
+    meta = model_meta(model.name, model.revision)
 
     def result_path(name: str) -> Path:
         return cache.get_task_result_path(name, meta.name, meta.revision)
@@ -138,22 +132,13 @@ def _evaluate_tasks(config: EvaluateConfig, model, pending: list[str]):
         for name in pending:
             yield evaluator.evaluate(name)
         return
-    import ray
+    from ray.util import ActorPool
 
-    _ensure_ray(workers.address)
-    gpus = int(ray.cluster_resources().get("GPU", 0))
-    use_gpu = gpus > 0 if workers.use_gpu == "auto" else workers.use_gpu
-    count = workers.num_workers if workers.num_workers != "auto" else max(1, gpus if use_gpu else 1)
-    count = min(count, len(pending))
-    threads = 0 if use_gpu else max(1, int(workers.cpus_per_worker))
-    actor = EvaluationWorker.options(num_gpus=1 if use_gpu else 0, num_cpus=workers.cpus_per_worker)
-    pool = ray.util.ActorPool([actor.remote(model, config.data_root, threads) for _ in range(count)])
-    try:
+    plan = plan_workers(workers, len(pending))
+    actor = EvaluationWorker.options(**plan.resources)
+    pool = ActorPool([actor.remote(model, config.data_root, plan.threads) for _ in range(plan.count)])
+    with user_errors_from_ray():
         yield from pool.map_unordered(lambda worker, name: worker.evaluate.remote(name), pending)
-    except ray.exceptions.RayTaskError as exc:
-        if isinstance(getattr(exc, "cause", None), LayercutError):
-            raise exc.cause from None
-        raise
 
 
 def _summary(results, facts, throughput) -> dict[str, Any]:

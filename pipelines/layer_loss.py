@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import math
 import re
 import sys
@@ -26,6 +25,7 @@ from pydantic import Field
 from pipelines.config import StrictModel, dump_config
 from pipelines.outputs import write_atomic, write_csv, write_json
 from pipelines.plots import plot_layer_losses
+from pipelines.ray_runtime import ensure_ray, plan_workers, user_errors_from_ray
 from pipelines.sections import (EncoderSection, LossSection, ModelSection, TripletDataSection,
                                 WorkersSection)
 from tasks.data import resolve_source, sample_triplet_batches
@@ -110,51 +110,29 @@ class _BatchStore:
         write_json(self.dir / f"batch-{index:05d}.json", {"batch": index, "losses": losses.tolist()})
 
 
-def _ensure_ray(address: str | None) -> None:
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(address=address, logging_level="WARNING", log_to_driver=True,
-                 configure_logging=True)
-    from ray.data import DataContext
-
-    DataContext.get_current().enable_progress_bars = False  # our own bar tracks the batches
-    logging.getLogger("ray.data").setLevel(logging.WARNING)  # no per-dataset execution plans
-
-
 def _scan_with_ray(config: LayerLossConfig, spec, pending: list[tuple[int, dict]], on_result) -> None:
     import ray
 
     from tasks.layer_loss_task import layer_loss_task
 
-    workers = config.workers
-    gpus = int(ray.cluster_resources().get("GPU", 0))
-    use_gpu = gpus > 0 if workers.use_gpu == "auto" else workers.use_gpu
-    if use_gpu and gpus == 0:
-        raise LayercutError("workers.use_gpu is true but the Ray cluster has no GPU")
-    count = workers.num_workers if workers.num_workers != "auto" else max(1, gpus if use_gpu else 1)
-    count = min(count, len(pending))
-    threads = 0 if use_gpu else max(1, int(workers.cpus_per_worker))
-    task = layer_loss_task.options(num_gpus=1 if use_gpu else 0, num_cpus=workers.cpus_per_worker)
+    plan = plan_workers(config.workers, len(pending))
+    task = layer_loss_task.options(**plan.resources)
     generators = [
         task.remote(spec, config.encoder.prompt(), config.encoder.pooling,
-                    _forward_batch_size(config), config.loss.scale, pending[k::count], threads)
-        for k in range(count)
+                    _forward_batch_size(config), config.loss.scale, pending[k::plan.count], plan.threads)
+        for k in range(plan.count)
     ]
     try:
-        while generators:
-            ready, generators = ray.wait(generators, num_returns=1)
-            for generator in ready:
-                try:
-                    ref = next(generator)
-                except StopIteration:
-                    continue
-                on_result(*ray.get(ref))
-                generators.append(generator)
-    except ray.exceptions.RayTaskError as exc:
-        if isinstance(getattr(exc, "cause", None), LayercutError):
-            raise exc.cause from None  # the user's problem, as one line
-        raise
+        with user_errors_from_ray():
+            while generators:
+                ready, generators = ray.wait(generators, num_returns=1)
+                for generator in ready:
+                    try:
+                        ref = next(generator)
+                    except StopIteration:
+                        continue
+                    on_result(*ray.get(ref))
+                    generators.append(generator)
     finally:
         for generator in generators:  # on error, stop the other tasks too
             try:
@@ -192,7 +170,7 @@ def run(config: LayerLossConfig, *, show_progress: bool = True) -> dict[str, Any
     store = _BatchStore(run_dir, _fingerprint(config, source, data_path))
     write_atomic(run_dir / "config.yaml", dump_config(config))
 
-    _ensure_ray(config.workers.address)
+    ensure_ray(config.workers.address)
     batches, data_report = sample_triplet_batches(
         data_path, num_batches=config.data.num_batches, batch_size=config.data.batch_size,
         seed=config.data.seed, invalid_rows=config.data.invalid_rows, columns=config.data.columns)

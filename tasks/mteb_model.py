@@ -22,6 +22,13 @@ from tasks.errors import LayercutError
 EmbedFn = Callable[[Sequence[str], Sequence[str | None]], torch.Tensor]
 
 
+def model_meta(name: str, revision: str, **extra: Any) -> ModelMeta:
+    """mteb's description of a layercut model; it names the result folder (name/revision)."""
+    # The enum member, not the string: mteb compares similarity_fn_name by identity.
+    return ModelMeta.create_empty(overwrites={
+        "name": name, "revision": revision, "similarity_fn_name": ScoringFunction.COSINE, **extra})
+
+
 class LayercutMTEBModel(AbsEncoder):
     def __init__(self, embed: EmbedFn, *, name: str, revision: str | None = None,
                  instructions: dict[str, str] | None = None, batch_size: int = 32,
@@ -33,9 +40,7 @@ class LayercutMTEBModel(AbsEncoder):
         self.large_min_texts = large_min_texts
         self.instructions = instructions or {}
         self.batch_size = batch_size
-        self.mteb_model_meta = ModelMeta.create_empty(overwrites={
-            "name": name, "revision": revision or "local", "similarity_fn_name": ScoringFunction.COSINE,
-            **(extra_meta or {})})
+        self.mteb_model_meta = model_meta(name, revision or "local", **(extra_meta or {}))
         self.texts_encoded = 0
         self.encode_seconds = 0.0
 

@@ -1,0 +1,63 @@
+"""Ray glue shared by the stages: connecting, sizing the worker pool, surfacing user errors."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator
+
+from pipelines.sections import WorkersSection
+from tasks.errors import LayercutError
+
+
+def ensure_ray(address: str | None) -> None:
+    """Connect to the cluster (RAY_ADDRESS, a local `ray start`) or start Ray in-process."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=address, logging_level="WARNING", log_to_driver=True,
+                 configure_logging=True)
+    from ray.data import DataContext
+
+    DataContext.get_current().enable_progress_bars = False  # the stages show their own progress
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # no per-dataset execution plans
+
+
+@dataclass(frozen=True)
+class WorkerPlan:
+    count: int
+    use_gpu: bool
+    cpus: float
+    threads: int  # torch threads per CPU worker; 0 on GPU workers
+
+    @property
+    def resources(self) -> dict[str, float]:
+        return {"num_gpus": 1 if self.use_gpu else 0, "num_cpus": self.cpus}
+
+
+def plan_workers(workers: WorkersSection, jobs: int) -> WorkerPlan:
+    """How many workers for ``jobs`` units of work: one per GPU when the cluster has GPUs."""
+    import ray
+
+    ensure_ray(workers.address)
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    use_gpu = gpus > 0 if workers.use_gpu == "auto" else bool(workers.use_gpu)
+    if use_gpu and gpus == 0:
+        raise LayercutError("workers.use_gpu is true but the Ray cluster has no GPU")
+    count = workers.num_workers if workers.num_workers != "auto" else max(1, gpus if use_gpu else 1)
+    threads = 0 if use_gpu else max(1, int(workers.cpus_per_worker))
+    return WorkerPlan(max(1, min(count, jobs)), use_gpu, workers.cpus_per_worker, threads)
+
+
+@contextmanager
+def user_errors_from_ray() -> Iterator[None]:
+    """Re-raise a LayercutError raised inside a Ray task or actor as itself: one line for the CLI."""
+    import ray
+
+    try:
+        yield
+    except ray.exceptions.RayTaskError as exc:
+        if isinstance(getattr(exc, "cause", None), LayercutError):
+            raise exc.cause from None
+        raise
