@@ -25,7 +25,8 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-def test_ray_job_submit_to_a_local_cluster(tmp_path, tiny_model_dirs):
+def test_ray_job_submit_to_a_local_cluster(tmp_path, tiny_model_dirs, ray_cluster):
+    # ray_cluster: the session's in-process Ray runs alongside, as in the full suite.
     bin_dir = Path(sys.executable).parent
     ray_cli = str(bin_dir / "ray")
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
@@ -34,10 +35,16 @@ def test_ray_job_submit_to_a_local_cluster(tmp_path, tiny_model_dirs):
     # A short temp dir: Ray's socket paths must stay under the Unix limit.
     temp_dir = tempfile.mkdtemp(prefix="lc-ray-", dir="/tmp")
     gcs_port, dashboard_port = _free_port(), _free_port()
+    # Every port of its own: the session's in-process Ray (ray_cluster fixture) may already hold
+    # the defaults, and a job agent that cannot bind its port never accepts the job.
+    own_ports = [f"--dashboard-agent-listen-port={_free_port()}",
+                 f"--dashboard-agent-grpc-port={_free_port()}", f"--metrics-export-port={_free_port()}",
+                 f"--runtime-env-agent-port={_free_port()}", f"--node-manager-port={_free_port()}",
+                 f"--object-manager-port={_free_port()}"]
     head = subprocess.Popen(
         [ray_cli, "start", "--head", "--block", f"--port={gcs_port}", "--num-cpus=2",
          f"--dashboard-port={dashboard_port}", "--dashboard-host=127.0.0.1", "--include-dashboard=true",
-         f"--temp-dir={temp_dir}", "--disable-usage-stats"],
+         *own_ports, f"--temp-dir={temp_dir}", "--disable-usage-stats"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     address = f"http://127.0.0.1:{dashboard_port}"
     out = tmp_path / "runs"
@@ -47,7 +54,7 @@ def test_ray_job_submit_to_a_local_cluster(tmp_path, tiny_model_dirs):
                   "python", "-m", "pipelines.layer_loss", "--no-progress", "--output-dir", str(out),
                   "--name", "job", f"model.name_or_path={tiny_model_dirs['llama']}",
                   f"data.source={TRIPLETS}", "data.num_batches=2", "data.batch_size=4"]
-        deadline = time.time() + 120
+        deadline = time.time() + 180
         not_ready = ("Connection", "No available agent", "try again later")
         while True:  # the job server and its agent need a few seconds after `ray start`
             result = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=600)
