@@ -11,7 +11,6 @@ parameters, layers and encode throughput. Finished tasks are not run again.
 
 from __future__ import annotations
 
-import re
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -47,9 +46,8 @@ class EvaluateConfig(StrictModel):
     workers: WorkersSection = Field(default_factory=WorkersSection)
 
     def run_dir(self) -> Path:
-        slug = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(self.model.name_or_path).name).strip("-")
         depth = f"-{self.layers}l" if self.layers is not None else ""
-        return Path(self.output_dir) / (self.name or f"eval-{slug}{depth}")
+        return Path(self.output_dir) / (self.name or f"eval-{self.model.slug()}{depth}")
 
 
 def packaged_instructions() -> dict[str, str]:
@@ -60,7 +58,6 @@ def _evaluation_model(config: EvaluateConfig):
     from tasks.evaluation_task import CorpusSplit, EvaluationModel
 
     source = resolve_model(config.model.name_or_path)
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(config.model.name_or_path).name).strip("-")
     revision = f"layers-{config.layers}" if config.layers is not None else "full"
     corpus = None
     if config.corpus_workers > 1:
@@ -68,7 +65,7 @@ def _evaluation_model(config: EvaluateConfig):
         corpus = CorpusSplit(workers=config.corpus_workers, min_texts=config.corpus_min_texts,
                              use_gpu=plan.use_gpu, cpus_per_worker=plan.cpus)
     return EvaluationModel(
-        name=f"layercut/{slug}", revision=revision, spec=config.model.spec(source, config.layers),
+        name=f"layercut/{config.model.slug()}", revision=revision, spec=config.model.spec(source, config.layers),
         prompt=config.encoder.prompt(), pooling=config.encoder.pooling,
         batch_size=config.encoder.forward_batch_size or 32,
         instructions={**packaged_instructions(), **config.instructions}, corpus=corpus)
@@ -76,19 +73,13 @@ def _evaluation_model(config: EvaluateConfig):
 
 def _model_facts(model) -> dict[str, Any]:
     """Parameters and layers of what is evaluated, from its config (no weights loaded)."""
-    import torch
-    from transformers import AutoModel
-
-    from tasks.models import load_config
-    from tasks.pruning import num_layers, parameters_at_depth, resolve_depth
+    from tasks.models import parameters_per_depth
+    from tasks.pruning import resolve_depth
 
     if model.is_sentence_transformer:
         return {"parameters": None, "layers": None, "layers_total": None}
-    config = load_config(model.spec.source, trust_remote_code=model.spec.trust_remote_code,
-                         revision=model.spec.revision)
-    with torch.device("meta"):
-        counts = parameters_at_depth(AutoModel.from_config(config, trust_remote_code=model.spec.trust_remote_code))
-    total = num_layers(config)
+    total, counts = parameters_per_depth(model.spec.source, revision=model.spec.revision,
+                                         trust_remote_code=model.spec.trust_remote_code)
     kept = total if model.spec.layers is None else resolve_depth(model.spec.layers, total)
     return {"parameters": counts[kept], "layers": kept, "layers_total": total}
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -31,9 +30,8 @@ from pipelines.sections import (EncoderSection, LossSection, ModelSection, Tripl
 from tasks.data import resolve_source, sample_triplet_batches
 from tasks.errors import LayercutError
 from tasks.layer_scan import combine
-from tasks.models import ModelSource, load_config, load_tokenizer, resolve_model
+from tasks.models import ModelSource, load_tokenizer, parameters_per_depth, resolve_model
 from tasks.prompts import PromptFormatter
-from tasks.pruning import num_layers, parameters_at_depth
 from tasks.selection import choose_depths
 
 STAGE = "layer_loss"
@@ -49,8 +47,7 @@ class LayerLossConfig(StrictModel):
     workers: WorkersSection = Field(default_factory=WorkersSection)
 
     def run_dir(self) -> Path:
-        slug = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(self.model.name_or_path).name).strip("-")
-        return Path(self.output_dir) / (self.name or f"layer-loss-{slug}")
+        return Path(self.output_dir) / (self.name or f"layer-loss-{self.model.slug()}")
 
 
 def _fingerprint(config: LayerLossConfig, source: ModelSource, data_path: str) -> str:
@@ -63,19 +60,6 @@ def _fingerprint(config: LayerLossConfig, source: ModelSource, data_path: str) -
         "loss": config.loss.model_dump(),
     }
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _parameter_counts(source: ModelSource, config: LayerLossConfig) -> tuple[int, list[int]]:
-    """(L, params of the backbone pruned to l layers for l = 0..L), built on the meta device."""
-    import torch
-    from transformers import AutoModel
-
-    model_config = load_config(source, trust_remote_code=config.model.trust_remote_code,
-                               revision=config.model.revision)
-    with torch.device("meta"):
-        skeleton = AutoModel.from_config(model_config,
-                                         trust_remote_code=config.model.trust_remote_code)
-    return num_layers(model_config), parameters_at_depth(skeleton)
 
 
 class _BatchStore:
@@ -160,7 +144,8 @@ def run(config: LayerLossConfig, *, show_progress: bool = True) -> dict[str, Any
     from tqdm import tqdm
 
     source = resolve_model(config.model.name_or_path)
-    total_layers, params = _parameter_counts(source, config)
+    total_layers, params = parameters_per_depth(
+        source, trust_remote_code=config.model.trust_remote_code, revision=config.model.revision)
     # Fail on a prompt setup the tokenizer cannot serve here, before any data or worker starts.
     PromptFormatter(load_tokenizer(source, trust_remote_code=config.model.trust_remote_code,
                                    revision=config.model.revision), config.encoder.prompt())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -20,6 +22,10 @@ class ModelSection(StrictModel):
     # sdpa uses flash kernels on GPU by itself; flash_attention_2 needs the flash-attn package.
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
     device: str = "auto"
+
+    def slug(self) -> str:
+        """The model's last path component, safe as a file name (run dirs, result folders)."""
+        return re.sub(r"[^A-Za-z0-9._-]+", "-", Path(self.name_or_path).name).strip("-")
 
     def spec(self, source: ModelSource, layers: int | float | None = None) -> ModelSpec:
         return ModelSpec(source=source, layers=layers, dtype=self.dtype, device=self.device,

@@ -227,3 +227,16 @@ class ModelSpec:
         tokenizer = load_tokenizer(
             self.source, trust_remote_code=self.trust_remote_code, revision=self.revision)
         return model, tokenizer
+
+
+def parameters_per_depth(source: ModelSource, *, trust_remote_code: bool = False,
+                         revision: str | None = None) -> tuple[int, list[int]]:
+    """(L, parameters of the backbone cut to l layers for l = 0..L), without loading weights."""
+    from transformers import AutoModel
+
+    from tasks.pruning import parameters_at_depth
+
+    config = load_config(source, trust_remote_code=trust_remote_code, revision=revision)
+    with torch.device("meta"):
+        skeleton = AutoModel.from_config(config, trust_remote_code=trust_remote_code)
+    return num_layers(config), parameters_at_depth(skeleton)
