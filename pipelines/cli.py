@@ -76,6 +76,24 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _finetune(args: argparse.Namespace) -> int:
+    from pipelines import finetune
+    from pipelines.config import find_config, load_config
+
+    extra = _common_extra(args, ("data", "data_root"))
+    if args.layers is not None:
+        extra["layers"] = args.layers
+    if args.force:
+        extra["force"] = True
+    if args.no_progress:
+        extra["show_progress"] = False
+    config = load_config(finetune.FinetuneConfig, find_config(args.config, finetune.STAGE),
+                         args.overrides, extra)
+    summary = finetune.run(config)
+    finetune.print_summary(summary, Path(summary["artifact"]).parent)
+    return 0
+
+
 def _depth(value: str) -> int | float:
     number = float(value)
     return int(number) if number.is_integer() else number
@@ -89,6 +107,14 @@ def build_parser() -> argparse.ArgumentParser:
                            "stage 1: per-layer initial loss and the L3Prune small/large depths",
                            "smollm2-135m")
     stage1.set_defaults(handler=_layer_loss)
+    stage2 = _stage_parser(subparsers, "finetune",
+                           "stage 2: fine-tune a truncation with Ray Train + DeepSpeed + LoRA",
+                           "smollm2-135m")
+    stage2.add_argument("--layers", type=_depth,
+                        help="layers to keep (e.g. 8) or fraction of layers to prune (e.g. 0.3)")
+    stage2.add_argument("--force", action="store_true",
+                        help="resume a checkpoint even though the config changed")
+    stage2.set_defaults(handler=_finetune)
     stage3 = _stage_parser(subparsers, "evaluate",
                            "stage 3: MTEB evaluation with mteb's own tasks, spread over Ray workers",
                            "smollm2-135m")

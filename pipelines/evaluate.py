@@ -55,7 +55,9 @@ def packaged_instructions() -> dict[str, str]:
 
 
 def _evaluation_model(config: EvaluateConfig):
+    from tasks.artifact import read_layercut_file
     from tasks.evaluation_task import CorpusSplit, EvaluationModel
+    from tasks.prompts import PromptConfig
 
     source = resolve_model(config.model.name_or_path)
     revision = f"layers-{config.layers}" if config.layers is not None else "full"
@@ -64,9 +66,14 @@ def _evaluation_model(config: EvaluateConfig):
         plan = plan_workers(config.workers, config.corpus_workers)
         corpus = CorpusSplit(workers=config.corpus_workers, min_texts=config.corpus_min_texts,
                              use_gpu=plan.use_gpu, cpus_per_worker=plan.cpus)
+    prompt, pooling = config.encoder.prompt(), config.encoder.pooling
+    artifact = read_layercut_file(source.path) if source.is_local else None
+    if artifact is not None:
+        # A fine-tuned artifact was trained with its own input format and pooling: use them.
+        prompt, pooling = PromptConfig(**artifact["prompt"]), artifact["pooling"]
     return EvaluationModel(
         name=f"layercut/{config.model.slug()}", revision=revision, spec=config.model.spec(source, config.layers),
-        prompt=config.encoder.prompt(), pooling=config.encoder.pooling,
+        prompt=prompt, pooling=pooling,
         batch_size=config.encoder.forward_batch_size or 32,
         instructions={**packaged_instructions(), **config.instructions}, corpus=corpus)
 

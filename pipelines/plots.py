@@ -36,3 +36,30 @@ def plot_layer_losses(losses: Sequence[float], small: int, large: int, title: st
     fig.savefig(buffer, format="png")
     plt.close(fig)
     write_atomic(path, buffer.getvalue())
+
+
+def plot_training_loss(steps: Sequence[int], losses: Sequence[float], title: str, path: Path) -> None:
+    """Training loss per step, with a running mean over 1/20 of the run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
+    ax.plot(steps, losses, linewidth=0.8, color="#729fcf", label="loss (global batch)")
+    window = max(1, len(losses) // 20)
+    if window > 1:
+        smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
+        ax.plot(steps[window - 1:], smooth, linewidth=1.8, color="#204a87",
+                label=f"running mean ({window} steps)")
+    ax.set_xlabel("step")
+    ax.set_ylabel("InfoNCE loss")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    write_atomic(path, buffer.getvalue())

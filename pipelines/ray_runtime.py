@@ -7,7 +7,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator
 
-from pipelines.sections import WorkersSection
+from pipelines.sections import RayWorkersSection
 from tasks.errors import LayercutError
 
 
@@ -36,7 +36,7 @@ class WorkerPlan:
         return {"num_gpus": 1 if self.use_gpu else 0, "num_cpus": self.cpus}
 
 
-def plan_workers(workers: WorkersSection, jobs: int) -> WorkerPlan:
+def plan_workers(workers: RayWorkersSection, jobs: int) -> WorkerPlan:
     """How many workers for ``jobs`` units of work: one per GPU when the cluster has GPUs."""
     import ray
 

@@ -49,7 +49,9 @@ class EncoderSection(StrictModel):
                             max_length=self.max_length)
 
 
-class TripletDataSection(StrictModel):
+class TripletSourceSection(StrictModel):
+    """Where training triplets come from and how rows are read."""
+
     # The real default: a public hub dataset of triplets, read by Ray Data through hf://.
     source: str = "hf://datasets/sentence-transformers/all-nli/triplet/train-00000-of-00001.parquet"
     # Used instead of `source` when a data root (--data-root or LAYERCUT_DATA_ROOT) is set.
@@ -57,9 +59,6 @@ class TripletDataSection(StrictModel):
     data_root: str | None = None
     columns: dict[str, str] = Field(default_factory=dict)  # our field -> dataset column
     invalid_rows: Literal["skip", "fail"] = "skip"
-    num_batches: int = Field(100, ge=1)
-    batch_size: int = Field(64, ge=2)  # in-batch negatives need at least two triplets
-    seed: int = 42
 
     @field_validator("columns")
     @classmethod
@@ -70,12 +69,19 @@ class TripletDataSection(StrictModel):
         return value
 
 
+class TripletDataSection(TripletSourceSection):
+    """Stage 1's sample: ``num_batches`` random batches of ``batch_size`` triplets."""
+
+    num_batches: int = Field(100, ge=1)
+    batch_size: int = Field(64, ge=2)  # in-batch negatives need at least two triplets
+    seed: int = 42
+
+
 class LossSection(StrictModel):
     scale: float = Field(50.0, gt=0)  # cosine x scale; 50 as the official training script
 
 
-class WorkersSection(StrictModel):
-    executor: Literal["ray", "local"] = "ray"  # local: in this process, no Ray at all
+class RayWorkersSection(StrictModel):
     address: str | None = None  # None: RAY_ADDRESS / a running cluster, else start one in-process
     num_workers: int | Literal["auto"] = "auto"  # auto: one per GPU in the cluster, else 1
     use_gpu: bool | Literal["auto"] = "auto"  # auto: when the cluster has GPUs
@@ -86,3 +92,7 @@ class WorkersSection(StrictModel):
         if self.num_workers != "auto" and self.num_workers < 1:
             raise ValueError("num_workers must be >= 1 or 'auto'")
         return self
+
+
+class WorkersSection(RayWorkersSection):
+    executor: Literal["ray", "local"] = "ray"  # local: in this process, no Ray at all

@@ -80,8 +80,10 @@ def read_triplets(path: str):
     kwargs = {"filesystem": filesystem} if filesystem is not None else {}
     try:
         if _format_of(path, filesystem) == "json":
-            return ray.data.read_json(fs_path, file_extensions=["json", "jsonl", "gz"], **kwargs)
-        return ray.data.read_parquet(fs_path, file_extensions=["parquet"], **kwargs)
+            return ray.data.read_json(fs_path, file_extensions=["json", "jsonl", "gz"],
+                                      include_paths=True, **kwargs)
+        return ray.data.read_parquet(fs_path, file_extensions=["parquet"], include_paths=True,
+                                     **kwargs)
     except Exception as exc:  # noqa: BLE001
         raise LayercutError(f"cannot read training data {path}: {short_error(exc)}") from exc
 
@@ -122,6 +124,9 @@ def annotate(table: pa.Table, mapping: dict[str, str], seed: int) -> pa.Table:
     for field in (*REQUIRED_FIELDS, *OPTIONAL_FIELDS):
         column = mapping.get(field)
         out[field] = table[column].to_pylist() if column in table.column_names else [None] * table.num_rows
+    if "source" not in mapping and "path" in table.column_names:
+        # No source column: each file is one source (a folder of per-dataset files, as E5's).
+        out["source"] = [Path(p).name.split(".")[0] for p in table["path"].to_pylist()]
     problems, keys = [], []
     for row in range(table.num_rows):
         problem = ""
@@ -167,14 +172,12 @@ def _smallest_valid(table: pa.Table, count: int) -> pa.Table:
     return valid
 
 
-def sample_triplet_batches(path: str, *, num_batches: int, batch_size: int, seed: int,
-                           invalid_rows: str = "skip", columns: dict[str, str] | None = None
-                           ) -> tuple[list[dict[str, list]], dict[str, Any]]:
-    """``num_batches`` batches of ``batch_size`` triplets and a report of what was read.
+def annotated_triplets(path: str, *, seed: int, invalid_rows: str = "skip",
+                       columns: dict[str, str] | None = None):
+    """(Ray Dataset of annotated rows, report of what was read) for the triplets at ``path``.
 
-    Each batch is a dict of lists (query, positive, negative, instruction, source).
     ``invalid_rows``: 'skip' drops rows with a missing or empty field and counts them; 'fail'
-    stops with an error naming the first one.
+    stops with an error naming the first one. No usable row at all is always an error.
     """
     dataset = read_triplets(path)
     try:
@@ -183,31 +186,48 @@ def sample_triplet_batches(path: str, *, num_batches: int, batch_size: int, seed
         raise LayercutError(f"cannot read training data {path}: {short_error(exc)}") from exc
     if schema is None:
         raise LayercutError(f"training data {path} holds no rows")
-    mapping = column_mapping(list(schema.names), columns or {})
+    mapping = column_mapping([n for n in schema.names if n != "path"], columns or {})
     annotated = dataset.map_batches(annotate, batch_format="pyarrow",
                                     fn_kwargs={"mapping": mapping, "seed": seed})
-    wanted = num_batches * batch_size
     try:
         summaries = annotated.map_batches(_summarize, batch_format="pyarrow").take_all()
-        rows = sum(s["rows"] for s in summaries)
-        bad = sum(s["bad"] for s in summaries)
-        example = next((s["example"] for s in summaries if s["example"]), "")
-        if bad and invalid_rows == "fail":
-            raise LayercutError(f"{bad} of {rows} rows in {path} are unusable; first: {example}")
-        if rows - bad < wanted:
-            raise LayercutError(
-                f"{path} has {rows - bad} usable rows ({bad} skipped), fewer than "
-                f"num_batches x batch_size = {num_batches} x {batch_size} = {wanted}")
+    except Exception as exc:  # noqa: BLE001
+        raise LayercutError(f"cannot read training data {path}: {short_error(exc)}") from exc
+    rows = sum(s["rows"] for s in summaries)
+    bad = sum(s["bad"] for s in summaries)
+    example = next((s["example"] for s in summaries if s["example"]), "")
+    if bad and invalid_rows == "fail":
+        raise LayercutError(f"{bad} of {rows} rows in {path} are unusable; first: {example}")
+    if rows == bad:
+        detail = f"; first problem: {example}" if example else ""
+        raise LayercutError(f"training data {path} has no usable rows ({rows} read){detail}")
+    report = {"path": path, "rows": rows, "skipped_rows": bad, "first_problem": example,
+              "columns": mapping}
+    return annotated, report
+
+
+def sample_triplet_batches(path: str, *, num_batches: int, batch_size: int, seed: int,
+                           invalid_rows: str = "skip", columns: dict[str, str] | None = None
+                           ) -> tuple[list[dict[str, list]], dict[str, Any]]:
+    """``num_batches`` batches of ``batch_size`` triplets and a report of what was read.
+
+    Each batch is a dict of lists (query, positive, negative, instruction, source).
+    """
+    annotated, report = annotated_triplets(path, seed=seed, invalid_rows=invalid_rows,
+                                           columns=columns)
+    wanted = num_batches * batch_size
+    usable = report["rows"] - report["skipped_rows"]
+    if usable < wanted:
+        raise LayercutError(
+            f"{path} has {usable} usable rows ({report['skipped_rows']} skipped), fewer than "
+            f"num_batches x batch_size = {num_batches} x {batch_size} = {wanted}")
+    try:
         sampled = (annotated.map_batches(_smallest_valid, batch_format="pyarrow",
                                          fn_kwargs={"count": wanted})
                    .sort("_key").limit(wanted).take_all())
-    except LayercutError:
-        raise
     except Exception as exc:  # noqa: BLE001
         raise LayercutError(f"cannot read training data {path}: {short_error(exc)}") from exc
     fields = (*REQUIRED_FIELDS, *OPTIONAL_FIELDS)
     batches = [{f: [row[f] for row in sampled[b * batch_size:(b + 1) * batch_size]] for f in fields}
                for b in range(num_batches)]
-    report = {"path": path, "rows": rows, "skipped_rows": bad, "first_problem": example,
-              "sampled_rows": wanted, "columns": mapping}
-    return batches, report
+    return batches, {**report, "sampled_rows": wanted}

@@ -1,0 +1,361 @@
+"""Stage 2: fine-tune a truncation with Ray Train + DeepSpeed + LoRA; export a standard model.
+
+The driver resolves the model and depth, plans the task-homogeneous global batches with Ray Data
+(each worker gets its own dataset of its slots; no worker reads the whole corpus), runs a Ray
+Train TorchTrainer (one worker per GPU, CPU workers locally, a DeepSpeed engine in each), then
+merges the final adapter into the cut backbone and writes the artifact: a plain transformers
+model directory with sentence-transformers files and a model card.
+
+    layercut finetune --config smollm2-135m --layers 8 --data-root ../shared/data
+    python -m pipelines.finetune --config llama3-8b --layers 0.3
+
+Rerunning the same command resumes: Ray Train restores the run (same name and storage) from its
+latest checkpoint; a finished run is not trained again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+
+from pipelines.config import StrictModel, dump_config
+from pipelines.outputs import write_atomic, write_csv, write_json
+from pipelines.plots import plot_training_loss
+from pipelines.ray_runtime import ensure_ray, plan_workers
+from pipelines.sections import (EncoderSection, LossSection, ModelSection, RayWorkersSection,
+                                TripletSourceSection)
+from tasks.errors import LayercutError
+from tasks.lora import PROJECTIONS
+
+STAGE = "finetune"
+MODEL_DIR = "model"
+
+
+class LoraSection(StrictModel):
+    r: int = Field(16, ge=1)
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    # None: every attention and MLP projection the family has (Phi-3: qkv_proj, gate_up_proj).
+    target_modules: list[str] | None = None
+
+    @field_validator("target_modules")
+    @classmethod
+    def _known_projection(cls, value):
+        if value is not None and not value:
+            raise ValueError("give at least one module name, or leave it unset for all projections")
+        return value
+
+
+class TrainingSection(StrictModel):
+    """The paper's recipe by default (REFERENCE: Training)."""
+
+    steps: int = Field(1000, ge=1)
+    learning_rate: float = Field(2e-4, gt=0)
+    warmup_steps: int = Field(300, ge=0)
+    schedule: Literal["linear"] = "linear"
+    batch_size: int = Field(64, ge=1)  # per worker (per GPU); the global batch is x workers
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0)  # transformers Trainer's default, as the official code
+    gradient_checkpointing: bool | Literal["auto"] = "auto"  # auto: on GPU
+    seed: int = 42
+    checkpoint_every: int = Field(100, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+    max_failures: int = Field(3, ge=0)  # Ray restarts the workers this often after a failure
+
+
+class DeepSpeedSection(StrictModel):
+    zero_stage: Literal[0, 1, 2, 3] = 2
+    offload_optimizer: bool = False  # ZeRO-Offload: optimizer state in CPU memory
+    config_file: str | None = None  # a DeepSpeed JSON laid over the generated one
+
+
+class FinetuneConfig(StrictModel):
+    name: str | None = None  # run name; default: finetune-<model>-l<layers>
+    output_dir: str = "runs"
+    layers: int | float | None = None  # layers kept (int) or fraction pruned (float in (0, 1))
+    force: bool = False  # resume even though the config differs from the checkpoint's
+    show_progress: bool = True
+    model: ModelSection = Field(default_factory=ModelSection)
+    encoder: EncoderSection = Field(default_factory=EncoderSection)
+    data: TripletSourceSection = Field(default_factory=TripletSourceSection)
+    loss: LossSection = Field(default_factory=LossSection)
+    lora: LoraSection = Field(default_factory=LoraSection)
+    training: TrainingSection = Field(default_factory=TrainingSection)
+    deepspeed: DeepSpeedSection = Field(default_factory=DeepSpeedSection)
+    workers: RayWorkersSection = Field(default_factory=RayWorkersSection)
+
+    def run_dir(self, kept: int) -> Path:
+        return Path(self.output_dir) / (self.name or f"finetune-{self.model.slug()}-l{kept}")
+
+
+def _fingerprint(config: FinetuneConfig, model_path: str, data_path: str, kept: int,
+                 workers: int, dtype: str) -> str:
+    """What determines the trained weights: a run only resumes a checkpoint of the same."""
+    relevant = {
+        "model": [model_path, config.model.revision, dtype, kept],
+        "encoder": config.encoder.model_dump(exclude={"forward_batch_size"}),
+        "data": [data_path, config.data.columns, config.data.invalid_rows],
+        "loss": config.loss.model_dump(), "lora": config.lora.model_dump(),
+        "training": config.training.model_dump(
+            exclude={"checkpoint_every", "keep_checkpoints", "max_failures"}),
+        "deepspeed": config.deepspeed.model_dump(), "workers": workers,
+    }
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _guard_fingerprint(run_dir: Path, fingerprint: str, force: bool) -> None:
+    """Refuse to resume checkpoints of another configuration (a run that failed before its
+    first checkpoint guards nothing)."""
+    marker = run_dir / "fingerprint.json"
+    has_checkpoints = any((run_dir / "ray" / "train").glob("step-*"))
+    if marker.exists() and has_checkpoints:
+        previous = json.loads(marker.read_text()).get("fingerprint")
+        if previous != fingerprint and not force:
+            raise LayercutError(
+                f"run directory {run_dir} holds a run with a different configuration; use another "
+                "--name, delete it, or pass --force to resume its checkpoint with this config")
+
+
+def _user_deepspeed(config: FinetuneConfig) -> dict | None:
+    from tasks.deepspeed_config import read_user_config
+
+    return read_user_config(config.deepspeed.config_file) if config.deepspeed.config_file else None
+
+
+def _worker_datasets(annotated, plan, workers: int, per_worker: int) -> dict[str, Any]:
+    """One Ray Dataset per worker: its slots of every step, in step order.
+
+    Materialized before training starts: only the planned rows (steps x global batch) are held,
+    and the workers never wait for CPU slots to read data that their own CPUs are blocking
+    (on a small cluster the training workers can hold every CPU).
+    """
+    from tasks.batch_plan import place_rows, worker_slots
+
+    keep = ["query", "positive", "negative", "instruction", "_order"]
+    return {f"rank{rank}": annotated.map_batches(
+                place_rows, batch_format="pyarrow",
+                fn_kwargs={"slots": worker_slots(plan, rank, per_worker)})
+            .select_columns(keep).sort("_order").materialize()
+            for rank in range(workers)}
+
+
+def _plan(annotated, config: FinetuneConfig, global_batch: int):
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from tasks.batch_plan import plan_global_batches
+
+    parts = [batch for batch in annotated.select_columns(["_key", "source", "_problem"])
+             .iter_batches(batch_format="pyarrow", batch_size=65536)]
+    table = pa.concat_tables(parts)
+    table = table.filter(pc.equal(table["_problem"], ""))
+    return plan_global_batches(np.asarray(table["_key"].to_numpy(zero_copy_only=False)),
+                               table["source"].to_pylist(), steps=config.training.steps,
+                               global_batch=global_batch, seed=config.training.seed)
+
+
+def _fit(config: FinetuneConfig, job, datasets: dict, plan, run_dir: Path):
+    import ray.train
+    from ray.data import ExecutionOptions
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from tasks.training import cpu_worker_env, train_loop
+
+    run_config = ray.train.RunConfig(
+        name="train", storage_path=str((run_dir / "ray").resolve()),
+        failure_config=ray.train.FailureConfig(max_failures=config.training.max_failures),
+        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=config.training.keep_checkpoints),
+        worker_runtime_env=None if plan.use_gpu else {"env_vars": cpu_worker_env()})
+    trainer = TorchTrainer(
+        train_loop, train_loop_config={"job": job},
+        torch_config=TorchConfig(backend="nccl" if plan.use_gpu else "gloo"),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=plan.count, use_gpu=plan.use_gpu,
+            resources_per_worker={"CPU": plan.cpus, **({"GPU": 1} if plan.use_gpu else {})}),
+        run_config=run_config, datasets=datasets,
+        dataset_config=ray.train.DataConfig(
+            datasets_to_split=[], execution_options=ExecutionOptions(preserve_order=True)))
+    try:
+        result = trainer.fit()
+    except Exception as exc:  # noqa: BLE001 - Ray wraps worker errors (TrainingFailedError)
+        cause = _layercut_cause(exc)
+        if cause is not None:
+            raise cause from None
+        raise
+    if result.checkpoint is None:
+        raise LayercutError("training finished without a checkpoint")
+    return result.checkpoint
+
+
+def _trainer_state(checkpoint) -> dict[str, Any]:
+    """The small trainer-state file of a checkpoint, read without fetching the rest."""
+    with checkpoint.filesystem.open_input_file(f"{checkpoint.path}/trainer_state.json") as handle:
+        return json.loads(handle.read().decode())
+
+
+def _layercut_cause(exc: BaseException) -> LayercutError | None:
+    seen = set()
+    stack = [exc]
+    while stack:
+        current = stack.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, LayercutError):
+            return current
+        stack += [getattr(current, "cause", None), current.__cause__, current.__context__]
+        stack += list(getattr(current, "worker_failures", {}).values()) if isinstance(
+            getattr(current, "worker_failures", None), dict) else []
+        stack += list(getattr(current, "exceptions", []) or [])
+    return None
+
+
+def run(config: FinetuneConfig) -> dict[str, Any]:
+    """Train (or resume) and export; returns the summary written to summary.json."""
+    import ray
+
+    from tasks.artifact import ArtifactInfo, export_from_checkpoint
+    from tasks.data import annotated_triplets, resolve_source
+    from tasks.deepspeed_config import OptimizationSettings, deepspeed_config
+    from tasks.lora import LoraSettings
+    from tasks.models import load_tokenizer, parameters_per_depth, resolve_model
+    from tasks.prompts import PromptFormatter
+    from tasks.pruning import resolve_depth
+    from tasks.training import TrainingJob
+
+    if config.layers is None:
+        raise LayercutError("give the depth to keep: --layers N (layers) or --layers 0.3 (fraction pruned)")
+    if config.model.dtype == "float16":
+        raise LayercutError("float16 training is not supported: use model.dtype bfloat16 or float32")
+    source = resolve_model(config.model.name_or_path)
+    total_layers, params = parameters_per_depth(
+        source, trust_remote_code=config.model.trust_remote_code, revision=config.model.revision)
+    kept = resolve_depth(config.layers, total_layers)
+    tokenizer = load_tokenizer(source, trust_remote_code=config.model.trust_remote_code,
+                               revision=config.model.revision)
+    PromptFormatter(tokenizer, config.encoder.prompt())  # fail on a bad prompt setup now
+    unknown = [t for t in (config.lora.target_modules or []) if t not in PROJECTIONS]
+    if unknown:
+        print(f"layercut: note: lora.target_modules {unknown} are not standard projections",
+              file=sys.stderr)
+    user_deepspeed = _user_deepspeed(config)
+
+    ensure_ray(config.workers.address)
+    plan = plan_workers(config.workers, jobs=10**9)
+    dtype = config.model.dtype if config.model.dtype != "auto" else (
+        "bfloat16" if plan.use_gpu else "float32")
+    optimization = OptimizationSettings(
+        per_device_batch=config.training.batch_size, zero_stage=config.deepspeed.zero_stage,
+        bf16=dtype == "bfloat16", learning_rate=config.training.learning_rate,
+        weight_decay=config.training.weight_decay, max_grad_norm=config.training.max_grad_norm,
+        offload_optimizer=config.deepspeed.offload_optimizer)
+    # A contradicting DeepSpeed JSON fails here, before any worker starts.
+    deepspeed_config(optimization, plan.count, user_deepspeed, config.deepspeed.config_file or "")
+
+    data_path = resolve_source(config.data.source, config.data.local_source, config.data.data_root)
+    run_dir = config.run_dir(kept)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fingerprint = _fingerprint(config, source.path, data_path, kept, plan.count, dtype)
+    summary_path = run_dir / "summary.json"
+    if summary_path.exists() and (run_dir / MODEL_DIR / "layercut.json").exists():
+        summary = json.loads(summary_path.read_text())
+        if summary.get("fingerprint") == fingerprint:
+            print(f"layercut: {run_dir} is finished; nothing to do", file=sys.stderr)
+            return summary
+    _guard_fingerprint(run_dir, fingerprint, config.force)
+    write_atomic(run_dir / "config.yaml", dump_config(config))
+
+    global_batch = plan.count * config.training.batch_size
+    annotated, data_report = annotated_triplets(
+        data_path, seed=config.training.seed, invalid_rows=config.data.invalid_rows,
+        columns=config.data.columns)
+    if data_report["skipped_rows"]:
+        print(f"layercut: skipped {data_report['skipped_rows']} of {data_report['rows']} rows "
+              f"with a missing or empty field; first: {data_report['first_problem']}", file=sys.stderr)
+    batch_plan = _plan(annotated, config, global_batch)
+    datasets = _worker_datasets(annotated, batch_plan, plan.count, config.training.batch_size)
+
+    spec = replace(config.model.spec(source, layers=kept), dtype=dtype)
+    gradient_checkpointing = (plan.use_gpu if config.training.gradient_checkpointing == "auto"
+                              else config.training.gradient_checkpointing)
+    job = TrainingJob(
+        spec=spec, prompt=config.encoder.prompt(), pooling=config.encoder.pooling,
+        scale=config.loss.scale,
+        lora=LoraSettings(r=config.lora.r, alpha=config.lora.alpha, dropout=config.lora.dropout,
+                          target_modules=tuple(config.lora.target_modules or ()) or None),
+        optimization=optimization, steps=config.training.steps,
+        warmup_steps=config.training.warmup_steps, gradient_checkpointing=gradient_checkpointing,
+        checkpoint_every=config.training.checkpoint_every, seed=config.training.seed,
+        fingerprint=fingerprint, user_deepspeed=user_deepspeed,
+        user_deepspeed_path=config.deepspeed.config_file or "the DeepSpeed JSON",
+        threads=plan.threads, show_progress=config.show_progress,
+        metrics_tags={"run": run_dir.name})
+    write_json(run_dir / "fingerprint.json", {"fingerprint": fingerprint})
+    checkpoint = _fit(config, job, datasets, plan, run_dir)
+
+    state = _trainer_state(checkpoint)
+    if state.get("fingerprint") != fingerprint and not config.force:
+        raise LayercutError(f"the latest checkpoint in {run_dir} was trained with a different "
+                            "configuration; pass --force to export it anyway")
+    history = state["history"]
+    info = ArtifactInfo(
+        base_model=config.model.name_or_path, base_model_path=source.path,
+        layers=kept, total_layers=total_layers, parameters=params[kept],
+        parameters_full=params[-1], pooling=config.encoder.pooling,
+        prompt=config.encoder.prompt(), training=config.training.model_dump(),
+        lora=config.lora.model_dump(), loss_scale=config.loss.scale,
+        final_loss=history[-1]["loss"] if history else None, steps_done=state["step"],
+        workers=plan.count, data=data_path)
+    # Merging needs the cut backbone in memory: do it where a training worker would run.
+    export = ray.remote(export_from_checkpoint).options(**plan.resources)
+    ray.get(export.remote(spec, checkpoint, (run_dir / MODEL_DIR).resolve(), info))
+
+    write_csv(run_dir / "training_log.csv", ["step", "loss", "learning_rate", "tokens",
+                                            "tokens_per_second", "seconds"],
+              [[entry[k] for k in ("step", "loss", "learning_rate", "tokens",
+                                   "tokens_per_second", "seconds")] for entry in history])
+    plot_training_loss([h["step"] for h in history], [h["loss"] for h in history],
+                       f"{config.model.name_or_path} cut to {kept}/{total_layers} layers",
+                       run_dir / "loss_curve.png")
+    summary = {
+        "model": config.model.name_or_path, "layers": kept, "total_layers": total_layers,
+        "parameters": params[kept], "parameters_full": params[-1],
+        "parameters_removed_pct": round(100.0 * (1 - params[kept] / params[-1]), 2),
+        "steps": state["step"], "workers": plan.count, "global_batch": global_batch,
+        "first_loss": history[0]["loss"] if history else None,
+        "final_loss": history[-1]["loss"] if history else None,
+        "mean_tokens_per_second": (sum(h["tokens"] for h in history)
+                                   / max(sum(h["seconds"] for h in history), 1e-9)) if history else None,
+        "artifact": str((run_dir / MODEL_DIR).resolve()), "data": data_report,
+        "fingerprint": fingerprint,
+    }
+    write_json(summary_path, summary)
+    return summary
+
+
+def print_summary(summary: dict[str, Any], run_dir: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"fine-tuned {summary['model']}")
+    for column in ("layers kept", "parameters", "removed", "steps", "first loss", "final loss"):
+        table.add_column(column, justify="right")
+    table.add_row(f"{summary['layers']}/{summary['total_layers']}",
+                  f"{summary['parameters'] / 1e6:.1f}M", f"{summary['parameters_removed_pct']:.1f}%",
+                  str(summary["steps"]), f"{summary['first_loss']:.4f}", f"{summary['final_loss']:.4f}")
+    console = Console()
+    console.print(table)
+    console.print(f"model in {summary['artifact']}; log, loss curve and checkpoints in {run_dir}")
+
+
+if __name__ == "__main__":
+    from pipelines.cli import main
+
+    sys.exit(main(["finetune", *sys.argv[1:]]))

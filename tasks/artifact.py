@@ -1,0 +1,173 @@
+"""The product of stage 2: a standard embedding-model directory.
+
+- a plain transformers model (the cut backbone with LoRA merged; ``AutoModel.from_pretrained``),
+  its tokenizer (right padding, so plain transformers code needs no position ids),
+- sentence-transformers files: ``modules.json`` (Transformer -> text-token pooling), prompts for
+  documents (the chat-template prefix) and a ``query`` prompt template, and the pooling module
+  itself (``layercut_pooling.py``; load with ``trust_remote_code=True``),
+- ``layercut.json`` (how layercut formats and pools inputs for this model) and a model card.
+
+The directory is built beside the target and renamed into place: never seen half written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from tasks.prompts import PromptConfig, PromptFormatter
+
+LAYERCUT_FILE = "layercut.json"
+POOLING_FILE = "layercut_pooling.py"
+POOLING_DIR = "1_Pooling"
+
+
+@dataclass(frozen=True)
+class ArtifactInfo:
+    base_model: str
+    base_model_path: str
+    layers: int
+    total_layers: int
+    parameters: int
+    parameters_full: int
+    pooling: str
+    prompt: PromptConfig
+    training: dict[str, Any]
+    lora: dict[str, Any]
+    loss_scale: float
+    final_loss: float | None
+    steps_done: int
+    workers: int
+    data: str
+
+    @property
+    def removed_pct(self) -> float:
+        return round(100.0 * (1 - self.parameters / self.parameters_full), 2)
+
+
+def read_layercut_file(model_dir: str | Path) -> dict[str, Any] | None:
+    path = Path(model_dir) / LAYERCUT_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _sentence_transformers_files(staging: Path, formatter: PromptFormatter, info: ArtifactInfo,
+                                 hidden_size: int) -> None:
+    prefix = formatter.prefix
+    separator = info.prompt.instruction_separator
+    (staging / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "",
+         "type": "sentence_transformers.base.modules.transformer.Transformer"},
+        {"idx": 1, "name": "1", "path": POOLING_DIR, "type": "layercut_pooling.TextTokenPooling"},
+    ], indent=2))
+    (staging / "sentence_bert_config.json").write_text(json.dumps({
+        "transformer_task": "feature-extraction",
+        "max_seq_length": info.prompt.max_length,
+        "do_lower_case": False,
+        "unpad_inputs": False,
+        # The chat template's own special tokens are in the prompt; add none of the tokenizer's.
+        "processing_kwargs": {"text": {"add_special_tokens": not info.prompt.use_chat_template}},
+    }, indent=2))
+    (staging / "config_sentence_transformers.json").write_text(json.dumps({
+        "model_type": "SentenceTransformer",
+        # Documents: the chat-template prefix. Queries: prefix + "<instruction>" + separator;
+        # "query" below carries the paper's generic retrieval instruction as an example.
+        "prompts": {"document": prefix,
+                    "query": f"{prefix}Given a query, retrieve relevant passages{separator}"},
+        "default_prompt_name": "document",
+        "similarity_fn_name": "cosine",
+    }, indent=2))
+    pooling_dir = staging / POOLING_DIR
+    pooling_dir.mkdir()
+    (pooling_dir / "config.json").write_text(json.dumps(
+        {"embedding_dimension": hidden_size, "pooling_mode": info.pooling}, indent=2))
+    shutil.copyfile(Path(__file__).with_name("st_pooling.py"), staging / POOLING_FILE)
+
+
+def _model_card(info: ArtifactInfo, prefix: str) -> str:
+    training = info.training
+    return f"""---
+library_name: sentence-transformers
+pipeline_tag: sentence-similarity
+base_model: {info.base_model}
+tags: [layercut, l3prune, sentence-transformers, feature-extraction]
+---
+# {Path(info.base_model).name} cut to {info.layers} of {info.total_layers} layers (layercut)
+
+A text encoder made by [layercut](https://github.com/) with L3Prune ("Large Language Models Are
+Overparameterized Text Encoders", 2024): the first {info.layers} of {info.total_layers} decoder
+layers of `{info.base_model}`, fine-tuned with LoRA on a contrastive (hard-negative InfoNCE)
+objective, adapters merged.
+
+| | |
+|---|---|
+| base model | `{info.base_model}` |
+| layers kept | {info.layers} of {info.total_layers} |
+| parameters | {info.parameters:,} of {info.parameters_full:,} ({info.removed_pct:.1f}% removed) |
+| pooling | {info.pooling} over the text tokens (prompt tokens excluded) |
+| training | {info.steps_done} steps, lr {training['learning_rate']}, warmup {training['warmup_steps']}, {training['schedule']} schedule, batch {training['batch_size']} x {info.workers} workers, seed {training['seed']} |
+| LoRA | r {info.lora['r']}, alpha {info.lora['alpha']}, dropout {info.lora['dropout']} |
+| loss | InfoNCE, scale {info.loss_scale}; final training loss {info.final_loss if info.final_loss is None else round(info.final_loss, 4)} |
+| training data | `{info.data}` |
+
+## Use
+
+```python
+from sentence_transformers import SentenceTransformer
+
+model = SentenceTransformer("path/to/this/dir", trust_remote_code=True)  # for layercut_pooling.py
+documents = model.encode(["A man is playing a guitar."])            # prompt "document"
+queries = model.encode(["guitar player"], prompt={json.dumps(prefix + "Retrieve semantically similar text" + info.prompt.instruction_separator)})
+```
+
+Queries take the chat-template prefix, then their task instruction and `{info.prompt.instruction_separator}`;
+documents take the prefix alone. `layercut evaluate --model <dir>` applies the instruction table itself.
+With plain transformers: `AutoModel.from_pretrained(dir)` gives the backbone; pool the text tokens
+as `layercut_pooling.py` does.
+"""
+
+
+def export_from_checkpoint(spec, checkpoint, target: Path, info: ArtifactInfo) -> Path:
+    """``export_artifact`` from the adapter inside a Ray Train checkpoint (local or remote)."""
+    with checkpoint.as_directory() as directory:
+        return export_artifact(spec, Path(directory) / "adapter", target, info)
+
+
+def export_artifact(spec, adapter_dir: Path, target: Path, info: ArtifactInfo) -> Path:
+    """Merge the adapter into the cut backbone and write the artifact directory ``target``."""
+    from peft import PeftModel
+
+    model, tokenizer = spec.load()
+    merged = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
+    formatter = PromptFormatter(tokenizer, info.prompt)
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        merged.save_pretrained(staging)
+        tokenizer.padding_side = "right"
+        tokenizer.save_pretrained(staging)
+        _sentence_transformers_files(staging, formatter, info, merged.config.hidden_size)
+        layercut = {"format": 1, "pooling": info.pooling, "prompt": asdict(info.prompt),
+                    "base_model": info.base_model, "layers": info.layers,
+                    "total_layers": info.total_layers, "parameters": info.parameters,
+                    "parameters_full": info.parameters_full, "final_loss": info.final_loss,
+                    "steps": info.steps_done}
+        (staging / LAYERCUT_FILE).write_text(json.dumps(layercut, indent=2))
+        (staging / "README.md").write_text(_model_card(info, formatter.prefix))
+        if target.exists():  # a previous export of the same run: replace it whole
+            old = target.with_name(f".{target.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(target, old)
+            os.replace(staging, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target

@@ -1,0 +1,284 @@
+"""Stage 2's unit of work: the training loop each Ray Train worker runs (DeepSpeed + LoRA).
+
+The worker loads the backbone already cut to its depth, adds LoRA adapters, wraps it in a
+DeepSpeed engine and trains with the hard-negative InfoNCE loss over the GLOBAL batch (queries
+against the positives and hard negatives of every worker). Its rows come from its own Ray Data
+shard in plan order (``tasks.batch_plan``), so step s trains on the same rows whatever happened
+before. Every ``checkpoint_every`` steps it reports a checkpoint to Ray Train holding the
+DeepSpeed state (adapter weights, optimizer, schedule), the adapter in peft format, the per-step
+log and every worker's RNG state; a restarted worker resumes from the latest one at that step.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from tasks.deepspeed_config import OptimizationSettings, deepspeed_config
+from tasks.encoder import position_ids_for
+from tasks.errors import LayercutError
+from tasks.lora import LoraSettings, add_lora
+from tasks.loss import distributed_hard_negative_infonce
+from tasks.pooling import pool
+from tasks.prompts import PromptConfig, PromptFormatter
+
+TRAINER_STATE = "trainer_state.json"
+ADAPTER_DIR = "adapter"
+DEEPSPEED_DIR = "deepspeed"
+DEEPSPEED_TAG = "state"
+
+
+@dataclass(frozen=True)
+class TrainingJob:
+    """Everything a worker needs; built on the driver, shipped to every worker."""
+
+    spec: Any  # tasks.models.ModelSpec, with .layers set to the kept depth
+    prompt: PromptConfig
+    pooling: str
+    scale: float
+    lora: LoraSettings
+    optimization: OptimizationSettings
+    steps: int
+    warmup_steps: int
+    gradient_checkpointing: bool
+    checkpoint_every: int
+    seed: int
+    fingerprint: str  # of the settings that determine the numbers (resume guard)
+    user_deepspeed: dict[str, Any] | None = None
+    user_deepspeed_path: str = "the DeepSpeed JSON"
+    threads: int = 0  # torch threads on a CPU worker; 0 leaves torch's default
+    dataset_prefix: str = "rank"  # worker r reads get_dataset_shard(f"{prefix}{r}")
+    show_progress: bool = True
+    metrics_tags: dict[str, str] = field(default_factory=dict)
+
+
+def linear_schedule(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
+    """The factor on the peak learning rate at optimizer step ``step`` (transformers' 'linear')."""
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return step / max(1, warmup_steps)
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+    return factor
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def build_trainable(job: TrainingJob):
+    """(peft model in train mode, tokenizer): the cut backbone with fresh LoRA adapters.
+
+    Seeded first, so every worker starts from identical adapters.
+    """
+    seed_everything(job.seed)
+    model, tokenizer = job.spec.load()
+    if job.gradient_checkpointing:
+        # Non-reentrant checkpointing needs no input-grad hooks with frozen embeddings.
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model = add_lora(model, job.lora)
+    model.train()
+    return model, tokenizer
+
+
+def initialize_engine(model, job: TrainingJob, world_size: int):
+    """The DeepSpeed engine around ``model``, with layercut's linear schedule."""
+    import deepspeed
+    from torch.optim.lr_scheduler import LambdaLR
+
+    config = deepspeed_config(job.optimization, world_size, job.user_deepspeed, job.user_deepspeed_path)
+    schedule = linear_schedule(job.warmup_steps, job.steps)
+    engine, _, _, _ = deepspeed.initialize(
+        model=model, config=config,
+        model_parameters=[p for p in model.parameters() if p.requires_grad],
+        lr_scheduler=lambda optimizer: LambdaLR(optimizer, schedule))
+    return engine
+
+
+def contrastive_loss(model, formatter: PromptFormatter, rows: dict[str, list], pooling: str,
+                     scale: float, device: torch.device) -> tuple[torch.Tensor, int]:
+    """(global-batch InfoNCE loss, this worker's non-padding tokens) for one step's rows.
+
+    Queries carry their task instruction; positives and negatives (documents) none. All 3b
+    texts run through the model in one forward pass.
+    """
+    b = len(rows["query"])
+    texts = [*rows["query"], *rows["positive"], *rows["negative"]]
+    instructions = [*rows.get("instruction", [None] * b), *[None] * (2 * b)]
+    features = formatter(texts, instructions)
+    attention_mask = features["attention_mask"].to(device)
+    hidden = model(input_ids=features["input_ids"].to(device), attention_mask=attention_mask,
+                   position_ids=position_ids_for(attention_mask), use_cache=False).last_hidden_state
+    embeddings = pool(hidden, features["pool_mask"].to(device), pooling)
+    queries, positives, negatives = embeddings.split(b)
+    return distributed_hard_negative_infonce(queries, positives, negatives, scale), int(attention_mask.sum())
+
+
+def _all_reduce_sum(value: float, device: torch.device) -> float:
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return value
+    tensor = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(tensor)
+    return float(tensor.item())
+
+
+class _Metrics:
+    """Per-step loss, learning rate and tokens/s as Ray metrics (Prometheus), from rank 0."""
+
+    def __init__(self, tags: dict[str, str]):
+        from ray.util.metrics import Gauge
+
+        keys = tuple(tags)
+        self.tags = tags
+        self.gauges = {name: Gauge(f"layercut_train_{name}", description=text, tag_keys=keys)
+                       for name, text in (("loss", "training loss (global batch)"),
+                                          ("learning_rate", "learning rate"),
+                                          ("tokens_per_second", "tokens per second, all workers"),
+                                          ("step", "optimizer steps done"))}
+
+    def record(self, entry: dict[str, float]) -> None:
+        for name, gauge in self.gauges.items():
+            gauge.set(float(entry[name]), tags=self.tags)
+
+
+def save_checkpoint(engine, job: TrainingJob, step: int, history: list[dict], rank: int,
+                    world_size: int, directory: Path) -> None:
+    """Write this worker's part of the step-``step`` checkpoint into ``directory``.
+
+    Every worker writes its own files (its RNG state, its ZeRO partition); rank 0 also writes
+    the adapter, the shared DeepSpeed state and the trainer state. Ray Train merges the workers'
+    directories and registers the checkpoint only when all have reported it.
+    """
+    import deepspeed
+
+    engine.save_checkpoint(str(directory / DEEPSPEED_DIR), tag=DEEPSPEED_TAG,
+                           exclude_frozen_parameters=True)
+    torch.save(rng_state(), directory / f"rng-rank{rank}.pt")
+    lora_params = [p for n, p in engine.module.named_parameters() if "lora_" in n]
+    with deepspeed.zero.GatheredParameters(lora_params, modifier_rank=None):
+        if rank == 0:
+            engine.module.save_pretrained(directory / ADAPTER_DIR)
+    if rank == 0:
+        state = {"step": step, "steps": job.steps, "world_size": world_size,
+                 "fingerprint": job.fingerprint, "history": history}
+        (directory / TRAINER_STATE).write_text(json.dumps(state))
+
+
+def load_checkpoint(engine, directory: Path, job: TrainingJob, rank: int,
+                    world_size: int) -> tuple[int, list[dict]]:
+    """Restore engine, RNG and log from a checkpoint; returns (steps done, per-step log)."""
+    state = json.loads((directory / TRAINER_STATE).read_text())
+    if state["world_size"] != world_size:
+        raise LayercutError(f"the checkpoint was written by {state['world_size']} workers, this run "
+                            f"has {world_size}; resume with workers.num_workers={state['world_size']}")
+    path, _ = engine.load_checkpoint(str(directory / DEEPSPEED_DIR), tag=DEEPSPEED_TAG,
+                                     load_module_strict=False)
+    if path is None:
+        raise LayercutError(f"checkpoint {directory} holds no DeepSpeed state")
+    set_rng_state(torch.load(directory / f"rng-rank{rank}.pt", weights_only=False))
+    return int(state["step"]), list(state["history"])
+
+
+def train_worker(job: TrainingJob) -> None:
+    """The Ray Train loop (``train_loop_per_worker``) of stage 2."""
+    import ray.train
+
+    context = ray.train.get_context()
+    rank, world_size = context.get_world_rank(), context.get_world_size()
+    if job.threads:
+        torch.set_num_threads(job.threads)
+    model, tokenizer = build_trainable(job)
+    device = next(model.parameters()).device
+    engine = initialize_engine(model, job, world_size)
+    formatter = PromptFormatter(tokenizer, job.prompt)
+
+    start_step, history = 0, []
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            start_step, history = load_checkpoint(engine, Path(directory), job, rank, world_size)
+    if start_step >= job.steps:
+        return
+
+    metrics = _Metrics(job.metrics_tags) if rank == 0 else None
+    progress = None
+    if rank == 0 and job.show_progress:
+        from ray.experimental.tqdm_ray import tqdm
+
+        progress = tqdm(total=job.steps, desc="fine-tuning", unit="step", position=0)
+        progress.update(start_step)
+    shard = ray.train.get_dataset_shard(f"{job.dataset_prefix}{rank}")
+    batches = shard.iter_batches(batch_size=job.optimization.per_device_batch, batch_format="numpy")
+
+    from tasks.batch_plan import steps_from_rows
+
+    started = time.perf_counter()
+    for step, rows in steps_from_rows(batches, job.optimization.per_device_batch, start_step):
+        if step >= job.steps:
+            break
+        learning_rate = engine.get_lr()[0]
+        loss, tokens = contrastive_loss(engine, formatter, rows, job.pooling, job.scale, device)
+        # Every worker holds the global loss; data-parallel averaging divides by world_size.
+        engine.backward(loss * world_size)
+        engine.step()
+        tokens = _all_reduce_sum(tokens, device)
+        now = time.perf_counter()
+        entry = {"step": step + 1, "loss": float(loss.detach()), "learning_rate": learning_rate,
+                 "tokens": tokens, "tokens_per_second": tokens / max(now - started, 1e-9),
+                 "seconds": now - started}
+        started = now
+        history.append(entry)
+        if metrics is not None:
+            metrics.record(entry)
+        if progress is not None:
+            progress.set_description(f"fine-tuning loss {entry['loss']:.4f} lr {learning_rate:.2e} "
+                                     f"{entry['tokens_per_second']:.0f} tok/s")
+            progress.update(1)
+        done = step + 1
+        if done % job.checkpoint_every == 0 or done == job.steps:
+            with tempfile.TemporaryDirectory(prefix="layercut-ckpt-") as tmp:
+                save_checkpoint(engine, job, done, history, rank, world_size, Path(tmp))
+                ray.train.report({"step": done, "loss": entry["loss"]},
+                                 checkpoint=ray.train.Checkpoint.from_directory(tmp),
+                                 checkpoint_dir_name=f"step-{done:07d}")
+    if progress is not None:
+        progress.close()
+    if history and history[-1]["step"] < job.steps:
+        raise LayercutError(f"the training data ran out at step {history[-1]['step']} of {job.steps}")
+
+
+def train_loop(config: dict[str, Any]) -> None:
+    """Ray Train's ``train_loop_per_worker``: the job arrives in the train loop config."""
+    train_worker(config["job"])
+
+
+def cpu_worker_env() -> dict[str, str]:
+    """Environment for CPU workers: DeepSpeed's CPU accelerator (it otherwise probes for GPUs)."""
+    return {"DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu")}

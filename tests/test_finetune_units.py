@@ -1,0 +1,229 @@
+"""Stage 2's parts without a cluster: LoRA placement, batch plan, DeepSpeed config, and the
+gathered-negatives loss against a single worker on the doubled batch (2 real gloo processes)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+
+import numpy as np
+import pytest
+import torch
+
+from tasks.batch_plan import plan_global_batches, steps_from_rows
+from tasks.deepspeed_config import OptimizationSettings, deepspeed_config
+from tasks.errors import LayercutError
+from tasks.lora import LoraSettings, add_lora, lora_targets_of
+from tests.conftest import FAMILIES
+
+EXPECTED = {"phi3": {"qkv_proj", "o_proj", "gate_up_proj", "down_proj"}}
+SEPARATE = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_lora_lands_on_every_projection(family, tiny_model_dirs):
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(tiny_model_dirs[family])
+    peft_model = add_lora(model, LoraSettings())
+    targets = lora_targets_of(peft_model)
+    expected = EXPECTED.get(family, SEPARATE)
+    assert {t.rsplit(".", 1)[-1] for t in targets} == expected
+    assert len(targets) == len(expected) * model.config.num_hidden_layers
+    trainable = [n for n, p in peft_model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    config = next(iter(peft_model.peft_config.values()))
+    assert (config.r, config.lora_alpha, config.lora_dropout) == (16, 32, 0.05)
+
+
+def test_lora_unknown_target_is_an_error(tiny_model_dirs):
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(tiny_model_dirs["llama"])
+    with pytest.raises(LayercutError, match="not modules of"):
+        add_lora(model, LoraSettings(target_modules=("qkv_proj",)))
+
+
+def test_plan_is_homogeneous_and_independent_of_row_order():
+    rng = np.random.default_rng(0)
+    keys = rng.choice(2**60, size=70, replace=False).astype(np.uint64)
+    sources = ["a"] * 30 + ["b"] * 25 + ["c"] * 15
+    plan = plan_global_batches(keys, sources, steps=20, global_batch=8, seed=1)
+    source_of = dict(zip(keys.tolist(), sources))
+    assert plan.shape == (20, 8)
+    for batch in plan:
+        assert len({source_of[k] for k in batch.tolist()}) == 1  # one source per global batch
+        assert len(set(batch.tolist())) == 8
+    # Epoch 1 uses 3 + 3 + 1 = 7 batches and no row twice.
+    first_epoch = plan[:7].ravel().tolist()
+    assert len(set(first_epoch)) == len(first_epoch)
+    order = rng.permutation(70)
+    shuffled = plan_global_batches(keys[order], [sources[i] for i in order], steps=20,
+                                   global_batch=8, seed=1)
+    assert np.array_equal(plan, shuffled)
+    assert not np.array_equal(plan, plan_global_batches(keys, sources, steps=20, global_batch=8, seed=2))
+    with pytest.raises(LayercutError, match="larger than the data"):
+        plan_global_batches(keys, sources, steps=2, global_batch=31, seed=1)
+
+
+def test_steps_from_rows_skips_done_steps_and_duplicate_slots():
+    # Worker rows for 3 steps of 2 slots, the slot 3 row duplicated (identical rows share a key).
+    orders = [0, 1, 2, 3, 3, 4, 5]
+    batches = [{"_order": np.array(orders[:4]), "query": np.array(list("abcd"))},
+               {"_order": np.array(orders[4:]), "query": np.array(list("dEF"))}]
+    steps = list(steps_from_rows(batches, per_worker=2, start_step=1))
+    assert steps == [(1, {"query": ["c", "d"]}), (2, {"query": ["E", "F"]})]
+    with pytest.raises(LayercutError, match="received 1 rows"):
+        list(steps_from_rows([{"_order": np.array([0, 1, 2]), "query": np.array(list("abc"))}], 2))
+
+
+def test_deepspeed_config_overlay_and_contradictions(tmp_path):
+    settings = OptimizationSettings(per_device_batch=8, zero_stage=2, bf16=False, learning_rate=2e-4,
+                                    weight_decay=0.0, max_grad_norm=1.0)
+    generated = deepspeed_config(settings, world_size=4)
+    assert generated["train_batch_size"] == 32 and generated["zero_optimization"]["stage"] == 2
+    merged = deepspeed_config(settings, 4, {"zero_optimization": {"stage": 2, "overlap_comm": True},
+                                            "train_micro_batch_size_per_gpu": 8})
+    assert merged["zero_optimization"] == {"stage": 2, "overlap_comm": True}
+    for user, message in (({"zero_optimization": {"stage": 3}}, "zero_optimization.stage=3"),
+                          ({"train_micro_batch_size_per_gpu": 16}, "train_micro_batch_size_per_gpu=16"),
+                          ({"bf16": {"enabled": True}}, "bf16.enabled=True"),
+                          ({"optimizer": {"type": "AdamW", "params": {"lr": 1e-3}}}, "optimizer.params.lr"),
+                          ({"scheduler": {"type": "WarmupLR"}}, "scheduler"),
+                          ({"optimizer": {"type": "Lamb"}}, "Lamb")):
+        with pytest.raises(LayercutError, match=message.replace(".", r"\.").replace("[", r"\[")):
+            deepspeed_config(settings, 4, user)
+
+
+# --- gathered negatives: 2 workers x b == 1 worker x 2b, loss and LoRA gradients --------------
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _rows(triplets, begin, end):
+    part = triplets[begin:end]
+    return {f: [row[f] for row in part] for f in ("query", "positive", "negative", "instruction")}
+
+
+def _lora_grads(model) -> dict[str, torch.Tensor]:
+    return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _job(model_dir: str, per_device: int):
+    from tasks.models import ModelSource, ModelSpec
+    from tasks.prompts import PromptConfig
+    from tasks.training import TrainingJob
+
+    return TrainingJob(
+        spec=ModelSpec(ModelSource(model_dir, True), layers=3, dtype="float32", device="cpu"),
+        prompt=PromptConfig(max_length=64), pooling="weighted_mean", scale=50.0,
+        lora=LoraSettings(dropout=0.0),
+        optimization=OptimizationSettings(per_device_batch=per_device, zero_stage=0, bf16=False,
+                                          learning_rate=1e-3, weight_decay=0.0, max_grad_norm=1e9),
+        steps=10, warmup_steps=0, gradient_checkpointing=False, checkpoint_every=10, seed=7,
+        fingerprint="test")
+
+
+def _worker(rank: int, world: int, port: int, model_dir: str, triplets, out: str) -> None:
+    import torch.distributed as dist
+
+    from tasks.prompts import PromptFormatter
+    from tasks.training import build_trainable, contrastive_loss, initialize_engine
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank), DS_ACCELERATOR="cpu")
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    b = 4
+    job = _job(model_dir, b)
+    model, tokenizer = build_trainable(job)
+    engine = initialize_engine(model, job, world)
+    loss, _ = contrastive_loss(engine, PromptFormatter(tokenizer, job.prompt),
+                               _rows(triplets, rank * b, (rank + 1) * b), job.pooling, job.scale,
+                               torch.device("cpu"))
+    engine.backward(loss * world)  # DeepSpeed averages the workers' gradients
+    torch.save({"loss": float(loss), "grads": _lora_grads(engine.module)}, f"{out}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_gathered_negatives_equal_one_worker_with_double_batch(tmp_path, tiny_model_dirs, triplet_rows):
+    import torch.multiprocessing as mp
+
+    from tasks.prompts import PromptFormatter
+    from tasks.training import build_trainable, contrastive_loss
+
+    model_dir = tiny_model_dirs["llama"]
+    triplets = triplet_rows[240:248]  # straddles the SICK/TREC boundary: varied lengths
+    mp.start_processes(_worker, args=(2, _free_port(), model_dir, triplets, str(tmp_path)),
+                       nprocs=2, join=True, start_method="spawn")
+    # The reference: one process, plain PyTorch autograd on the whole batch of 8.
+    job = _job(model_dir, 8)
+    model, tokenizer = build_trainable(job)
+    loss, _ = contrastive_loss(model, PromptFormatter(tokenizer, job.prompt), _rows(triplets, 0, 8),
+                               job.pooling, job.scale, torch.device("cpu"))
+    loss.backward()
+    reference = _lora_grads(model)
+    for rank in range(2):
+        result = torch.load(tmp_path / f"rank{rank}.pt")
+        assert result["loss"] == pytest.approx(loss.item(), rel=1e-5, abs=1e-6)
+        assert set(result["grads"]) == set(reference)
+        for name, grad in reference.items():
+            assert torch.allclose(result["grads"][name], grad, rtol=1e-4, atol=1e-6), name
+    assert any(g.abs().sum() > 0 for g in reference.values())
+
+
+# --- configs and bad input -------------------------------------------------------------------
+
+def test_packaged_finetune_configs_validate():
+    from pipelines import finetune
+    from pipelines.config import CONFIG_DIR, load_config
+
+    paths = sorted((CONFIG_DIR / "finetune").glob("*.yaml"))
+    assert {p.stem for p in paths} >= {"smollm2-135m", "gemma3-270m", "llama3-8b", "mistral-7b",
+                                       "qwen2-7b", "phi3-mini"}
+    for path in paths:
+        config = load_config(finetune.FinetuneConfig, path)
+        assert (config.lora.r, config.lora.alpha, config.lora.dropout) == (16, 32, 0.05)
+        assert config.training.learning_rate == 2e-4 and config.loss.scale == 50
+    paper = load_config(finetune.FinetuneConfig, CONFIG_DIR / "finetune" / "llama3-8b.yaml")
+    assert (paper.training.steps, paper.training.warmup_steps, paper.training.batch_size,
+            paper.encoder.max_length, paper.training.seed) == (1000, 300, 64, 512, 42)
+
+
+def test_finetune_cli_bad_input(tmp_path, capsys, tiny_model_dirs, ray_cluster, monkeypatch):
+    from pipelines.cli import main
+    from tests.conftest import TRIPLETS
+
+    monkeypatch.delenv("LAYERCUT_DATA_ROOT", raising=False)
+    flags = ["finetune", "--output-dir", str(tmp_path), "--no-progress"]
+    overrides = [f"model.name_or_path={tiny_model_dirs['llama']}", f"data.source={TRIPLETS}",
+                 "workers.num_workers=2"]
+    contradicting = tmp_path / "ds.json"
+    contradicting.write_text(json.dumps({"zero_optimization": {"stage": 3}}))
+    no_negatives = tmp_path / "pairs.jsonl"
+    no_negatives.write_text("\n".join(json.dumps({"query": f"q{i}", "positive": f"p{i}", "negative": None})
+                                      for i in range(10)))
+    (tmp_path / "changed" / "ray" / "train" / "step-0000004").mkdir(parents=True)
+    (tmp_path / "changed" / "fingerprint.json").write_text('{"fingerprint": "another"}')
+    cases = {
+        "no depth": ([*flags, *overrides], "--layers"),
+        "layers out of range": ([*flags, "--layers", "7", *overrides], "out of range"),
+        "fraction out of range": ([*flags, "--layers", "1.5", *overrides], "outside (0, 1)"),
+        "unknown zero stage": ([*flags, "--layers", "2", *overrides, "deepspeed.zero_stage=4"], "deepspeed.zero_stage"),
+        "contradicting deepspeed json": ([*flags, "--layers", "2", *overrides, f"deepspeed.config_file={contradicting}"],
+                                         "contradicts the run config"),
+        "batch larger than data": ([*flags, "--layers", "2", *overrides, "training.batch_size=200"],
+                                   "larger than the data"),
+        "no usable rows": ([*flags, "--layers", "2", *overrides, f"data.source={no_negatives}"], "no usable rows"),
+        "changed config": ([*flags, "--layers", "2", "--name", "changed", *overrides], "different configuration"),
+        "unknown key": ([*flags, "--layers", "2", *overrides, "training.stepz=3"], "training.stepz: unknown key"),
+    }
+    for name, (argv, message) in cases.items():
+        code = main(argv)
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert code == 2, (name, lines[-3:])
+        assert lines[-1].startswith("layercut: error:") and message in lines[-1], (name, lines[-1])
