@@ -27,7 +27,7 @@ from pydantic import Field, field_validator
 from pipelines.config import StrictModel, dump_config
 from pipelines.outputs import write_atomic, write_csv, write_json
 from pipelines.plots import plot_training_loss
-from pipelines.ray_runtime import ensure_ray, plan_workers
+from pipelines.ray_runtime import ensure_ray, plan_workers, user_errors_from_ray
 from pipelines.sections import (EncoderSection, LossSection, ModelSection, RayWorkersSection,
                                 TripletSourceSection)
 from tasks.errors import LayercutError
@@ -182,13 +182,8 @@ def _fit(config: FinetuneConfig, job, datasets: dict, plan, run_dir: Path):
         run_config=run_config, datasets=datasets,
         dataset_config=ray.train.DataConfig(
             datasets_to_split=[], execution_options=ExecutionOptions(preserve_order=True)))
-    try:
+    with user_errors_from_ray():
         result = trainer.fit()
-    except Exception as exc:  # noqa: BLE001 - Ray wraps worker errors (TrainingFailedError)
-        cause = _layercut_cause(exc)
-        if cause is not None:
-            raise cause from None
-        raise
     if result.checkpoint is None:
         raise LayercutError("training finished without a checkpoint")
     return result.checkpoint
@@ -198,23 +193,6 @@ def _trainer_state(checkpoint) -> dict[str, Any]:
     """The small trainer-state file of a checkpoint, read without fetching the rest."""
     with checkpoint.filesystem.open_input_file(f"{checkpoint.path}/trainer_state.json") as handle:
         return json.loads(handle.read().decode())
-
-
-def _layercut_cause(exc: BaseException) -> LayercutError | None:
-    seen = set()
-    stack = [exc]
-    while stack:
-        current = stack.pop()
-        if current is None or id(current) in seen:
-            continue
-        seen.add(id(current))
-        if isinstance(current, LayercutError):
-            return current
-        stack += [getattr(current, "cause", None), current.__cause__, current.__context__]
-        stack += list(getattr(current, "worker_failures", {}).values()) if isinstance(
-            getattr(current, "worker_failures", None), dict) else []
-        stack += list(getattr(current, "exceptions", []) or [])
-    return None
 
 
 def run(config: FinetuneConfig) -> dict[str, Any]:
@@ -315,7 +293,8 @@ def run(config: FinetuneConfig) -> dict[str, Any]:
         workers=plan.count, data=data_path)
     # Merging needs the cut backbone in memory: do it where a training worker would run.
     export = ray.remote(export_from_checkpoint).options(**plan.resources)
-    ray.get(export.remote(spec, checkpoint, (run_dir / MODEL_DIR).resolve(), info))
+    with user_errors_from_ray():
+        ray.get(export.remote(spec, checkpoint, (run_dir / MODEL_DIR).resolve(), info))
 
     write_csv(run_dir / "training_log.csv", ["step", "loss", "learning_rate", "tokens",
                                             "tokens_per_second", "seconds"],

@@ -29,6 +29,13 @@ def plot_layer_losses(losses: Sequence[float], small: int, large: int, title: st
     ax.set_ylabel("InfoNCE loss of the depth-l model")
     ax.set_title(title)
     ax.set_xlim(0.5, len(losses) + 0.5)
+    _finish(fig, ax, path)
+
+
+def _finish(fig, ax, path: Path) -> None:
+    """Grid, legend, layout; then write the PNG atomically and free the figure."""
+    import matplotlib.pyplot as plt
+
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -56,10 +63,4 @@ def plot_training_loss(steps: Sequence[int], losses: Sequence[float], title: str
     ax.set_xlabel("step")
     ax.set_ylabel("InfoNCE loss")
     ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    write_atomic(path, buffer.getvalue())
+    _finish(fig, ax, path)

@@ -50,14 +50,36 @@ def plan_workers(workers: RayWorkersSection, jobs: int) -> WorkerPlan:
     return WorkerPlan(max(1, min(count, jobs)), use_gpu, workers.cpus_per_worker, threads)
 
 
+def layercut_cause(exc: BaseException) -> LayercutError | None:
+    """The LayercutError behind ``exc``, through Ray's wrappers: a task's or actor's ``cause``,
+    chained exceptions, and Ray Train's per-worker failures (TrainingFailedError)."""
+    seen = set()
+    stack = [exc]
+    while stack:
+        current = stack.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        inner = getattr(current, "cause", None)
+        # A Ray task error is also an instance of its cause's class; the cause itself is the
+        # clean error (its message without Ray's traceback).
+        if isinstance(current, LayercutError) and not isinstance(inner, BaseException):
+            return current
+        stack += [inner, current.__cause__, current.__context__]
+        failures = getattr(current, "worker_failures", None)
+        stack += list(failures.values()) if isinstance(failures, dict) else []
+        stack += list(getattr(current, "exceptions", None) or [])
+    return None
+
+
 @contextmanager
 def user_errors_from_ray() -> Iterator[None]:
-    """Re-raise a LayercutError raised inside a Ray task or actor as itself: one line for the CLI."""
-    import ray
-
+    """Re-raise a LayercutError raised inside Ray (task, actor, Train worker) as itself: one line
+    for the CLI. Other errors propagate unchanged."""
     try:
         yield
-    except ray.exceptions.RayTaskError as exc:
-        if isinstance(getattr(exc, "cause", None), LayercutError):
-            raise exc.cause from None
-        raise
+    except Exception as exc:  # noqa: BLE001 - Ray wraps user errors in several exception types
+        cause = layercut_cause(exc)
+        if cause is None or cause is exc:
+            raise
+        raise cause from None

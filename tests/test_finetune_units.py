@@ -227,3 +227,29 @@ def test_finetune_cli_bad_input(tmp_path, capsys, tiny_model_dirs, ray_cluster, 
         lines = capsys.readouterr().err.strip().splitlines()
         assert code == 2, (name, lines[-3:])
         assert lines[-1].startswith("layercut: error:") and message in lines[-1], (name, lines[-1])
+
+
+def test_user_errors_surface_from_ray_tasks_and_train_failures(ray_cluster):
+    import ray
+
+    from pipelines.ray_runtime import user_errors_from_ray
+
+    @ray.remote
+    def fails():
+        raise LayercutError("bad input inside a task")
+
+    with pytest.raises(LayercutError, match="^bad input inside a task$"):
+        with user_errors_from_ray():
+            ray.get(fails.remote())
+
+    class TrainFailure(RuntimeError):  # the shape of Ray Train's TrainingFailedError
+        def __init__(self, failures):
+            super().__init__("training failed")
+            self.worker_failures = failures
+
+    with pytest.raises(LayercutError, match="^from worker 1$"):
+        with user_errors_from_ray():
+            raise TrainFailure({0: RuntimeError("peer died"), 1: LayercutError("from worker 1")})
+    with pytest.raises(ValueError, match="not ours"):
+        with user_errors_from_ray():
+            raise ValueError("not ours")
