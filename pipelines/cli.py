@@ -94,6 +94,25 @@ def _finetune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sweep(args: argparse.Namespace) -> int:
+    from pipelines import sweep
+    from pipelines.config import find_config, load_config
+
+    extra = _common_extra(args, ("data_root",))
+    if args.no_progress:
+        extra["show_progress"] = False
+    config = load_config(sweep.SweepConfig, find_config(args.config, sweep.STAGE), args.overrides, extra)
+    summary = sweep.run(config)
+    run_dir = Path(summary["run_dir"])
+    print((run_dir / "report.md").read_text())
+    print(f"report, plots and every trial's model in {run_dir}")
+    if summary["failed"]:
+        print(f"layercut: error: {len(summary['failed'])} trial(s) failed: "
+              f"{', '.join(summary['failed'])}; rerun the same command to retry them", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _depth(value: str) -> int | float:
     number = float(value)
     return int(number) if number.is_integer() else number
@@ -122,6 +141,10 @@ def build_parser() -> argparse.ArgumentParser:
     stage3.add_argument("--tasks", nargs="+", help="mteb task names or presets (paper, quick)")
     stage3.add_argument("--layers", type=_depth, help="evaluate the model cut to this depth")
     stage3.set_defaults(handler=_evaluate)
+    main_job = _stage_parser(subparsers, "run",
+                             "the whole pipeline: stage 1, a Ray Tune sweep of depths (fine-tune + "
+                             "evaluate each), the report", "smollm2-135m")
+    main_job.set_defaults(handler=_sweep)
     return parser
 
 

@@ -54,11 +54,11 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     return tree
 
 
-def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+def merge_trees(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     merged = dict(base)
     for key, value in extra.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
+            merged[key] = merge_trees(merged[key], value)
         else:
             merged[key] = value
     return merged
@@ -85,8 +85,8 @@ def load_config(model: type[Config], path: Path | None, overrides: list[str] = (
         if not isinstance(loaded, dict):
             raise LayercutError(f"config {path} is not a mapping of keys to values")
         tree = loaded
-    tree = _merge(tree, extra or {})
-    tree = _merge(tree, parse_overrides(list(overrides)))
+    tree = merge_trees(tree, extra or {})
+    tree = merge_trees(tree, parse_overrides(list(overrides)))
     try:
         return model.model_validate(tree)
     except ValidationError as exc:

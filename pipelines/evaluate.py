@@ -11,6 +11,7 @@ parameters, layers and encode throughput. Finished tasks are not run again.
 
 from __future__ import annotations
 
+import json
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -20,12 +21,12 @@ import yaml
 from pydantic import Field
 
 from pipelines.config import CONFIG_DIR, StrictModel, dump_config
-from pipelines.outputs import write_atomic, write_csv
+from pipelines.outputs import write_atomic, write_csv, write_json
 from pipelines.ray_runtime import plan_workers, user_errors_from_ray
 from pipelines.sections import EncoderSection, ModelSection, WorkersSection
 from tasks.models import resolve_model
 from tasks.mteb_model import model_meta
-from tasks.mteb_tasks import load_task, resolve_task_names
+from tasks.mteb_tasks import load_task, require_subsamplable, resolve_task_names
 
 STAGE = "evaluate"
 
@@ -43,6 +44,9 @@ class EvaluateConfig(StrictModel):
     # corpus_workers Ray Data actors (a GPU each on a cluster) instead of its task's worker alone.
     corpus_workers: int = Field(1, ge=1)
     corpus_min_texts: int = Field(20000, ge=1)
+    # Quick runs: score STS and classification tasks on a seeded random subset of this many rows
+    # per evaluation split (mteb's own evaluator on fewer examples; not leaderboard-comparable).
+    max_samples_per_split: int | None = Field(None, ge=2)
     workers: WorkersSection = Field(default_factory=WorkersSection)
 
     def run_dir(self) -> Path:
@@ -61,6 +65,8 @@ def _evaluation_model(config: EvaluateConfig):
 
     source = resolve_model(config.model.name_or_path)
     revision = f"layers-{config.layers}" if config.layers is not None else "full"
+    if config.max_samples_per_split:  # results of a subsample never pass for the full task's
+        revision += f"-sample{config.max_samples_per_split}"
     corpus = None
     if config.corpus_workers > 1:
         plan = plan_workers(config.workers, config.corpus_workers)
@@ -91,12 +97,21 @@ def _model_facts(model) -> dict[str, Any]:
     return {"parameters": counts[kept], "layers": kept, "layers_total": total}
 
 
+def check_tasks(config: EvaluateConfig) -> list[str]:
+    """The task names, checked before any model loads: known to mteb, present in the mirror in
+    the right layout, subsamplable when asked."""
+    names = resolve_task_names(config.tasks)
+    for name in names:
+        task = load_task(name, config.data_root)
+        if config.max_samples_per_split:
+            require_subsamplable(task)
+    return names
+
+
 def run(config: EvaluateConfig) -> dict[str, Any]:
     import mteb
 
-    names = resolve_task_names(config.tasks)
-    for name in names:  # a missing or malformed mirror folder fails here, before any model loads
-        load_task(name, config.data_root)
+    names = check_tasks(config)
     model = _evaluation_model(config)
     facts = _model_facts(model)
     run_dir = config.run_dir()
@@ -109,12 +124,16 @@ def run(config: EvaluateConfig) -> dict[str, Any]:
         return cache.get_task_result_path(name, meta.name, meta.revision)
 
     pending = [name for name in names if not result_path(name).exists()]
-    throughput: dict[str, tuple[int, float]] = {}
+    # Encode throughput per task, kept beside the results: a resumed run's summary still
+    # covers the tasks an earlier invocation ran.
+    throughput_path = run_dir / "throughput.json"
+    throughput = json.loads(throughput_path.read_text()) if throughput_path.exists() else {}
     for outcome in _evaluate_tasks(config, model, pending):
         cache.save_to_cache(outcome["result"], meta)
-        throughput[outcome["task"]] = (outcome["texts"], outcome["encode_seconds"])
+        throughput[outcome["task"]] = [outcome["texts"], outcome["encode_seconds"]]
+        write_json(throughput_path, throughput)
     results = {name: mteb.TaskResult.from_disk(result_path(name)) for name in names}
-    summary = _summary(results, facts, throughput)
+    summary = _summary(results, facts, {name: throughput[name] for name in names if name in throughput})
     _write_summary(run_dir, model, summary)
     return summary
 
@@ -126,7 +145,8 @@ def _evaluate_tasks(config: EvaluateConfig, model, pending: list[str]):
         return
     workers = config.workers
     if workers.executor == "local":
-        evaluator = Evaluator(model, config.data_root)
+        evaluator = Evaluator(model, config.data_root,
+                              max_samples_per_split=config.max_samples_per_split)
         for name in pending:
             yield evaluator.evaluate(name)
         return
@@ -134,7 +154,8 @@ def _evaluate_tasks(config: EvaluateConfig, model, pending: list[str]):
 
     plan = plan_workers(workers, len(pending))
     actor = EvaluationWorker.options(**plan.resources)
-    pool = ActorPool([actor.remote(model, config.data_root, plan.threads) for _ in range(plan.count)])
+    pool = ActorPool([actor.remote(model, config.data_root, plan.threads, config.max_samples_per_split)
+                      for _ in range(plan.count)])
     with user_errors_from_ray():
         yield from pool.map_unordered(lambda worker, name: worker.evaluate.remote(name), pending)
 

@@ -64,3 +64,55 @@ def plot_training_loss(steps: Sequence[int], losses: Sequence[float], title: str
     ax.set_ylabel("InfoNCE loss")
     ax.set_title(title)
     _finish(fig, ax, path)
+
+
+def plot_score_vs_parameters(series: dict[str, tuple[list[tuple[float, float, int]], list[int]]],
+                             path: Path) -> None:
+    """MTEB mean against parameters, one colour per model, its Pareto front joined (paper,
+    Figure 5). ``series``: model -> ([(parameters, score, layers kept)], front indices)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for index, (model, (points, front)) in enumerate(series.items()):
+        color = colors[index % len(colors)]
+        ax.scatter([p / 1e6 for p, _, _ in points], [s for _, s, _ in points], color=color,
+                   alpha=0.6, label=model)
+        for parameters, score, layers in points:
+            ax.annotate(str(layers), (parameters / 1e6, score), textcoords="offset points",
+                        xytext=(4, 3), fontsize=7, color=color)
+        ax.plot([points[k][0] / 1e6 for k in front], [points[k][1] for k in front], color=color,
+                linewidth=1.5, linestyle="-", marker="D", markersize=4, label=f"{model}: Pareto front")
+    ax.set_xlabel("parameters (millions)")
+    ax.set_ylabel("MTEB mean main score")
+    ax.set_title("score against size (labels: layers kept)")
+    _finish(fig, ax, path)
+
+
+def plot_training_curves(curves: dict[str, list[tuple[int, list[int], list[float]]]], path: Path) -> None:
+    """Training loss per step of every depth, one panel per model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = list(curves) or ["no finished trial"]
+    fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4), dpi=120, squeeze=False)
+    for ax, model in zip(axes[0], models):
+        cmap = plt.get_cmap("viridis")
+        runs = sorted(curves.get(model, []))
+        for index, (layers, steps, losses) in enumerate(runs):
+            ax.plot(steps, losses, linewidth=1.2, color=cmap(index / max(1, len(runs) - 1)),
+                    label=f"{layers} layers")
+        ax.set_xlabel("step")
+        ax.set_ylabel("InfoNCE loss")
+        ax.set_title(model)
+        if not runs:
+            ax.text(0.5, 0.5, "no training log", ha="center", transform=ax.transAxes)
+    for ax in axes[0][:-1]:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    _finish(fig, axes[0][-1], path)

@@ -43,7 +43,7 @@ def plan_workers(workers: RayWorkersSection, jobs: int) -> WorkerPlan:
     ensure_ray(workers.address)
     gpus = int(ray.cluster_resources().get("GPU", 0))
     use_gpu = gpus > 0 if workers.use_gpu == "auto" else bool(workers.use_gpu)
-    if use_gpu and gpus == 0:
+    if use_gpu and gpus == 0 and not workers.wait_for_resources:
         raise LayercutError("workers.use_gpu is true but the Ray cluster has no GPU")
     count = workers.num_workers if workers.num_workers != "auto" else max(1, gpus if use_gpu else 1)
     threads = 0 if use_gpu else max(1, int(workers.cpus_per_worker))

@@ -86,11 +86,18 @@ class RayWorkersSection(StrictModel):
     num_workers: int | Literal["auto"] = "auto"  # auto: one per GPU in the cluster, else 1
     use_gpu: bool | Literal["auto"] = "auto"  # auto: when the cluster has GPUs
     cpus_per_worker: float = Field(1.0, gt=0)
+    # An autoscaling cluster: GPUs may not exist yet, and workers wait for the nodes the
+    # autoscaler adds, so the worker count and device are not read from the cluster's current
+    # resources (set num_workers and use_gpu explicitly).
+    wait_for_resources: bool = False
 
     @model_validator(mode="after")
     def _positive_workers(self):
         if self.num_workers != "auto" and self.num_workers < 1:
             raise ValueError("num_workers must be >= 1 or 'auto'")
+        if self.wait_for_resources and "auto" in (self.num_workers, self.use_gpu):
+            raise ValueError("with wait_for_resources, set num_workers and use_gpu explicitly "
+                             "(the cluster's current resources say nothing of what will be added)")
         return self
 
 

@@ -16,7 +16,7 @@ import torch
 from tasks.corpus_encoding import EncoderFactory, embed_with_ray_data
 from tasks.errors import LayercutError
 from tasks.mteb_model import LayercutMTEBModel, sentence_transformer_embed
-from tasks.mteb_tasks import load_task
+from tasks.mteb_tasks import load_task, subsample_task
 
 
 @dataclass(frozen=True)
@@ -50,10 +50,12 @@ class EvaluationModel:
 
 
 class Evaluator:
-    def __init__(self, model: EvaluationModel, data_root: str | None, threads: int = 0):
+    def __init__(self, model: EvaluationModel, data_root: str | None, threads: int = 0,
+                 max_samples_per_split: int | None = None):
         if threads:
             torch.set_num_threads(threads)
         self.data_root = data_root
+        self.max_samples_per_split = max_samples_per_split
         if model.is_sentence_transformer:
             from tasks.models import resolve_device
 
@@ -82,6 +84,8 @@ class Evaluator:
         import mteb
 
         task = load_task(task_name, self.data_root)
+        if self.max_samples_per_split:
+            task = subsample_task(task, self.max_samples_per_split)
         texts, seconds = self.model.texts_encoded, self.model.encode_seconds
         try:
             result = mteb.evaluate(self.model, [task], cache=None, show_progress_bar=False,

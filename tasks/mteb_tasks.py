@@ -9,16 +9,16 @@ from pathlib import Path
 
 from tasks.errors import LayercutError
 
-PRESETS = {
-    # The paper's 15-task English subset (REFERENCE: the best recollection; keep it a list).
-    "paper": ["SciFact", "ArguAna", "NFCorpus", "StackOverflowDupQuestions", "SciDocsRR",
-              "BiorxivClusteringS2S", "MedrxivClusteringS2S", "TwentyNewsgroupsClustering",
-              "SprintDuplicateQuestions", "Banking77Classification", "EmotionClassification",
-              "MassiveIntentClassification", "STS17", "SICK-R", "STSBenchmark"],
-    # Small tasks that finish in minutes on a CPU.
-    "quick": ["STSBenchmark", "SICK-R"],
-}
+PRESETS_FILE = Path(__file__).with_name("mteb_presets.yaml")
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+
+
+@lru_cache(maxsize=1)
+def presets() -> dict[str, list[str]]:
+    """Preset name -> mteb task names, from mteb_presets.yaml."""
+    import yaml
+
+    return yaml.safe_load(PRESETS_FILE.read_text())
 
 
 @lru_cache(maxsize=1)
@@ -32,12 +32,12 @@ def known_task_names() -> tuple[str, ...]:
 def resolve_task_names(items: list[str]) -> list[str]:
     """Expand presets, check names against mteb's registry (suggesting close names)."""
     if not items:
-        raise LayercutError("the task list is empty; name tasks or a preset (paper, quick)")
+        raise LayercutError(f"the task list is empty; name tasks or a preset ({', '.join(presets())})")
     names: list[str] = []
     known = known_task_names()
     for item in items:
-        if item in PRESETS:
-            names.extend(PRESETS[item])
+        if item in presets():
+            names.extend(presets()[item])
         elif item in known:
             names.append(item)
         else:
@@ -76,4 +76,32 @@ def load_task(name: str, data_root: str | None = None):
     os.environ.update(OFFLINE_ENV)  # a mirror means no network: never let datasets try the hub
     task.metadata = task.metadata.model_copy(
         update={"dataset": {"path": str(folder), "revision": "local"}})
+    return task
+
+
+# Task types whose evaluation splits are plain row tables (one row = one scored example), so a
+# random subset of rows is a smaller instance of the same task, scored by mteb's own evaluator.
+SUBSAMPLABLE_TYPES = ("STS", "Classification")
+
+
+def require_subsamplable(task) -> None:
+    if task.metadata.type not in SUBSAMPLABLE_TYPES:
+        raise LayercutError(f"max_samples_per_split works on {', '.join(SUBSAMPLABLE_TYPES)} "
+                            f"tasks; {task.metadata.name} is a {task.metadata.type} task")
+
+
+def subsample_task(task, max_samples: int, seed: int = 42):
+    """Load ``task``'s data and keep a seeded random ``max_samples`` rows of each evaluation split
+    (for quick local runs; scores then come from a subsample, not the full task)."""
+    require_subsamplable(task)
+    if not task.data_loaded:
+        task.load_data()
+    dataset = task.dataset
+    flat = any(split in dataset for split in task.metadata.eval_splits)
+    subsets = [dataset] if flat else list(dataset.values())  # multilingual: {subset: splits}
+    for splits in subsets:
+        for split in task.metadata.eval_splits:
+            rows = splits.get(split) if hasattr(splits, "get") else None
+            if rows is not None and len(rows) > max_samples:
+                splits[split] = rows.shuffle(seed=seed).select(range(max_samples))
     return task

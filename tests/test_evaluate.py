@@ -91,6 +91,8 @@ def test_finished_tasks_are_not_run_again(tmp_path, mini_mirror, tiny_model_dirs
     stamp = path.stat().st_mtime_ns
     second = run(config)
     assert path.stat().st_mtime_ns == stamp and second["tasks"] == first["tasks"]
+    # The resumed run's summary still reports the throughput its first invocation measured.
+    assert second["texts_per_second"] == first["texts_per_second"] > 0
 
 
 def test_task_names_and_presets():

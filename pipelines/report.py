@@ -1,0 +1,163 @@
+"""The sweep's report: a table of every (model, depth) trial, the paper's figures, the best depth
+per model within a budget. Written from the trials' result files, so it can be rebuilt any time.
+
+Files in the run dir: report.md, report.csv, summary.json, plots/layer_loss-<model>.png (Figure 1),
+plots/score_vs_parameters.png (Figure 5, with each model's Pareto front), plots/training_loss.png.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+from pipelines.outputs import write_atomic, write_csv, write_json
+from pipelines.plots import plot_layer_losses, plot_score_vs_parameters, plot_training_curves
+
+COLUMNS = ["model", "layers", "total_layers", "origins", "parameters", "parameters_removed_pct",
+           "mteb_mean", "change_vs_full", "latency_ms", "latency_batch_size", "peak_memory_mib",
+           "final_loss", "status"]
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point beats: as few parameters and a higher score (or as
+    high a score and fewer parameters). Ordered by parameters."""
+    order = sorted(range(len(points)), key=lambda k: (points[k][0], -points[k][1]))
+    front, best = [], float("-inf")
+    for k in order:
+        if points[k][1] > best:
+            front.append(k)
+            best = points[k][1]
+    return front
+
+
+def best_within_budget(rows: list[dict[str, Any]], max_parameters: float | None,
+                       max_latency_ms: float | None) -> dict[str, dict[str, Any] | None]:
+    """Per model, the finished trial with the highest MTEB mean within the limits (or None)."""
+    best: dict[str, dict[str, Any] | None] = {}
+    for row in rows:
+        best.setdefault(row["model"], None)
+        if row["status"] != "done":
+            continue
+        if max_parameters is not None and row["parameters"] > max_parameters:
+            continue
+        if max_latency_ms is not None and row["latency_ms"] > max_latency_ms:
+            continue
+        current = best[row["model"]]
+        if current is None or (row["mteb_mean"], -row["layers"]) > (current["mteb_mean"], -current["layers"]):
+            best[row["model"]] = row
+    return best
+
+
+def _rows(trials, outcomes: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    rows = []
+    for trial in trials:
+        outcome = outcomes.get(trial.key) or {"error": "not run"}
+        row = {"model": trial.model, "layers": trial.layers, "origins": list(trial.origins),
+               "key": trial.key}
+        if "error" in outcome:
+            row.update(status="failed", error=outcome["error"])
+        else:
+            row.update({key: outcome.get(key) for key in COLUMNS if key not in row}, status="done",
+                       mteb_per_type=outcome["mteb_per_type"], mteb_tasks=outcome["mteb_tasks"],
+                       training_log=outcome["training_log"])
+        rows.append(row)
+    for row in rows:  # change against the same model with all its layers, fine-tuned alike
+        full = next((r for r in rows if r["model"] == row["model"] and r["status"] == "done"
+                     and r["layers"] == r.get("total_layers")), None)
+        row["change_vs_full"] = (row["mteb_mean"] - full["mteb_mean"]
+                                 if full is not None and row["status"] == "done" else None)
+    return rows
+
+
+def _fmt(value: Any, spec: str = "") -> str:
+    if value is None:
+        return "n/a"
+    return format(value, spec) if spec else str(value)
+
+
+def _markdown(config, rows, best, plans) -> str:
+    lines = [f"# layercut sweep: {config.run_dir().name}", "",
+             "Each depth is the model cut to its first *layers kept* layers, fine-tuned with LoRA "
+             "(stage 2) and evaluated on MTEB (stage 3). *Change vs full* compares with the same "
+             "model keeping all its layers, fine-tuned alike. Latency: median ms per batch of "
+             "documents; memory: peak while encoding (GPU allocated, or process RSS on CPU).", ""]
+    for plan in plans:
+        stage1 = plan.stage1
+        lines.append(f"- **{plan.label}** ({stage1['model']}, {stage1['num_layers']} layers): "
+                     f"L3Prune small = {stage1['small']['layers']}, large = {stage1['large']['layers']} "
+                     f"layers (per-layer loss: plots/layer_loss-{plan.label}.png)")
+    lines += ["", "| model | layers kept | from | parameters | removed | MTEB mean | change vs full "
+              "| latency ms | peak MiB | final loss |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        if row["status"] != "done":
+            lines.append(f"| {row['model']} | {row['layers']} | {', '.join(row['origins'])} "
+                         f"| failed: {row['error']} | | | | | | |")
+            continue
+        change = row["change_vs_full"]
+        lines.append(
+            f"| {row['model']} | {row['layers']}/{row['total_layers']} | {', '.join(row['origins'])} "
+            f"| {row['parameters'] / 1e6:,.1f}M | {row['parameters_removed_pct']:.1f}% "
+            f"| {row['mteb_mean']:.4f} | {'n/a' if change is None else f'{change:+.4f}'} "
+            f"| {_fmt(row['latency_ms'], '.1f')} | {_fmt(row['peak_memory_mib'], '.0f')} "
+            f"| {_fmt(row['final_loss'], '.4f')} |")
+    budget = config.budget
+    limits = [f"at most {budget.max_parameters:,.0f} parameters" if budget.max_parameters else "",
+              f"at most {budget.max_latency_ms:g} ms latency" if budget.max_latency_ms else ""]
+    limits = " and ".join(item for item in limits if item) or "no limit (set budget.max_parameters / budget.max_latency_ms)"
+    lines += ["", f"## Best depth per model within the budget: {limits}", ""]
+    for model, row in best.items():
+        lines.append(f"- **{model}**: " + ("no finished depth fits the budget" if row is None else
+                     f"keep {row['layers']} of {row['total_layers']} layers ({row['parameters'] / 1e6:,.1f}M "
+                     f"parameters, MTEB mean {row['mteb_mean']:.4f}, {_fmt(row['latency_ms'], '.1f')} ms)"))
+    lines += ["", "Plots: plots/score_vs_parameters.png (score against parameters, Pareto front "
+              "marked), plots/training_loss.png (training loss of every depth).", ""]
+    return "\n".join(lines)
+
+
+def _training_curves(rows) -> dict[str, list[tuple[int, list[int], list[float]]]]:
+    curves: dict[str, list] = {}
+    for row in rows:
+        if row["status"] != "done" or not Path(row["training_log"]).exists():
+            continue
+        with open(row["training_log"]) as handle:
+            log = list(csv.DictReader(handle))
+        curves.setdefault(row["model"], []).append(
+            (row["layers"], [int(e["step"]) for e in log], [float(e["loss"]) for e in log]))
+    return curves
+
+
+def write_report(run_dir: Path, config, plans, trials, outcomes) -> dict[str, Any]:
+    rows = _rows(trials, outcomes)
+    best = best_within_budget(rows, config.budget.max_parameters, config.budget.max_latency_ms)
+    plots = run_dir / "plots"
+    for plan in plans:
+        stage1_dir = plan.layer_loss.run_dir()
+        losses = [entry["loss"] for entry in json.loads((stage1_dir / "layer_losses.json").read_text())["layers"]]
+        plot_layer_losses(losses, plan.stage1["small"]["layers"], plan.stage1["large"]["layers"],
+                          f"{plan.label}: loss of the model cut to l layers",
+                          plots / f"layer_loss-{plan.label}.png")
+    done = [row for row in rows if row["status"] == "done"]
+    series = {}
+    for model in dict.fromkeys(row["model"] for row in done):
+        points = [(row["parameters"], row["mteb_mean"], row["layers"]) for row in done if row["model"] == model]
+        series[model] = (points, pareto_front([(p, s) for p, s, _ in points]))
+    plot_score_vs_parameters(series, plots / "score_vs_parameters.png")
+    plot_training_curves(_training_curves(rows), plots / "training_loss.png")
+
+    write_csv(run_dir / "report.csv", COLUMNS + ["mteb_per_type"],
+              [[";".join(row[c]) if c == "origins" else row.get(c) for c in COLUMNS]
+               + [json.dumps(row.get("mteb_per_type"))] for row in rows])
+    write_atomic(run_dir / "report.md", _markdown(config, rows, best, plans))
+    summary = {"run_dir": str(run_dir), "trials": rows,
+               "pareto_front": {model: [series[model][0][k][2] for k in front]
+                                for model, (_, front) in series.items()},
+               "best_within_budget": {model: (row["layers"] if row else None) for model, row in best.items()},
+               "budget": config.budget.model_dump(),
+               "stage1": {plan.label: {"small": plan.stage1["small"]["layers"],
+                                       "large": plan.stage1["large"]["layers"],
+                                       "num_layers": plan.stage1["num_layers"]} for plan in plans},
+               "failed": [row["key"] for row in rows if row["status"] != "done"]}
+    write_json(run_dir / "summary.json", summary)
+    return summary

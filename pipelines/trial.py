@@ -1,0 +1,98 @@
+"""One Tune trial of the sweep: fine-tune a depth (its own Ray Train run), evaluate it, measure
+what it costs to serve, report to Tune.
+
+The trial is a Ray Train *driver* (Ray docs, Train V2 + Tune): it holds no model itself. Each
+step resumes on its own: finetune from its Ray Train checkpoints (or says "nothing to do"),
+evaluate skips tasks with a result file, and a trial whose result.json exists reports it at once.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipelines.outputs import write_json
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    key: str  # <model label>-l<layers>
+    model: str
+    layers: int
+    origins: tuple[str, ...]
+    finetune: Any  # FinetuneConfig with this depth and run name
+    evaluate: Any  # EvaluateConfig; the model path is set to the trial's artifact
+    latency_texts: list[str]
+    latency_batch_size: int
+    result_dir: str
+
+
+def _measure(spec: TrialSpec, artifact: str) -> dict[str, Any]:
+    """Encode latency and peak memory, in a fresh Ray task with one evaluation worker's resources."""
+    import ray
+
+    from pipelines.ray_runtime import plan_workers
+    from tasks.artifact import read_layercut_file
+    from tasks.footprint import measure_encoding
+    from tasks.models import resolve_model
+    from tasks.prompts import PromptConfig
+
+    evaluate = spec.evaluate
+    plan = plan_workers(evaluate.workers, jobs=1)
+    facts = read_layercut_file(artifact)
+    model_spec = evaluate.model.spec(resolve_model(artifact))
+    task = ray.remote(measure_encoding).options(**plan.resources)
+    return ray.get(task.remote(model_spec, PromptConfig(**facts["prompt"]), facts["pooling"],
+                               spec.latency_texts, spec.latency_batch_size, plan.threads))
+
+
+def execute(spec: TrialSpec) -> dict[str, Any]:
+    """The trial's work, without Tune: finetune -> evaluate -> measure; writes result.json."""
+    from pipelines import evaluate, finetune
+    from pipelines.ray_runtime import user_errors_from_ray
+
+    result_path = Path(spec.result_dir) / "result.json"
+    if result_path.exists():
+        return json.loads(result_path.read_text())
+    trained = finetune.run(spec.finetune)
+    evaluation = spec.evaluate.model_copy(update={
+        "name": f"{spec.key}/evaluate",
+        "model": spec.evaluate.model.model_copy(update={"name_or_path": trained["artifact"]})})
+    scores = evaluate.run(evaluation)
+    with user_errors_from_ray():
+        footprint = _measure(spec, trained["artifact"])
+    result = {
+        "trial": spec.key, "model": spec.model, "base_model": trained["model"],
+        "layers": spec.layers, "total_layers": trained["total_layers"], "origins": list(spec.origins),
+        "parameters": trained["parameters"], "parameters_full": trained["parameters_full"],
+        "parameters_removed_pct": trained["parameters_removed_pct"],
+        "mteb_mean": scores["mean"],
+        "mteb_per_type": scores["mean_per_type"],
+        "mteb_tasks": {row["task"]: row["main_score"] for row in scores["tasks"]},
+        "final_loss": trained["final_loss"], "first_loss": trained["first_loss"],
+        "steps": trained["steps"], "encode_texts_per_second": scores["texts_per_second"],
+        **footprint, "artifact": trained["artifact"],
+        "training_log": str(Path(trained["artifact"]).parent / "training_log.csv"),
+    }
+    write_json(result_path, result)
+    return result
+
+
+def run_trial(params: dict[str, Any], specs: dict[str, TrialSpec]) -> None:
+    """The Tune function: one depth of one model; reports its metrics once, at the end."""
+    import ray
+    import ray.tune
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    # Tune places a trial's child tasks in the trial's placement group, which holds only the
+    # driver's sliver of a resource: Ray Data, the evaluation actors and the export task would
+    # never fit. The work runs in a 0-CPU task beside this driver, outside that group.
+    here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
+    work = ray.remote(execute).options(num_cpus=0, max_retries=0, scheduling_strategy=here)
+    result = ray.get(work.remote(specs[params["trial"]]))
+    metrics = {key: value for key, value in result.items()
+               if isinstance(value, (int, float)) and not isinstance(value, bool)}
+    metrics.update({f"mteb_{kind}": value for kind, value in result["mteb_per_type"].items()})
+    ray.tune.report(metrics)
