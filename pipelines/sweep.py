@@ -31,7 +31,7 @@ from pydantic import Field, field_validator, model_validator
 
 from pipelines.config import StrictModel, merge_trees, dump_config, find_config, load_config
 from pipelines.outputs import write_atomic, write_json
-from pipelines.ray_runtime import ensure_ray, plan_workers, user_errors_from_ray
+from pipelines.ray_runtime import ensure_ray, layercut_cause, plan_workers, user_errors_from_ray
 from tasks.errors import LayercutError
 
 STAGE = "run"
@@ -387,8 +387,6 @@ def _tune(config: SweepConfig, plans, trials: list[Trial], texts, concurrency, r
     for result in grid:
         key = result.config["trial"]
         if result.error is not None:
-            from pipelines.ray_runtime import layercut_cause
-
             cause = layercut_cause(result.error)
             text = str(cause) if cause else str(result.error).strip().splitlines()[-1]
             outcomes[key] = {"error": text}
