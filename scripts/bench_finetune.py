@@ -7,7 +7,7 @@
 2. Depth: time per training step of the plain loop at k layers against all L layers (expected
    near L/k; embeddings and the loss do not shrink with depth).
 
-    .venv/bin/python scripts/bench_finetune.py --data-root ../shared/data --layers 4 --steps 8
+    .venv/bin/python scripts/bench_finetune.py --data-root ../shared/data --layers 4 --steps 12 --rounds 3
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -96,25 +97,30 @@ def main() -> None:
     parser.add_argument("--zero-stage", type=int, default=2, help="the stage's DeepSpeed ZeRO stage")
     parser.add_argument("--no-depth", action="store_true",
                         help="skip the full-depth loop (its activations need a lot of memory at large batches)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="alternate stage and plain runs this often; the ratio is the median "
+                             "of the rounds' ratios (2 shared cores vary by 20%% between runs)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    with tempfile.TemporaryDirectory() as tmp:
-        log = stage_run(args, Path(tmp))
-    timed = log[args.skip:]
-    stage_rate = sum(r["tokens"] for r in timed) / sum(r["seconds"] for r in timed)
-
     steps = planned_steps(args)
-    cut = plain_loop(args, args.layers, steps)[args.skip:]
-    plain_rate = sum(t for _, t in cut) / sum(s for s, _ in cut)
+    stage_rates, plain_rates = [], []
+    for _ in range(args.rounds):
+        with tempfile.TemporaryDirectory() as tmp:
+            timed = stage_run(args, Path(tmp))[args.skip:]
+        stage_rates.append(sum(r["tokens"] for r in timed) / sum(r["seconds"] for r in timed))
+        cut = plain_loop(args, args.layers, steps)[args.skip:]
+        plain_rates.append(sum(t for _, t in cut) / sum(s for s, _ in cut))
+    ratios = [a / b for a, b in zip(stage_rates, plain_rates)]
     cut_step = sum(s for s, _ in cut) / len(cut)
     result = {
         "machine": f"{torch.get_num_threads()} torch threads, CPU",
         "layers": args.layers, "total_layers": 30, "steps_timed": len(timed),
         "batch": args.batch, "max_length": args.max_length, "zero_stage": args.zero_stage,
-        "stage_tokens_per_s": round(stage_rate, 1), "plain_tokens_per_s": round(plain_rate, 1),
-        "stage_over_plain": round(stage_rate / plain_rate, 3),
-        "stage_seconds_per_step": round(sum(r["seconds"] for r in timed) / len(timed), 3),
+        "stage_tokens_per_s": [round(r, 1) for r in stage_rates],
+        "plain_tokens_per_s": [round(r, 1) for r in plain_rates],
+        "stage_over_plain_per_round": [round(r, 3) for r in ratios],
+        "stage_over_plain": round(statistics.median(ratios), 3),
         "seconds_per_step_cut": round(cut_step, 3),
     }
     if not args.no_depth:
