@@ -11,10 +11,7 @@ from pipelines.outputs import write_atomic
 
 def plot_layer_losses(losses: Sequence[float], small: int, large: int, title: str, path: Path) -> None:
     """Loss of the depth-l model against l, with the L3Prune picks marked (paper, Figure 1)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     layers = list(range(1, len(losses) + 1))
     fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
@@ -32,6 +29,16 @@ def plot_layer_losses(losses: Sequence[float], small: int, large: int, title: st
     _finish(fig, ax, path)
 
 
+def _pyplot():
+    """matplotlib's pyplot on the headless Agg backend (jobs run without a display)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def _finish(fig, ax, path: Path) -> None:
     """Grid, legend, layout; then write the PNG atomically and free the figure."""
     import matplotlib.pyplot as plt
@@ -47,10 +54,7 @@ def _finish(fig, ax, path: Path) -> None:
 
 def plot_training_loss(steps: Sequence[int], losses: Sequence[float], title: str, path: Path) -> None:
     """Training loss per step, with a running mean over 1/20 of the run."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
     import numpy as np
 
     fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
@@ -70,10 +74,7 @@ def plot_score_vs_parameters(series: dict[str, tuple[list[tuple[float, float, in
                              path: Path) -> None:
     """MTEB mean against parameters, one colour per model, its Pareto front joined (paper,
     Figure 5). ``series``: model -> ([(parameters, score, layers kept)], front indices)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -94,10 +95,7 @@ def plot_score_vs_parameters(series: dict[str, tuple[list[tuple[float, float, in
 
 def plot_training_curves(curves: dict[str, list[tuple[int, list[int], list[float]]]], path: Path) -> None:
     """Training loss per step of every depth, one panel per model."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     models = list(curves) or ["no finished trial"]
     fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4), dpi=120, squeeze=False)

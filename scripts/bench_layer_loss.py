@@ -26,16 +26,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tasks.footprint import reset_resident_peak, resident_kib
+
 
 def _rss_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(field)
+    value = resident_kib(field)
+    if value is None:
+        raise RuntimeError(f"{field} not readable: this benchmark needs Linux /proc")
+    return value
 
 
 def _reset_peak() -> int:
-    Path("/proc/self/clear_refs").write_text("5")  # reset the peak-RSS high-water mark
+    reset_resident_peak()
     return _rss_kib("VmRSS")
 
 

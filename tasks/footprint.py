@@ -15,21 +15,27 @@ from typing import Sequence
 import torch
 
 
-def _resident_peak_mib() -> float | None:
+def resident_kib(field: str) -> int | None:
+    """A memory field of this process from /proc/self/status (VmRSS, VmHWM) in KiB; None off Linux."""
     try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
+        text = Path("/proc/self/status").read_text()
     except OSError:
-        pass
+        return None
+    for line in text.splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
     return None
 
 
-def _reset_resident_peak() -> None:
+def reset_resident_peak() -> None:
     try:
         Path("/proc/self/clear_refs").write_text("5")  # Linux: reset the peak-RSS high-water mark
     except OSError:
         pass
+
+
+def _kib_to_mib(kib: int | None) -> float | None:
+    return None if kib is None else kib / 1024
 
 
 def measure_encoding(spec, prompt, pooling: str, texts: Sequence[str], batch_size: int,
@@ -45,7 +51,7 @@ def measure_encoding(spec, prompt, pooling: str, texts: Sequence[str], batch_siz
         torch.set_num_threads(threads)
     if len(texts) < 2 * batch_size:
         raise ValueError(f"need at least {2 * batch_size} texts to time batches of {batch_size}")
-    _reset_resident_peak()
+    reset_resident_peak()
     encoder = build_encoder(spec, prompt, pooling=pooling, batch_size=batch_size)
     cuda = encoder.device.type == "cuda"
     if cuda:
@@ -65,6 +71,6 @@ def measure_encoding(spec, prompt, pooling: str, texts: Sequence[str], batch_siz
             runs.append(time.perf_counter() - start)
         timings.append(min(runs))
     peak = (torch.cuda.max_memory_allocated(encoder.device) / 2**20 if cuda
-            else _resident_peak_mib())
+            else _kib_to_mib(resident_kib("VmHWM")))
     return {"latency_ms": 1000 * statistics.median(timings), "latency_batch_size": batch_size,
             "peak_memory_mib": peak, "memory_kind": "gpu_allocated" if cuda else "process_rss"}

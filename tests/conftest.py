@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -42,6 +43,13 @@ CHAT_TEMPLATES = {
 
 TINY = dict(hidden_size=64, intermediate_size=96, num_attention_heads=4, num_key_value_heads=2,
             head_dim=16, num_hidden_layers=6, max_position_embeddings=512)
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now (for process groups and local Ray clusters in tests)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def tiny_config(family: str, vocab_size: int):

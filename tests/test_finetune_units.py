@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 
 import numpy as np
 import pytest
@@ -15,7 +14,7 @@ from tasks.batch_plan import plan_global_batches, steps_from_rows
 from tasks.deepspeed_config import OptimizationSettings, deepspeed_config
 from tasks.errors import LayercutError
 from tasks.lora import LoraSettings, add_lora, lora_targets_of
-from tests.conftest import FAMILIES
+from tests.conftest import FAMILIES, free_port
 
 EXPECTED = {"phi3": {"qkv_proj", "o_proj", "gate_up_proj", "down_proj"}}
 SEPARATE = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
@@ -98,11 +97,6 @@ def test_deepspeed_config_overlay_and_contradictions(tmp_path):
 
 # --- gathered negatives: 2 workers x b == 1 worker x 2b, loss and LoRA gradients --------------
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
 
 def _rows(triplets, begin, end):
     part = triplets[begin:end]
@@ -158,7 +152,7 @@ def test_gathered_negatives_equal_one_worker_with_double_batch(tmp_path, tiny_mo
 
     model_dir = tiny_model_dirs["llama"]
     triplets = triplet_rows[240:248]  # straddles the SICK/TREC boundary: varied lengths
-    mp.start_processes(_worker, args=(2, _free_port(), model_dir, triplets, str(tmp_path)),
+    mp.start_processes(_worker, args=(2, free_port(), model_dir, triplets, str(tmp_path)),
                        nprocs=2, join=True, start_method="spawn")
     # The reference: one process, plain PyTorch autograd on the whole batch of 8.
     job = _job(model_dir, 8)

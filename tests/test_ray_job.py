@@ -9,7 +9,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -20,13 +19,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO, SHARED_DATA, TRIPLETS
+from conftest import REPO, SHARED_DATA, TRIPLETS, free_port
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass
@@ -66,13 +60,13 @@ def local_cluster(ray_cluster):
     env.pop("RAY_ADDRESS", None)
     # A short temp dir: Ray's socket paths must stay under the Unix limit.
     temp_dir = tempfile.mkdtemp(prefix="lc-ray-", dir="/tmp")
-    gcs_port, dashboard_port = _free_port(), _free_port()
+    gcs_port, dashboard_port = free_port(), free_port()
     # Every port of its own: the session's in-process Ray may already hold the defaults, and a
     # job agent that cannot bind its port never accepts the job.
-    own_ports = [f"--dashboard-agent-listen-port={_free_port()}",
-                 f"--dashboard-agent-grpc-port={_free_port()}", f"--metrics-export-port={_free_port()}",
-                 f"--runtime-env-agent-port={_free_port()}", f"--node-manager-port={_free_port()}",
-                 f"--object-manager-port={_free_port()}"]
+    own_ports = [f"--dashboard-agent-listen-port={free_port()}",
+                 f"--dashboard-agent-grpc-port={free_port()}", f"--metrics-export-port={free_port()}",
+                 f"--runtime-env-agent-port={free_port()}", f"--node-manager-port={free_port()}",
+                 f"--object-manager-port={free_port()}"]
     head = subprocess.Popen(
         [ray_cli, "start", "--head", "--block", f"--port={gcs_port}", "--num-cpus=2",
          f"--dashboard-port={dashboard_port}", "--dashboard-host=127.0.0.1", "--include-dashboard=true",
