@@ -12,6 +12,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from tasks.errors import LayercutError
+from tasks.trees import merge_trees
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 Config = TypeVar("Config", bound="StrictModel")
@@ -52,16 +53,6 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
             raise LayercutError(f"override {item!r} is not of the form key.sub=value")
         _set_dotted(tree, key.strip(), yaml.safe_load(raw) if raw.strip() else None)
     return tree
-
-
-def merge_trees(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = merge_trees(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
 
 
 def describe_validation_error(error: ValidationError) -> str:

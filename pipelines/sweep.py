@@ -29,10 +29,11 @@ from typing import Any
 
 from pydantic import Field, field_validator, model_validator
 
-from pipelines.config import StrictModel, merge_trees, dump_config, find_config, load_config
+from pipelines.config import StrictModel, dump_config, find_config, load_config
 from pipelines.outputs import write_atomic, write_json
 from pipelines.ray_runtime import ensure_ray, layercut_cause, plan_workers, user_errors_from_ray
 from tasks.errors import LayercutError
+from tasks.trees import merge_trees
 
 STAGE = "run"
 DEFAULT_GRID = [1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2]

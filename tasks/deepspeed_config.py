@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from tasks.errors import LayercutError
+from tasks.trees import merge_trees
 
 
 @dataclass(frozen=True)
@@ -74,13 +75,6 @@ def _lookup(tree: dict, path: tuple[str, ...]):
     return tree, True
 
 
-def _merge(base: dict, extra: dict) -> dict:
-    merged = dict(base)
-    for key, value in extra.items():
-        merged[key] = _merge(merged[key], value) if isinstance(value, dict) and isinstance(
-            merged.get(key), dict) else value
-    return merged
-
 
 def read_user_config(path: str) -> dict[str, Any]:
     try:
@@ -113,4 +107,4 @@ def deepspeed_config(settings: OptimizationSettings, world_size: int,
                                                 float(value) == float(wanted)):
             raise LayercutError(f"{user_path} sets {'.'.join(path)}={value!r}, which contradicts "
                                 f"the run config ({decided_by} gives {wanted!r})")
-    return _merge(generated, user)
+    return merge_trees(generated, user)
