@@ -94,6 +94,24 @@ def _finetune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _classify(args: argparse.Namespace) -> int:
+    from pipelines import classify
+    from pipelines.config import find_config, load_config
+
+    extra = _common_extra(args, ("classification", "data_root"))
+    if args.model:
+        extra["model"] = {"name_or_path": args.model}
+    if args.layers is not None:
+        extra["layers"] = args.layers
+    if args.no_progress:
+        extra["show_progress"] = False
+    config = load_config(classify.ClassifyConfig, find_config(args.config, classify.STAGE),
+                         args.overrides, extra)
+    summary = classify.run(config)
+    classify.print_summary(summary, config.run_dir())
+    return 0
+
+
 def _sweep(args: argparse.Namespace) -> int:
     from pipelines import sweep
     from pipelines.config import find_config, load_config
@@ -141,6 +159,13 @@ def build_parser() -> argparse.ArgumentParser:
     stage3.add_argument("--tasks", nargs="+", help="mteb task names or presets (paper, quick)")
     stage3.add_argument("--layers", type=_depth, help="evaluate the model cut to this depth")
     stage3.set_defaults(handler=_evaluate)
+    classifier = _stage_parser(subparsers, "evaluate-classifier",
+                               "stage 3 of the classification objective: accuracy and macro-F1 "
+                               "of a prompt-based classifier (or a base model, zero-shot)",
+                               "smollm2-135m")
+    classifier.add_argument("--model", help="artifact dir, hub id, built-in name or .gguf")
+    classifier.add_argument("--layers", type=_depth, help="score the base model cut to this depth")
+    classifier.set_defaults(handler=_classify)
     main_job = _stage_parser(subparsers, "run",
                              "the whole pipeline: stage 1, a Ray Tune sweep of depths (fine-tune + "
                              "evaluate each), the report", "smollm2-135m")

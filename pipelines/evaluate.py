@@ -24,9 +24,10 @@ from pipelines.config import CONFIG_DIR, StrictModel, dump_config
 from pipelines.outputs import write_atomic, write_csv, write_json
 from pipelines.ray_runtime import plan_workers, user_errors_from_ray
 from pipelines.sections import EncoderSection, ModelSection, WorkersSection
+from tasks.errors import LayercutError
 from tasks.models import resolve_model
 from tasks.mteb_model import model_meta
-from tasks.mteb_tasks import load_task, require_subsamplable, resolve_task_names
+from tasks.mteb_tasks import load_task, probe_tasks, require_subsamplable, resolve_task_names
 
 STAGE = "evaluate"
 
@@ -74,6 +75,9 @@ def _evaluation_model(config: EvaluateConfig):
                              use_gpu=plan.use_gpu, cpus_per_worker=plan.cpus)
     prompt, pooling = config.encoder.prompt(), config.encoder.pooling
     artifact = read_layercut_file(source.path) if source.is_local else None
+    if artifact is not None and artifact.get("objective", "contrastive") != "contrastive":
+        raise LayercutError(f"{config.model.name_or_path} is a prompt-based classifier "
+                            "(classification objective); score it with `layercut evaluate-classifier`")
     if artifact is not None:
         # A fine-tuned artifact was trained with its own input format and pooling: use them.
         prompt, pooling = PromptConfig(**artifact["prompt"]), artifact["pooling"]
@@ -165,7 +169,8 @@ def _summary(results, facts, throughput) -> dict[str, Any]:
     by_type: dict[str, list[float]] = defaultdict(list)
     for name, result in results.items():
         score = float(result.get_score())
-        task_type = result.task_type
+        # mteb looks a result's type up in its registry, which does not hold layercut's probes.
+        task_type = "Classification" if name in probe_tasks() else result.task_type
         rows.append({"task": name, "type": task_type, "main_score": score})
         by_type[task_type].append(score)
     texts = sum(t for t, _ in throughput.values())

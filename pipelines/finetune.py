@@ -28,8 +28,8 @@ from pipelines.config import StrictModel, dump_config
 from pipelines.outputs import write_atomic, write_csv, write_json
 from pipelines.plots import plot_training_loss
 from pipelines.ray_runtime import ensure_ray, plan_workers, user_errors_from_ray
-from pipelines.sections import (EncoderSection, LossSection, ModelSection, RayWorkersSection,
-                                TripletSourceSection)
+from pipelines.sections import (ClassificationSection, EncoderSection, LossSection, ModelSection,
+                                RayWorkersSection, TripletSourceSection)
 from tasks.errors import LayercutError
 from tasks.lora import PROJECTIONS
 
@@ -38,6 +38,7 @@ MODEL_DIR = "model"
 
 
 class LoraSection(StrictModel):
+    enabled: bool = True  # false: full fine-tuning (every weight trains)
     r: int = Field(16, ge=1)
     alpha: int = Field(32, ge=1)
     dropout: float = Field(0.05, ge=0, lt=1)
@@ -81,27 +82,37 @@ class FinetuneConfig(StrictModel):
     layers: int | float | None = None  # layers kept (int) or fraction pruned (float in (0, 1))
     force: bool = False  # resume even though the config differs from the checkpoint's
     show_progress: bool = True
+    # contrastive: an embedding model (L3Prune; encoder, data, loss). classification: a
+    # prompt-based classifier keeping the LM head ("Why Lift so Heavy?"; the classification section).
+    objective: Literal["contrastive", "classification"] = "contrastive"
     model: ModelSection = Field(default_factory=ModelSection)
     encoder: EncoderSection = Field(default_factory=EncoderSection)
     data: TripletSourceSection = Field(default_factory=TripletSourceSection)
     loss: LossSection = Field(default_factory=LossSection)
+    classification: ClassificationSection = Field(default_factory=ClassificationSection)
     lora: LoraSection = Field(default_factory=LoraSection)
     training: TrainingSection = Field(default_factory=TrainingSection)
     deepspeed: DeepSpeedSection = Field(default_factory=DeepSpeedSection)
     workers: RayWorkersSection = Field(default_factory=RayWorkersSection)
 
     def run_dir(self, kept: int) -> Path:
-        return Path(self.output_dir) / (self.name or f"finetune-{self.model.slug()}-l{kept}")
+        task = f"-{self.classification.label()}" if self.objective == "classification" else ""
+        return Path(self.output_dir) / (self.name or f"finetune-{self.model.slug()}{task}-l{kept}")
 
 
 def _fingerprint(config: FinetuneConfig, model_path: str, data_path: str, kept: int,
-                 workers: int, dtype: str) -> str:
+                 workers: int, dtype: str, label_names: list[str] | None = None) -> str:
     """What determines the trained weights: a run only resumes a checkpoint of the same."""
+    if config.objective == "classification":
+        task = {"classification": [config.classification.model_dump(
+            exclude={"data_root", "test_split", "source", "local_source"}), label_names, data_path]}
+    else:
+        task = {"encoder": config.encoder.model_dump(exclude={"forward_batch_size"}),
+                "data": [data_path, config.data.columns, config.data.invalid_rows],
+                "loss": config.loss.model_dump()}
     relevant = {
-        "model": [model_path, config.model.revision, dtype, kept],
-        "encoder": config.encoder.model_dump(exclude={"forward_batch_size"}),
-        "data": [data_path, config.data.columns, config.data.invalid_rows],
-        "loss": config.loss.model_dump(), "lora": config.lora.model_dump(),
+        "model": [model_path, config.model.revision, dtype, kept], **task,
+        "lora": config.lora.model_dump() if config.lora.enabled else None,
         "training": config.training.model_dump(
             exclude={"checkpoint_every", "keep_checkpoints", "max_failures"}),
         "deepspeed": config.deepspeed.model_dump(), "workers": workers,
@@ -128,7 +139,8 @@ def _user_deepspeed(config: FinetuneConfig) -> dict | None:
     return read_user_config(config.deepspeed.config_file) if config.deepspeed.config_file else None
 
 
-def _worker_datasets(annotated, plan, workers: int, per_worker: int) -> dict[str, Any]:
+def _worker_datasets(annotated, plan, workers: int, per_worker: int,
+                     fields: tuple[str, ...]) -> dict[str, Any]:
     """One Ray Dataset per worker: its slots of every step, in step order.
 
     Materialized before training starts: only the planned rows (steps x global batch) are held,
@@ -137,7 +149,7 @@ def _worker_datasets(annotated, plan, workers: int, per_worker: int) -> dict[str
     """
     from tasks.batch_plan import place_rows, worker_slots
 
-    keep = ["query", "positive", "negative", "instruction", "_order"]
+    keep = [*fields, "_order"]
     return {f"rank{rank}": annotated.map_batches(
                 place_rows, batch_format="pyarrow",
                 fn_kwargs={"slots": worker_slots(plan, rank, per_worker)})
@@ -195,12 +207,49 @@ def _trainer_state(checkpoint) -> dict[str, Any]:
         return json.loads(handle.read().decode())
 
 
+def _objective(config: FinetuneConfig, tokenizer):
+    """(objective, training data path, label names or None, column mapping) of the config.
+
+    The classification prompt is checked against the tokenizer here, before any worker starts
+    (a label word that encodes to nothing, a max_length that leaves no room for the text).
+    """
+    from tasks.data import resolve_source
+    from tasks.objectives import ClassificationObjective, ContrastiveObjective
+    from tasks.verbalizer import VerbalizerScorer
+
+    if config.objective == "contrastive":
+        path = resolve_source(config.data.source, config.data.local_source, config.data.data_root)
+        return (ContrastiveObjective(config.encoder.prompt(), config.encoder.pooling,
+                                     config.loss.scale), path, None, config.data.columns)
+    task = config.classification
+    if task.data_root is None and config.data.data_root is not None:  # --data-root sets data.*
+        task = task.model_copy(update={"data_root": config.data.data_root})
+        config.classification = task
+    label_names = task.label_list()
+    prompt = task.prompt(label_names)
+    VerbalizerScorer(tokenizer, prompt)
+    path, columns = task.split_path(task.train_split)
+    return ClassificationObjective(prompt, task.loss), path, label_names, columns
+
+
+def _classification_info(config: FinetuneConfig, objective) -> dict[str, Any] | None:
+    """What the artifact must carry to classify: template, labels, words (tasks.verbalizer)."""
+    if objective.name != "classification":
+        return None
+    prompt = objective.prompt
+    return {"dataset": config.classification.label(), "template": prompt.template,
+            "label_names": list(prompt.label_names),
+            "verbalizers": [list(words) for words in prompt.verbalizers],
+            "max_length": prompt.max_length, "loss": objective.loss}
+
+
 def run(config: FinetuneConfig) -> dict[str, Any]:
     """Train (or resume) and export; returns the summary written to summary.json."""
     import ray
 
     from tasks.artifact import ArtifactInfo, export_from_checkpoint
-    from tasks.data import annotated_triplets, resolve_source
+    from tasks.classification_data import annotated_labeled
+    from tasks.data import annotated_triplets
     from tasks.deepspeed_config import OptimizationSettings, deepspeed_config
     from tasks.lora import LoraSettings
     from tasks.models import load_tokenizer, parameters_per_depth, resolve_model
@@ -218,7 +267,8 @@ def run(config: FinetuneConfig) -> dict[str, Any]:
     kept = resolve_depth(config.layers, total_layers)
     tokenizer = load_tokenizer(source, trust_remote_code=config.model.trust_remote_code,
                                revision=config.model.revision)
-    PromptFormatter(tokenizer, config.encoder.prompt())  # fail on a bad prompt setup now
+    if config.objective == "contrastive":
+        PromptFormatter(tokenizer, config.encoder.prompt())  # fail on a bad prompt setup now
     unknown = [t for t in (config.lora.target_modules or []) if t not in PROJECTIONS]
     if unknown:
         print(f"layercut: note: lora.target_modules {unknown} are not standard projections",
@@ -237,10 +287,10 @@ def run(config: FinetuneConfig) -> dict[str, Any]:
     # A contradicting DeepSpeed JSON fails here, before any worker starts.
     deepspeed_config(optimization, plan.count, user_deepspeed, config.deepspeed.config_file or "")
 
-    data_path = resolve_source(config.data.source, config.data.local_source, config.data.data_root)
+    objective, data_path, label_names, data_columns = _objective(config, tokenizer)
     run_dir = config.run_dir(kept)
     run_dir.mkdir(parents=True, exist_ok=True)
-    fingerprint = _fingerprint(config, source.path, data_path, kept, plan.count, dtype)
+    fingerprint = _fingerprint(config, source.path, data_path, kept, plan.count, dtype, label_names)
     summary_path = run_dir / "summary.json"
     if summary_path.exists() and (run_dir / MODEL_DIR / "layercut.json").exists():
         summary = json.loads(summary_path.read_text())
@@ -251,23 +301,30 @@ def run(config: FinetuneConfig) -> dict[str, Any]:
     write_atomic(run_dir / "config.yaml", dump_config(config))
 
     global_batch = plan.count * config.training.batch_size
-    annotated, data_report = annotated_triplets(
-        data_path, seed=config.training.seed, invalid_rows=config.data.invalid_rows,
-        columns=config.data.columns)
+    if objective.name == "classification":
+        annotated, data_report = annotated_labeled(
+            data_path, label_names=label_names, columns=data_columns, seed=config.training.seed,
+            invalid_rows=config.classification.invalid_rows, source=config.classification.label())
+    else:
+        annotated, data_report = annotated_triplets(
+            data_path, seed=config.training.seed, invalid_rows=config.data.invalid_rows,
+            columns=config.data.columns)
     if data_report["skipped_rows"]:
         print(f"layercut: skipped {data_report['skipped_rows']} of {data_report['rows']} rows "
-              f"with a missing or empty field; first: {data_report['first_problem']}", file=sys.stderr)
+              f"with a missing or empty field; first: {data_report.get('first_problem')}",
+              file=sys.stderr)
     batch_plan = _plan(annotated, config, global_batch)
-    datasets = _worker_datasets(annotated, batch_plan, plan.count, config.training.batch_size)
+    datasets = _worker_datasets(annotated, batch_plan, plan.count, config.training.batch_size,
+                                objective.fields)
 
-    spec = replace(config.model.spec(source, layers=kept), dtype=dtype)
+    spec = replace(config.model.spec(source, layers=kept), dtype=dtype, lm_head=objective.lm_head)
     gradient_checkpointing = (plan.use_gpu if config.training.gradient_checkpointing == "auto"
                               else config.training.gradient_checkpointing)
     job = TrainingJob(
-        spec=spec, prompt=config.encoder.prompt(), pooling=config.encoder.pooling,
-        scale=config.loss.scale,
+        spec=spec, objective=objective,
         lora=LoraSettings(r=config.lora.r, alpha=config.lora.alpha, dropout=config.lora.dropout,
-                          target_modules=tuple(config.lora.target_modules or ()) or None),
+                          target_modules=tuple(config.lora.target_modules or ()) or None)
+        if config.lora.enabled else None,
         optimization=optimization, steps=config.training.steps,
         warmup_steps=config.training.warmup_steps, gradient_checkpointing=gradient_checkpointing,
         checkpoint_every=config.training.checkpoint_every, seed=config.training.seed,
@@ -288,7 +345,9 @@ def run(config: FinetuneConfig) -> dict[str, Any]:
         layers=kept, total_layers=total_layers, parameters=params[kept],
         parameters_full=params[-1], pooling=config.encoder.pooling,
         prompt=config.encoder.prompt(), training=config.training.model_dump(),
-        lora=config.lora.model_dump(), loss_scale=config.loss.scale,
+        lora=config.lora.model_dump() if config.lora.enabled else None,
+        loss_scale=config.loss.scale, objective=objective.name,
+        classification=_classification_info(config, objective),
         final_loss=history[-1]["loss"] if history else None, steps_done=state["step"],
         workers=plan.count, data=data_path)
     # Merging needs the cut backbone in memory: do it where a training worker would run.
@@ -302,9 +361,10 @@ def run(config: FinetuneConfig) -> dict[str, Any]:
                                    "tokens_per_second", "seconds")] for entry in history])
     plot_training_loss([h["step"] for h in history], [h["loss"] for h in history],
                        f"{config.model.name_or_path} cut to {kept}/{total_layers} layers",
-                       run_dir / "loss_curve.png")
+                       run_dir / "loss_curve.png",
+                       ylabel="classification loss" if objective.name == "classification" else "InfoNCE loss")
     summary = {
-        "model": config.model.name_or_path, "layers": kept, "total_layers": total_layers,
+        "model": config.model.name_or_path, "objective": objective.name, "layers": kept, "total_layers": total_layers,
         "parameters": params[kept], "parameters_full": params[-1],
         "parameters_removed_pct": round(100.0 * (1 - params[kept] / params[-1]), 2),
         "steps": state["step"], "workers": plan.count, "global_batch": global_batch,

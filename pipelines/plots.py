@@ -52,7 +52,8 @@ def _finish(fig, ax, path: Path) -> None:
     write_atomic(path, buffer.getvalue())
 
 
-def plot_training_loss(steps: Sequence[int], losses: Sequence[float], title: str, path: Path) -> None:
+def plot_training_loss(steps: Sequence[int], losses: Sequence[float], title: str, path: Path,
+                       ylabel: str = "InfoNCE loss") -> None:
     """Training loss per step, with a running mean over 1/20 of the run."""
     plt = _pyplot()
     import numpy as np
@@ -65,8 +66,34 @@ def plot_training_loss(steps: Sequence[int], losses: Sequence[float], title: str
         ax.plot(steps[window - 1:], smooth, linewidth=1.8, color="#204a87",
                 label=f"running mean ({window} steps)")
     ax.set_xlabel("step")
-    ax.set_ylabel("InfoNCE loss")
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
+    _finish(fig, ax, path)
+
+
+def plot_accuracy_vs_layers(series: dict[str, list[tuple[int, float]]], zero_shot: dict[str, float],
+                            total_layers: int, title: str, path: Path) -> None:
+    """Test accuracy of the prompt-tuned model cut to l layers against l, one line per dataset,
+    with the unpruned model's zero-shot accuracy (same prompt) as a dashed reference line (the
+    main figure of "Why Lift so Heavy?")."""
+    plt = _pyplot()
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for index, (dataset, points) in enumerate(series.items()):
+        color = colors[index % len(colors)]
+        points = sorted(points)
+        ax.plot([layers for layers, _ in points], [acc for _, acc in points], marker="o",
+                color=color, linewidth=1.5, label=f"{dataset}: prompt-tuned")
+        best = max(points, key=lambda p: (p[1], -p[0]))
+        ax.plot([best[0]], [best[1]], marker="*", markersize=14, color=color)
+        if dataset in zero_shot:
+            ax.axhline(zero_shot[dataset], color=color, linestyle="--", linewidth=1,
+                       label=f"{dataset}: zero-shot, all {total_layers} layers")
+    ax.set_xlabel("layers kept")
+    ax.set_ylabel("test accuracy")
+    ax.set_title(title)
+    ax.set_xlim(0.5, total_layers + 0.5)
     _finish(fig, ax, path)
 
 
@@ -93,8 +120,9 @@ def plot_score_vs_parameters(series: dict[str, tuple[list[tuple[float, float, in
     _finish(fig, ax, path)
 
 
-def plot_training_curves(curves: dict[str, list[tuple[int, list[int], list[float]]]], path: Path) -> None:
-    """Training loss per step of every depth, one panel per model."""
+def plot_training_curves(curves: dict[str, list[tuple[int, list[int], list[float]]]], path: Path,
+                         ylabel: str = "InfoNCE loss") -> None:
+    """Training loss per step of every depth, one panel per model (or model and dataset)."""
     plt = _pyplot()
 
     models = list(curves) or ["no finished trial"]
@@ -106,7 +134,7 @@ def plot_training_curves(curves: dict[str, list[tuple[int, list[int], list[float
             ax.plot(steps, losses, linewidth=1.2, color=cmap(index / max(1, len(runs) - 1)),
                     label=f"{layers} layers")
         ax.set_xlabel("step")
-        ax.set_ylabel("InfoNCE loss")
+        ax.set_ylabel(ylabel)
         ax.set_title(model)
         if not runs:
             ax.text(0.5, 0.5, "no training log", ha="center", transform=ax.transAxes)

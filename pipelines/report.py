@@ -3,6 +3,9 @@ per model within a budget. Written from the trials' result files, so it can be r
 
 Files in the run dir: report.md, report.csv, summary.json, plots/layer_loss-<model>.png (Figure 1),
 plots/score_vs_parameters.png (Figure 5, with each model's Pareto front), plots/training_loss.png.
+The classification route ("Why Lift so Heavy?") adds classification.csv, a section of report.md
+(accuracy per depth, zero-shot reference, best depth; the two routes side by side),
+plots/accuracy_vs_layers-<model>.png and plots/classification_training_loss.png.
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from pipelines.outputs import write_atomic, write_csv, write_json
-from pipelines.plots import plot_layer_losses, plot_score_vs_parameters, plot_training_curves
+from pipelines.plots import (plot_accuracy_vs_layers, plot_layer_losses, plot_score_vs_parameters,
+                             plot_training_curves)
 
 COLUMNS = ["model", "layers", "total_layers", "origins", "parameters", "parameters_removed_pct",
            "mteb_mean", "change_vs_full", "latency_ms", "latency_batch_size", "peak_memory_mib",
@@ -50,9 +54,14 @@ def best_within_budget(rows: list[dict[str, Any]], max_parameters: float | None,
     return best
 
 
+CLASSIFICATION_COLUMNS = ["model", "dataset", "layers", "total_layers", "parameters",
+                          "parameters_removed_pct", "accuracy", "macro_f1", "majority_rate",
+                          "change_vs_zero_shot", "final_loss", "status"]
+
+
 def _rows(trials, outcomes: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     rows = []
-    for trial in trials:
+    for trial in (t for t in trials if t.dataset is None):
         outcome = outcomes.get(trial.key) or {"error": "not run"}
         row = {"model": trial.model, "layers": trial.layers, "origins": list(trial.origins),
                "key": trial.key}
@@ -61,7 +70,8 @@ def _rows(trials, outcomes: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
         else:
             row.update({key: outcome.get(key) for key in COLUMNS if key not in row}, status="done",
                        mteb_per_type=outcome["mteb_per_type"], mteb_tasks=outcome["mteb_tasks"],
-                       training_log=outcome["training_log"])
+                       training_log=outcome["training_log"],
+                       probe_accuracy=outcome.get("probe_accuracy", {}))
         rows.append(row)
     for row in rows:  # change against the same model with all its layers, fine-tuned alike
         full = next((r for r in rows if r["model"] == row["model"] and r["status"] == "done"
@@ -83,7 +93,7 @@ def _markdown(config, rows, best, plans) -> str:
              "(stage 2) and evaluated on MTEB (stage 3). *Change vs full* compares with the same "
              "model keeping all its layers, fine-tuned alike. Latency: median ms per batch of "
              "documents; memory: peak while encoding (GPU allocated, or process RSS on CPU).", ""]
-    for plan in plans:
+    for plan in (p for p in plans if p.stage1):
         stage1 = plan.stage1
         lines.append(f"- **{plan.label}** ({stage1['model']}, {stage1['num_layers']} layers): "
                      f"L3Prune small = {stage1['small']['layers']}, large = {stage1['large']['layers']} "
@@ -123,16 +133,126 @@ def _training_curves(rows) -> dict[str, list[tuple[int, list[int], list[float]]]
             continue
         with open(row["training_log"]) as handle:
             log = list(csv.DictReader(handle))
-        curves.setdefault(row["model"], []).append(
+        panel = f"{row['model']} / {row['dataset']}" if row.get("dataset") else row["model"]
+        curves.setdefault(panel, []).append(
             (row["layers"], [int(e["step"]) for e in log], [float(e["loss"]) for e in log]))
     return curves
 
 
-def write_report(run_dir: Path, config, plans, trials, outcomes) -> dict[str, Any]:
+def classification_rows(trials, outcomes: dict[str, dict[str, Any]],
+                        zero_shot: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per classification trial; change against the unpruned model's zero-shot accuracy."""
+    rows = []
+    for trial in (t for t in trials if t.dataset is not None):
+        outcome = outcomes.get(trial.key) or {"error": "not run"}
+        row = {"model": trial.model, "dataset": trial.dataset, "layers": trial.layers,
+               "origins": list(trial.origins), "key": trial.key}
+        if "error" in outcome:
+            row.update(status="failed", error=outcome["error"])
+        else:
+            row.update({key: outcome.get(key) for key in CLASSIFICATION_COLUMNS if key not in row},
+                       status="done", training_log=outcome["training_log"])
+        reference = zero_shot.get(f"{trial.model}-{trial.dataset}")
+        row["zero_shot_accuracy"] = reference["accuracy"] if reference else None
+        row["change_vs_zero_shot"] = (row["accuracy"] - reference["accuracy"]
+                                      if reference and row["status"] == "done" else None)
+        rows.append(row)
+    return rows
+
+
+def best_accuracy(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per "model/dataset", the finished depth with the highest accuracy (fewer layers on a tie)."""
+    best: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        if row["status"] != "done":
+            continue
+        key = f"{row['model']}/{row['dataset']}"
+        if key not in best or (row["accuracy"], -row["layers"]) > (best[key]["accuracy"], -best[key]["layers"]):
+            best[key] = row
+    return best
+
+
+def _classification_markdown(rows, best, contrastive_rows) -> list[str]:
+    lines = ["", "## Classification route: prompt-based fine-tuning of cut models", "",
+             "Each depth is the model cut to its first *layers kept* layers, LM head kept, fine-tuned "
+             "to put its next-token probability on the label words (stage 2, objective "
+             "classification) and scored on the dataset's test split (stage 3). *vs zero-shot*: "
+             "against the unpruned model with the same prompt and no training.", "",
+             "| model | dataset | layers kept | parameters | removed | accuracy | macro-F1 "
+             "| majority rate | vs zero-shot | final loss |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        if row["status"] != "done":
+            lines.append(f"| {row['model']} | {row['dataset']} | {row['layers']} | failed: "
+                         f"{row['error']} | | | | | | |")
+            continue
+        change = row["change_vs_zero_shot"]
+        lines.append(
+            f"| {row['model']} | {row['dataset']} | {row['layers']}/{row['total_layers']} "
+            f"| {row['parameters'] / 1e6:,.1f}M | {row['parameters_removed_pct']:.1f}% "
+            f"| {row['accuracy']:.4f} | {row['macro_f1']:.4f} | {row['majority_rate']:.4f} "
+            f"| {'n/a' if change is None else f'{change:+.4f}'} | {_fmt(row['final_loss'], '.4f')} |")
+    lines += ["", "Best depth per model and dataset (highest accuracy; fewer layers on a tie):", ""]
+    for key, row in best.items():
+        reference = row["zero_shot_accuracy"]
+        lines.append(f"- **{key}**: {row['layers']} of {row['total_layers']} layers, accuracy "
+                     f"{row['accuracy']:.4f}" + ("" if reference is None else
+                                                 f" (zero-shot, all layers: {reference:.4f})"))
+    side = _side_by_side(rows, contrastive_rows)
+    if side:
+        lines += ["", "### The two routes side by side", "",
+                  "Prompt-tuned: the cut causal LM classifies through its label words. Probe: the "
+                  "contrastive (L3Prune) encoder cut to the same depth, scored by mteb's "
+                  "logistic-regression classification protocol on its embeddings.", "",
+                  "| model | dataset | layers kept | prompt-tuned accuracy | probe accuracy |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {m} | {d} | {l} | {_fmt(a, '.4f')} | {_fmt(p, '.4f')} |" for m, d, l, a, p in side]
+    lines += ["", "Plots: plots/accuracy_vs_layers-<model>.png (accuracy against layers kept, "
+              "zero-shot reference dashed), plots/classification_training_loss.png.", ""]
+    return lines
+
+
+def _side_by_side(rows, contrastive_rows) -> list[tuple]:
+    """(model, dataset, layers, prompt-tuned accuracy, probe accuracy) wherever either exists for
+    a model that ran both routes."""
+    from tasks.mteb_tasks import probe_task_name
+
+    probes = {}
+    for row in contrastive_rows:
+        for task, score in (row.get("probe_accuracy") or {}).items():
+            probes[(row["model"], task, row["layers"])] = score
+    if not probes:
+        return []
+    tuned = {(r["model"], r["dataset"], r["layers"]): r["accuracy"] for r in rows if r["status"] == "done"}
+    out = []
+    for model, dataset in dict.fromkeys((r["model"], r["dataset"]) for r in rows):
+        task = probe_task_name(dataset)
+        depths = {l for (m, d, l) in tuned if (m, d) == (model, dataset)} |                  {l for (m, t, l) in probes if (m, t) == (model, task)}
+        out += [(model, dataset, depth, tuned.get((model, dataset, depth)),
+                 probes.get((model, task, depth))) for depth in sorted(depths, reverse=True)]
+    return out
+
+
+def _classification_plots(rows, plans, zero_shot, plots: Path) -> None:
+    for plan in (p for p in plans if p.classifiers):
+        series = {name: [(r["layers"], r["accuracy"]) for r in rows if r["status"] == "done"
+                         and r["model"] == plan.label and r["dataset"] == name]
+                  for name in plan.classifiers}
+        references = {name: zero_shot[f"{plan.label}-{name}"]["accuracy"]
+                      for name in plan.classifiers if f"{plan.label}-{name}" in zero_shot}
+        plot_accuracy_vs_layers({k: v for k, v in series.items() if v}, references,
+                                plan.total_layers, f"{plan.label}: prompt-tuned accuracy of the "
+                                "model cut to l layers", plots / f"accuracy_vs_layers-{plan.label}.png")
+    plot_training_curves(_training_curves(rows), plots / "classification_training_loss.png",
+                         ylabel="classification loss")
+
+
+def write_report(run_dir: Path, config, plans, trials, outcomes,
+                 zero_shot: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    zero_shot = zero_shot or {}
     rows = _rows(trials, outcomes)
     best = best_within_budget(rows, config.budget.max_parameters, config.budget.max_latency_ms)
     plots = run_dir / "plots"
-    for plan in plans:
+    for plan in (p for p in plans if p.stage1):
         stage1_dir = plan.layer_loss.run_dir()
         losses = [entry["loss"] for entry in json.loads((stage1_dir / "layer_losses.json").read_text())["layers"]]
         plot_layer_losses(losses, plan.stage1["small"]["layers"], plan.stage1["large"]["layers"],
@@ -143,13 +263,23 @@ def write_report(run_dir: Path, config, plans, trials, outcomes) -> dict[str, An
     for model in dict.fromkeys(row["model"] for row in done):
         points = [(row["parameters"], row["mteb_mean"], row["layers"]) for row in done if row["model"] == model]
         series[model] = (points, pareto_front([(p, s) for p, s, _ in points]))
-    plot_score_vs_parameters(series, plots / "score_vs_parameters.png")
-    plot_training_curves(_training_curves(rows), plots / "training_loss.png")
+    if rows:
+        plot_score_vs_parameters(series, plots / "score_vs_parameters.png")
+        plot_training_curves(_training_curves(rows), plots / "training_loss.png")
+    classified = classification_rows(trials, outcomes, zero_shot)
+    best_classified = best_accuracy(classified)
+    markdown = _markdown(config, rows, best, plans) if rows else f"# layercut sweep: {run_dir.name}\n"
+    if classified:
+        _classification_plots(classified, plans, zero_shot, plots)
+        write_csv(run_dir / "classification.csv", CLASSIFICATION_COLUMNS + ["zero_shot_accuracy"],
+                  [[row.get(c) for c in CLASSIFICATION_COLUMNS + ["zero_shot_accuracy"]]
+                   for row in classified])
+        markdown += "\n".join(_classification_markdown(classified, best_classified, rows))
 
     write_csv(run_dir / "report.csv", COLUMNS + ["mteb_per_type"],
               [[";".join(row[c]) if c == "origins" else row.get(c) for c in COLUMNS]
                + [json.dumps(row.get("mteb_per_type"))] for row in rows])
-    write_atomic(run_dir / "report.md", _markdown(config, rows, best, plans))
+    write_atomic(run_dir / "report.md", markdown)
     summary = {"run_dir": str(run_dir), "trials": rows,
                "pareto_front": {model: [series[model][0][k][2] for k in front]
                                 for model, (_, front) in series.items()},
@@ -157,7 +287,12 @@ def write_report(run_dir: Path, config, plans, trials, outcomes) -> dict[str, An
                "budget": config.budget.model_dump(),
                "stage1": {plan.label: {"small": plan.stage1["small"]["layers"],
                                        "large": plan.stage1["large"]["layers"],
-                                       "num_layers": plan.stage1["num_layers"]} for plan in plans},
-               "failed": [row["key"] for row in rows if row["status"] != "done"]}
+                                       "num_layers": plan.stage1["num_layers"]}
+                          for plan in plans if plan.stage1},
+               "classification": {
+                   "trials": classified,
+                   "best_depth": {key: row["layers"] for key, row in best_classified.items()},
+                   "zero_shot": {key: value["accuracy"] for key, value in zero_shot.items()}},
+               "failed": [row["key"] for row in rows + classified if row["status"] != "done"]}
     write_json(run_dir / "summary.json", summary)
     return summary

@@ -103,3 +103,92 @@ class RayWorkersSection(StrictModel):
 
 class WorkersSection(RayWorkersSection):
     executor: Literal["ray", "local"] = "ray"  # local: in this process, no Ray at all
+
+
+def classification_presets() -> dict:
+    import yaml
+
+    return yaml.safe_load((Path(__file__).parents[1] / "tasks" / "classification_datasets.yaml")
+                          .read_text())
+
+
+class ClassificationSection(StrictModel):
+    """A labelled dataset and the prompt a causal LM classifies it with (the classification
+    objective). ``dataset`` names a packaged preset (tasks/classification_datasets.yaml) whose
+    fields fill every field this section leaves unset."""
+
+    dataset: str | None = "sst2"
+    source: str | None = None  # path or URI with {split}; hf://datasets/... for the hub
+    local_source: str | None = None  # under the data root, with {split}
+    data_root: str | None = None
+    columns: dict[str, str] = Field(default_factory=dict)  # text / label / label_text -> column
+    hub_columns: dict[str, str] = Field(default_factory=dict)  # the same, for `source` only
+    label_names: list[str] | None = None  # None: from the data's label_text column
+    template: str | None = None  # with {text}, e.g. "Review: {text}\nSentiment:"
+    verbalizers: dict[str, list[str]] | None = None  # label name -> label words
+    train_split: str = "train"
+    test_split: str = "test"
+    max_length: int = Field(256, ge=8)  # prompt tokens; the text is cut to fit
+    loss: Literal["classes", "vocabulary"] = "classes"
+    invalid_rows: Literal["skip", "fail"] = "skip"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _preset_defaults(cls, data):
+        if not isinstance(data, dict):
+            return data
+        name = data.get("dataset", "sst2")
+        if name is None:
+            return data
+        presets = classification_presets()
+        if name not in presets:
+            raise ValueError(f"unknown dataset {name!r}; packaged: {', '.join(presets)} "
+                             "(or set dataset: null and give source, labels and template)")
+        return {**presets[name], **data}
+
+    @model_validator(mode="after")
+    def _complete(self):
+        from tasks.verbalizer import TEXT_SLOT
+
+        if self.source is None and self.local_source is None:
+            raise ValueError("give a source (or local_source) for the classification data")
+        if self.template is None or self.template.count(TEXT_SLOT) != 1:
+            raise ValueError(f"the template must hold the {TEXT_SLOT} slot exactly once: "
+                             f"{self.template!r}")
+        if not self.verbalizers:
+            raise ValueError("give verbalizers: label name -> label words")
+        if self.label_names is not None:
+            from tasks.verbalizer import ClassificationPrompt
+
+            try:  # a label without words, or words for an unknown label
+                ClassificationPrompt.from_mapping(self.template, self.label_names, self.verbalizers)
+            except Exception as exc:  # noqa: BLE001 - LayercutError as a validation error
+                raise ValueError(str(exc)) from exc
+        return self
+
+    def label(self) -> str:
+        return self.dataset or Path(self.source or self.local_source or "data").name
+
+    def split_path(self, split: str) -> tuple[str, dict[str, str]]:
+        """(path or URI of ``split``, column mapping): under the data root when one is set."""
+        from tasks.data import resolve_source
+
+        local_source = self.local_source.format(split=split) if self.local_source else None
+        source = (self.source or "").format(split=split)
+        path = resolve_source(source, local_source, self.data_root)
+        columns = self.columns if path != source else {**self.hub_columns, **self.columns}
+        return path, columns
+
+    def label_list(self) -> list[str]:
+        if self.label_names is not None:
+            return list(self.label_names)
+        from tasks.classification_data import label_names_from_data
+
+        path, columns = self.split_path(self.train_split)
+        return label_names_from_data(path, columns)
+
+    def prompt(self, label_names: list[str]):
+        from tasks.verbalizer import ClassificationPrompt
+
+        return ClassificationPrompt.from_mapping(self.template, label_names, self.verbalizers,
+                                                 self.max_length)

@@ -25,7 +25,7 @@ import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -45,6 +45,7 @@ class StageOverrides(StrictModel):
     layer_loss: dict[str, Any] = Field(default_factory=dict)
     finetune: dict[str, Any] = Field(default_factory=dict)
     evaluate: dict[str, Any] = Field(default_factory=dict)
+    classify: dict[str, Any] = Field(default_factory=dict)  # stage 3 of the classification route
 
 
 class ModelEntry(StrictModel):
@@ -53,8 +54,20 @@ class ModelEntry(StrictModel):
     layer_loss: str | None = None  # stage configs when they differ from `config`
     finetune: str | None = None
     evaluate: str | None = None
+    classify: str | None = None
     overrides: StageOverrides = Field(default_factory=StageOverrides)
     grid: list[float] | None = None  # default: the sweep's grid
+    # contrastive: the embedding route (L3Prune: stage 1, depths, MTEB). classification: prompt-
+    # based classifiers of the `classification` section's datasets at every depth of its grid.
+    objectives: list[Literal["contrastive", "classification"]] = Field(
+        default_factory=lambda: ["contrastive"])
+
+    @field_validator("objectives")
+    @classmethod
+    def _objectives(cls, value):
+        if not value or len(set(value)) != len(value):
+            raise ValueError("name each objective once: contrastive, classification or both")
+        return value
 
     @field_validator("grid")
     @classmethod
@@ -120,6 +133,42 @@ class BudgetSection(StrictModel):
     max_latency_ms: float | None = Field(None, gt=0)
 
 
+class ClassificationRoute(StrictModel):
+    """The second use case ("Why Lift so Heavy?"): for every model whose objectives include
+    classification, each dataset is prompt-tuned and scored at each depth."""
+
+    datasets: list[str] = Field(default_factory=lambda: ["sst2"])  # tasks/classification_datasets.yaml
+    grid: list[float] | None = None  # fractions of layers kept; None: the sweep's grid
+    layers: list[int] | None = None  # explicit depths (1..L); wins over the grid
+    zero_shot: bool = True  # score the unpruned model with the same prompt: the reference line
+    # mteb's logistic-regression probe of the contrastive trials' encoders on the same datasets,
+    # so the two routes sit side by side (models with both objectives).
+    probe: bool = True
+
+    @field_validator("datasets")
+    @classmethod
+    def _datasets(cls, value):
+        from pipelines.sections import classification_presets
+
+        unknown = [name for name in value if name not in classification_presets()]
+        if unknown or not value or len(set(value)) != len(value):
+            raise ValueError(f"datasets are distinct packaged names ({', '.join(classification_presets())}); "
+                             f"got {value}")
+        return value
+
+    @field_validator("grid")
+    @classmethod
+    def _grid(cls, value):
+        return _check_grid(value) if value is not None else value
+
+    @field_validator("layers")
+    @classmethod
+    def _layers(cls, value):
+        if value is not None and (not value or min(value) < 1):
+            raise ValueError("layers are depths >= 1")
+        return value
+
+
 class SweepConfig(StrictModel):
     name: str | None = None  # run name; default: sweep-<first model>
     output_dir: str = "runs"  # on a cluster: a filesystem every node mounts
@@ -132,6 +181,7 @@ class SweepConfig(StrictModel):
     tune: TuneSection = Field(default_factory=TuneSection)
     latency: LatencySection = Field(default_factory=LatencySection)
     budget: BudgetSection = Field(default_factory=BudgetSection)
+    classification: ClassificationRoute = Field(default_factory=ClassificationRoute)
     show_progress: bool = True
 
     @field_validator("grid")
@@ -159,10 +209,16 @@ class Trial:
     model: str  # the model's label
     layers: int
     origins: tuple[str, ...]  # why this depth: "l3prune-small", "l3prune-large", "grid-50%"
+    dataset: str | None = None  # the classification route's dataset; None: contrastive
+
+    @property
+    def objective(self) -> str:
+        return "contrastive" if self.dataset is None else "classification"
 
     @property
     def key(self) -> str:
-        return f"{self.model}-l{self.layers}"
+        task = f"-{self.dataset}" if self.dataset else ""
+        return f"{self.model}{task}-l{self.layers}"
 
 
 @dataclass
@@ -170,11 +226,20 @@ class ModelPlan:
     """One model's resolved stage configs (paths inside the sweep's run dir)."""
 
     label: str
-    layer_loss: Any  # LayerLossConfig
+    layer_loss: Any  # LayerLossConfig (contrastive route; None without it)
     finetune: Any  # FinetuneConfig, without a depth
-    evaluate: Any  # EvaluateConfig, without a model path
+    evaluate: Any  # EvaluateConfig, without a model path (contrastive route; None without it)
     grid: list[float]
     stage1: dict[str, Any] = field(default_factory=dict)  # selection.json of stage 1
+    # The classification route, per dataset: stage 2 (objective classification) and stage 3.
+    classifiers: dict[str, Any] = field(default_factory=dict)  # dataset -> FinetuneConfig
+    classify: dict[str, Any] = field(default_factory=dict)  # dataset -> ClassifyConfig
+    probe_tasks: list[str] = field(default_factory=list)  # mteb probes of the contrastive trials
+    total_layers: int = 0
+
+    @property
+    def contrastive(self) -> bool:
+        return self.evaluate is not None
 
 
 def _stage_config(model_cls, name: str, stage: str, trees: list[dict[str, Any]]):
@@ -188,51 +253,92 @@ def _stage_config(model_cls, name: str, stage: str, trees: list[dict[str, Any]])
 
 
 def resolve_models(config: SweepConfig) -> list[ModelPlan]:
-    """Every model's three stage configs, validated now (a bad key fails before any work)."""
+    """Every model's stage configs, validated now (a bad key fails before any work)."""
+    from pipelines.classify import ClassifyConfig
     from pipelines.evaluate import EvaluateConfig, check_tasks
     from pipelines.finetune import FinetuneConfig
     from pipelines.layer_loss import LayerLossConfig
+    from tasks.mteb_tasks import probe_task_name
 
     run_dir = config.run_dir().resolve()
+    route = config.classification
     plans = []
     for entry in config.models:
         label = entry.name()
         data = {"data_root": config.data_root} if config.data_root else {}
         wait = {"workers": {"wait_for_resources": True}} if config.tune.autoscaling else {}
         common = {"address": config.address} if config.address else {}
-        layer_loss = _stage_config(LayerLossConfig, entry.layer_loss or entry.config, "layer_loss", [
-            config.overrides.layer_loss, entry.overrides.layer_loss, wait,
-            {"output_dir": str(run_dir / "layer-loss"), "name": label, "data": data,
-             "workers": common}])
-        finetune = _stage_config(FinetuneConfig, entry.finetune or entry.config, "finetune", [
-            config.overrides.finetune, entry.overrides.finetune, wait,
-            {"output_dir": str(run_dir / "trials"), "data": data, "layers": None,
-             "show_progress": config.show_progress, "workers": common}])
-        evaluate = _stage_config(EvaluateConfig, entry.evaluate or entry.config, "evaluate", [
-            config.overrides.evaluate, entry.overrides.evaluate, wait,
-            {"output_dir": str(run_dir / "trials"), "layers": None, "workers": common,
-             **({"data_root": config.data_root} if config.data_root else {})}])
-        check_tasks(evaluate)  # a task typo fails now, not after hours of fine-tuning
-        if evaluate.workers.executor != "ray":
-            raise LayercutError(f"model {label}: a sweep evaluates on Ray workers "
-                                "(evaluate workers.executor must be ray)")
-        plans.append(ModelPlan(label, layer_loss, finetune, evaluate, entry.grid or config.grid))
+        finetune_trees = [config.overrides.finetune, entry.overrides.finetune, wait,
+                          {"output_dir": str(run_dir / "trials"), "data": data, "layers": None,
+                           "show_progress": config.show_progress, "workers": common}]
+        finetune = _stage_config(FinetuneConfig, entry.finetune or entry.config, "finetune",
+                                 finetune_trees)
+        plan = ModelPlan(label, None, finetune, None, entry.grid or config.grid)
+        if "contrastive" in entry.objectives:
+            plan.layer_loss = _stage_config(LayerLossConfig, entry.layer_loss or entry.config, "layer_loss", [
+                config.overrides.layer_loss, entry.overrides.layer_loss, wait,
+                {"output_dir": str(run_dir / "layer-loss"), "name": label, "data": data,
+                 "workers": common}])
+            plan.evaluate = _stage_config(EvaluateConfig, entry.evaluate or entry.config, "evaluate", [
+                config.overrides.evaluate, entry.overrides.evaluate, wait,
+                {"output_dir": str(run_dir / "trials"), "layers": None, "workers": common, **data}])
+            check_tasks(plan.evaluate)  # a task typo fails now, not after hours of fine-tuning
+            if plan.evaluate.workers.executor != "ray":
+                raise LayercutError(f"model {label}: a sweep evaluates on Ray workers "
+                                    "(evaluate workers.executor must be ray)")
+            if route.probe and "classification" in entry.objectives:
+                plan.probe_tasks = [probe_task_name(name) for name in route.datasets]
+                check_tasks(plan.evaluate.model_copy(update={"tasks": plan.probe_tasks}))
+        if "classification" in entry.objectives:
+            for name in route.datasets:
+                task = {"dataset": name, **data}
+                plan.classifiers[name] = _stage_config(
+                    FinetuneConfig, entry.finetune or entry.config, "finetune",
+                    [*finetune_trees, {"objective": "classification", "classification": task}])
+                plan.classify[name] = _stage_config(
+                    ClassifyConfig, entry.classify or entry.config, "classify", [
+                        config.overrides.classify, entry.overrides.classify, wait,
+                        {"output_dir": str(run_dir / "trials"), "layers": None, "workers": common,
+                         "show_progress": config.show_progress, "classification": task}])
+                if plan.classify[name].workers.executor != "ray":
+                    raise LayercutError(f"model {label}: a sweep classifies on Ray workers "
+                                        "(classify workers.executor must be ray)")
+        plans.append(plan)
     return plans
 
 
-def plan_trials(plans: list[ModelPlan], use_l3prune: bool) -> list[Trial]:
-    """Depths per model: the grid's fractions of L (rounded, at least 1) and the L3Prune picks."""
+def _grid_depths(grid: list[float], total: int) -> dict[int, list[str]]:
+    origins: dict[int, list[str]] = {}
+    for fraction in grid:
+        origins.setdefault(max(1, round(fraction * total)), []).append(f"grid-{fraction:.0%}")
+    return origins
+
+
+def plan_trials(plans: list[ModelPlan], use_l3prune: bool,
+                route: ClassificationRoute | None = None) -> list[Trial]:
+    """Depths per model. Contrastive: the grid's fractions of L (rounded, at least 1) and the
+    L3Prune picks. Classification: per dataset, the route's depths (or its grid's)."""
     trials = []
     for plan in plans:
-        total = plan.stage1["num_layers"]
-        origins: dict[int, list[str]] = {}
-        for fraction in plan.grid:
-            origins.setdefault(max(1, round(fraction * total)), []).append(f"grid-{fraction:.0%}")
-        if use_l3prune:
-            for pick in ("small", "large"):
-                origins.setdefault(plan.stage1[pick]["layers"], []).append(f"l3prune-{pick}")
-        trials += [Trial(plan.label, depth, tuple(origins[depth]))
-                   for depth in sorted(origins, reverse=True)]
+        total = plan.total_layers or plan.stage1["num_layers"]
+        if plan.contrastive:
+            origins = _grid_depths(plan.grid, total)
+            if use_l3prune:
+                for pick in ("small", "large"):
+                    origins.setdefault(plan.stage1[pick]["layers"], []).append(f"l3prune-{pick}")
+            trials += [Trial(plan.label, depth, tuple(origins[depth]))
+                       for depth in sorted(origins, reverse=True)]
+        if plan.classifiers:
+            if route.layers is not None:
+                bad = [depth for depth in route.layers if depth > total]
+                if bad:
+                    raise LayercutError(f"classification.layers {bad} exceed {plan.label}'s {total} layers")
+                origins = {depth: ["layers"] for depth in route.layers}
+            else:
+                origins = _grid_depths(route.grid or plan.grid, total)
+            for name in plan.classifiers:
+                trials += [Trial(plan.label, depth, tuple(origins[depth]), dataset=name)
+                           for depth in sorted(origins, reverse=True)]
     return trials
 
 
@@ -257,9 +363,12 @@ def check_resources(plans: list[ModelPlan], tune: TuneSection) -> int | None:
     total = ray.cluster_resources()
     concurrency = []
     for plan in plans:
-        stages = [("finetune", plan.finetune.workers), ("evaluate", plan.evaluate.workers)]
-        if plan.layer_loss.workers.executor == "ray":
-            stages.append(("layer_loss", plan.layer_loss.workers))
+        stages = [("finetune", plan.finetune.workers)]
+        if plan.contrastive:
+            stages.append(("evaluate", plan.evaluate.workers))
+            if plan.layer_loss.workers.executor == "ray":
+                stages.append(("layer_loss", plan.layer_loss.workers))
+        stages += [("classify", classify.workers) for classify in plan.classify.values()]
         for stage, workers in stages:
             count, bundle = _worker_demand(workers)
             need = {key: count * amount for key, amount in bundle.items()}
@@ -287,17 +396,24 @@ def _largest(nodes: list[dict[str, float]], need: dict[str, float]) -> dict[str,
 def _fingerprint(plan: ModelPlan) -> str:
     """What determines a model's trial results: not the grid (adding depths keeps the others),
     nor where or on how many CPUs the work runs (only finetune's worker count: the global batch)."""
-    relevant = [plan.layer_loss.model_dump(mode="json", exclude={"workers"}),
-                plan.finetune.model_dump(mode="json", exclude={"show_progress", "force", "workers"}),
+    def dump(stage, exclude=()):
+        return None if stage is None else stage.model_dump(mode="json", exclude={"workers", *exclude})
+
+    relevant = [dump(plan.layer_loss),
+                dump(plan.finetune, {"show_progress", "force"}),
                 plan.finetune.workers.num_workers,
-                plan.evaluate.model_dump(mode="json", exclude={"workers", "corpus_workers",
-                                                                "corpus_min_texts"})]
+                dump(plan.evaluate, {"corpus_workers", "corpus_min_texts"}), plan.probe_tasks,
+                {name: dump(c, {"show_progress", "force"}) for name, c in plan.classifiers.items()},
+                {name: dump(c, {"show_progress"}) for name, c in plan.classify.items()}]
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _has_results(run_dir: Path, label: str) -> bool:
+def _has_results(run_dir: Path, plan: ModelPlan) -> bool:
+    label = plan.label
+    patterns = [f"{label}-l*/*", *(f"{label}-{name}-l*/*" for name in plan.classifiers)]
     return (run_dir / "layer-loss" / label / "batches").is_dir() or \
-        any((run_dir / "trials").glob(f"{label}-l*/*"))
+        (run_dir / "zero-shot" / label).is_dir() or \
+        any(any((run_dir / "trials").glob(pattern)) for pattern in patterns)
 
 
 def guard_and_record(run_dir: Path, config: SweepConfig, plans: list[ModelPlan]) -> None:
@@ -306,8 +422,9 @@ def guard_and_record(run_dir: Path, config: SweepConfig, plans: list[ModelPlan])
     marker = run_dir / "sweep.json"
     previous = json.loads(marker.read_text()).get("models", {}) if marker.exists() else {}
     current = {plan.label: _fingerprint(plan) for plan in plans}
-    changed = [label for label, value in current.items()
-               if previous.get(label, value) != value and _has_results(run_dir, label)]
+    changed = [plan.label for plan in plans
+               if previous.get(plan.label, current[plan.label]) != current[plan.label]
+               and _has_results(run_dir, plan)]
     if changed:
         raise LayercutError(f"run directory {run_dir} holds results of {', '.join(changed)} with "
                             "a different configuration; use another --name or delete it")
@@ -339,13 +456,43 @@ def run(config: SweepConfig) -> dict[str, Any]:
     guard_and_record(run_dir, config, plans)
 
     for plan in plans:
-        print(f"layercut: stage 1 for {plan.label}", file=sys.stderr)
-        plan.stage1 = layer_loss.run(plan.layer_loss, show_progress=config.show_progress)
-    trials = plan_trials(plans, config.l3prune)
+        if plan.contrastive:
+            print(f"layercut: stage 1 for {plan.label}", file=sys.stderr)
+            plan.stage1 = layer_loss.run(plan.layer_loss, show_progress=config.show_progress)
+            plan.total_layers = plan.stage1["num_layers"]
+        else:
+            plan.total_layers = _total_layers(plan.finetune)
+    trials = plan_trials(plans, config.l3prune, config.classification)
     print(f"layercut: {len(trials)} trials: " + ", ".join(t.key for t in trials), file=sys.stderr)
-    texts = {plan.label: latency_texts(plan, config.latency.texts) for plan in plans}
+    zero_shot = _zero_shot(config, plans, run_dir) if config.classification.zero_shot else {}
+    texts = {plan.label: latency_texts(plan, config.latency.texts) for plan in plans if plan.contrastive}
     outcomes = _tune(config, plans, trials, texts, concurrency, run_dir)
-    return write_report(run_dir, config, plans, trials, outcomes)
+    return write_report(run_dir, config, plans, trials, outcomes, zero_shot)
+
+
+def _total_layers(finetune) -> int:
+    from tasks.models import parameters_per_depth, resolve_model
+
+    total, _ = parameters_per_depth(resolve_model(finetune.model.name_or_path),
+                                    trust_remote_code=finetune.model.trust_remote_code,
+                                    revision=finetune.model.revision)
+    return total
+
+
+def _zero_shot(config: SweepConfig, plans: list[ModelPlan], run_dir: Path) -> dict[str, dict]:
+    """The unpruned model's zero-shot accuracy with each dataset's prompt: the reference line of
+    the classification route ({"<label>-<dataset>": stage-3 summary}). Scored once, then reused."""
+    from pipelines import classify
+
+    results = {}
+    for plan in plans:
+        for name, stage in plan.classify.items():
+            print(f"layercut: zero-shot {plan.label} on {name}", file=sys.stderr)
+            reference = stage.model_copy(update={
+                "output_dir": str(run_dir / "zero-shot"), "name": f"{plan.label}/{name}",
+                "model": plan.classifiers[name].model})
+            results[f"{plan.label}-{name}"] = classify.run(reference)
+    return results
 
 
 def _tune(config: SweepConfig, plans, trials: list[Trial], texts, concurrency, run_dir: Path):
@@ -357,12 +504,15 @@ def _tune(config: SweepConfig, plans, trials: list[Trial], texts, concurrency, r
     specs = {}
     for trial in trials:
         plan = next(p for p in plans if p.label == trial.model)
+        finetune = plan.classifiers[trial.dataset] if trial.dataset else plan.finetune
         specs[trial.key] = TrialSpec(
             key=trial.key, model=trial.model, layers=trial.layers, origins=trial.origins,
-            finetune=plan.finetune.model_copy(update={"layers": trial.layers, "name": f"{trial.key}/finetune"}),
-            evaluate=plan.evaluate,
-            latency_texts=texts[trial.model], latency_batch_size=config.latency.batch_size,
-            result_dir=str(run_dir / "trials" / trial.key))
+            finetune=finetune.model_copy(update={"layers": trial.layers, "name": f"{trial.key}/finetune"}),
+            evaluate=None if trial.dataset else plan.evaluate,
+            latency_texts=texts.get(trial.model, []), latency_batch_size=config.latency.batch_size,
+            result_dir=str(run_dir / "trials" / trial.key), dataset=trial.dataset,
+            classify=plan.classify.get(trial.dataset) if trial.dataset else None,
+            probe_tasks=() if trial.dataset else tuple(plan.probe_tasks))
     trainable = tune.with_resources(tune.with_parameters(run_trial, specs=specs),
                                     dict(config.tune.driver_resources))
     # One experiment per trial list: changing the grid starts a new experiment, whose trials

@@ -1,5 +1,6 @@
 """One Tune trial of the sweep: fine-tune a depth (its own Ray Train run), evaluate it, measure
-what it costs to serve, report to Tune.
+what it costs to serve, report to Tune. A classification trial prompt-tunes the depth on one
+dataset and scores accuracy and macro-F1 on its test split instead.
 
 The trial is a Ray Train *driver* (Ray docs, Train V2 + Tune): it holds no model itself. Each
 step resumes on its own: finetune from its Ray Train checkpoints (or says "nothing to do"),
@@ -23,10 +24,13 @@ class TrialSpec:
     layers: int
     origins: tuple[str, ...]
     finetune: Any  # FinetuneConfig with this depth and run name
-    evaluate: Any  # EvaluateConfig; the model path is set to the trial's artifact
+    evaluate: Any  # EvaluateConfig; the model path is set to the trial's artifact (contrastive)
     latency_texts: list[str]
     latency_batch_size: int
     result_dir: str
+    dataset: str | None = None  # the classification route's dataset; None: contrastive
+    classify: Any = None  # ClassifyConfig of a classification trial
+    probe_tasks: tuple[str, ...] = ()  # mteb logistic-regression probes of a contrastive trial
 
 
 def _measure(spec: TrialSpec, artifact: str) -> dict[str, Any]:
@@ -57,10 +61,19 @@ def execute(spec: TrialSpec) -> dict[str, Any]:
     if result_path.exists():
         return json.loads(result_path.read_text())
     trained = finetune.run(spec.finetune)
+    if spec.dataset is not None:
+        result = _classification_result(spec, trained)
+        write_json(result_path, result)
+        return result
     evaluation = spec.evaluate.model_copy(update={
         "name": f"{spec.key}/evaluate",
         "model": spec.evaluate.model.model_copy(update={"name_or_path": trained["artifact"]})})
     scores = evaluate.run(evaluation)
+    probes = {}
+    if spec.probe_tasks:  # a separate run: the probes stay out of the MTEB mean
+        probe_run = evaluate.run(evaluation.model_copy(update={
+            "name": f"{spec.key}/probe", "tasks": list(spec.probe_tasks)}))
+        probes = {row["task"]: row["main_score"] for row in probe_run["tasks"]}
     with user_errors_from_ray():
         footprint = _measure(spec, trained["artifact"])
     result = {
@@ -75,9 +88,31 @@ def execute(spec: TrialSpec) -> dict[str, Any]:
         "steps": trained["steps"], "encode_texts_per_second": scores["texts_per_second"],
         **footprint, "artifact": trained["artifact"],
         "training_log": str(Path(trained["artifact"]).parent / "training_log.csv"),
+        "probe_accuracy": probes,
     }
     write_json(result_path, result)
     return result
+
+
+def _classification_result(spec: TrialSpec, trained: dict[str, Any]) -> dict[str, Any]:
+    from pipelines import classify
+
+    scored = classify.run(spec.classify.model_copy(update={
+        "name": f"{spec.key}/classify",
+        "model": spec.classify.model.model_copy(update={"name_or_path": trained["artifact"]})}))
+    return {
+        "trial": spec.key, "model": spec.model, "base_model": trained["model"],
+        "objective": "classification", "dataset": spec.dataset,
+        "layers": spec.layers, "total_layers": trained["total_layers"], "origins": list(spec.origins),
+        "parameters": trained["parameters"], "parameters_full": trained["parameters_full"],
+        "parameters_removed_pct": trained["parameters_removed_pct"],
+        "accuracy": scored["accuracy"], "macro_f1": scored["macro_f1"],
+        "majority_rate": scored["majority_rate"], "test_examples": scored["examples"],
+        "final_loss": trained["final_loss"], "first_loss": trained["first_loss"],
+        "steps": trained["steps"], "classify_texts_per_second": scored["texts_per_second"],
+        "artifact": trained["artifact"],
+        "training_log": str(Path(trained["artifact"]).parent / "training_log.csv"),
+    }
 
 
 def run_trial(params: dict[str, Any], specs: dict[str, TrialSpec]) -> None:
@@ -94,5 +129,6 @@ def run_trial(params: dict[str, Any], specs: dict[str, TrialSpec]) -> None:
     result = ray.get(work.remote(specs[params["trial"]]))
     metrics = {key: value for key, value in result.items()
                if isinstance(value, (int, float)) and not isinstance(value, bool)}
-    metrics.update({f"mteb_{kind}": value for kind, value in result["mteb_per_type"].items()})
+    metrics.update({f"mteb_{kind}": value for kind, value in result.get("mteb_per_type", {}).items()})
+    metrics.update({f"probe_{task}": value for task, value in result.get("probe_accuracy", {}).items()})
     ray.tune.report(metrics)

@@ -64,7 +64,8 @@ def plain_loop(args, layers: int | None, steps: list[dict]) -> list[tuple[float,
     from tasks.lora import LoraSettings, add_lora
     from tasks.models import ModelSpec, resolve_model
     from tasks.prompts import PromptConfig, PromptFormatter
-    from tasks.training import contrastive_loss, seed_everything
+    from tasks.objectives import contrastive_loss
+    from tasks.training import seed_everything
 
     seed_everything(42)
     spec = ModelSpec(resolve_model("smollm2-135m"), layers=layers, dtype="float32", device="cpu")

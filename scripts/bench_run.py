@@ -53,6 +53,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-root", default=str(REPO.parent / "shared" / "data"))
     parser.add_argument("--config", default="smollm2-135m")
+    parser.add_argument("--keep", help="copy the run's report, summary and plots into this folder")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="layercut-bench-run-") as out:
@@ -71,11 +72,23 @@ def main() -> None:
         if job.returncode != 0:
             sys.exit(f"layercut run failed ({job.returncode}); log tail:\n"
                      + "\n".join(log_path.read_text().splitlines()[-30:]))
-        run_dir = next(Path(out).glob("sweep-*"))
+        run_dir = next(path.parent for path in Path(out).glob("*/summary.json"))
         summary = json.loads((run_dir / "summary.json").read_text())
         trials = [{"trial": row["key"], "mteb_mean": round(row["mteb_mean"], 4),
                    "latency_ms": round(row["latency_ms"], 1)} for row in summary["trials"]]
+        trials += [{"trial": row["key"], "accuracy": round(row["accuracy"], 4),
+                    "macro_f1": round(row["macro_f1"], 4)}
+                   for row in summary.get("classification", {}).get("trials", [])]
         report = (run_dir / "report.md").read_text()
+        if args.keep:
+            import shutil
+
+            keep = Path(args.keep)
+            keep.mkdir(parents=True, exist_ok=True)
+            for name in ("report.md", "summary.json", "classification.csv", "report.csv"):
+                if (run_dir / name).exists():
+                    shutil.copy(run_dir / name, keep / name)
+            shutil.copytree(run_dir / "plots", keep / "plots", dirs_exist_ok=True)
     print(json.dumps({
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
                    f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB",

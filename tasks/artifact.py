@@ -1,11 +1,16 @@
-"""The product of stage 2: a standard embedding-model directory.
+"""The product of stage 2: a standard embedding-model (or text-classifier) directory.
 
+Contrastive objective:
 - a plain transformers model (the cut backbone with LoRA merged; ``AutoModel.from_pretrained``),
   its tokenizer (right padding, so plain transformers code needs no position ids),
 - sentence-transformers files: ``modules.json`` (Transformer -> text-token pooling), prompts for
   documents (the chat-template prefix) and a ``query`` prompt template, and the pooling module
   itself (``layercut_pooling.py``; load with ``trust_remote_code=True``),
 - ``layercut.json`` (how layercut formats and pools inputs for this model) and a model card.
+
+Classification objective: the cut causal LM with its LM head (``AutoModelForCausalLM``), its
+tokenizer (left padding), ``layercut.json`` with the template, label names and verbalizers, and a
+model card.
 
 The directory is built beside the target and renamed into place: never seen half written.
 """
@@ -35,15 +40,17 @@ class ArtifactInfo:
     total_layers: int
     parameters: int
     parameters_full: int
-    pooling: str
-    prompt: PromptConfig
+    pooling: str | None  # contrastive only
+    prompt: PromptConfig | None  # contrastive only
     training: dict[str, Any]
-    lora: dict[str, Any]
-    loss_scale: float
+    lora: dict[str, Any] | None  # None: full fine-tuning
+    loss_scale: float | None  # contrastive only
     final_loss: float | None
     steps_done: int
     workers: int
     data: str
+    objective: str = "contrastive"
+    classification: dict[str, Any] | None = None  # template, label_names, verbalizers, ...
 
     @property
     def removed_pct(self) -> float:
@@ -110,7 +117,7 @@ objective, adapters merged.
 | parameters | {info.parameters:,} of {info.parameters_full:,} ({info.removed_pct:.1f}% removed) |
 | pooling | {info.pooling} over the text tokens (prompt tokens excluded) |
 | training | {info.steps_done} steps, lr {training['learning_rate']}, warmup {training['warmup_steps']}, {training['schedule']} schedule, batch {training['batch_size']} x {info.workers} workers, seed {training['seed']} |
-| LoRA | r {info.lora['r']}, alpha {info.lora['alpha']}, dropout {info.lora['dropout']} |
+| LoRA | {_lora_line(info)} |
 | loss | InfoNCE, scale {info.loss_scale}; final training loss {info.final_loss if info.final_loss is None else round(info.final_loss, 4)} |
 | training data | `{info.data}` |
 
@@ -131,34 +138,99 @@ as `layercut_pooling.py` does.
 """
 
 
+def _lora_line(info: ArtifactInfo) -> str:
+    if info.lora is None:
+        return "none: full fine-tuning"
+    return f"r {info.lora['r']}, alpha {info.lora['alpha']}, dropout {info.lora['dropout']}"
+
+
+def _classifier_card(info: ArtifactInfo) -> str:
+    training, task = info.training, info.classification
+    words = "; ".join(f"{name}: {', '.join(w)}" for name, w in
+                      zip(task["label_names"], task["verbalizers"]))
+    return f"""---
+library_name: transformers
+pipeline_tag: text-generation
+base_model: {info.base_model}
+tags: [layercut, layer-pruning, prompt-based-fine-tuning, text-classification]
+---
+# {Path(info.base_model).name} cut to {info.layers} of {info.total_layers} layers, prompt-tuned classifier (layercut)
+
+The first {info.layers} of {info.total_layers} decoder layers of `{info.base_model}` with its LM
+head, fine-tuned for prompt-based text classification as in "Why Lift so Heavy? Slimming Large
+Language Models by Cutting Off the Layers" (Yuan et al., 2024).
+
+| | |
+|---|---|
+| base model | `{info.base_model}` |
+| layers kept | {info.layers} of {info.total_layers} |
+| parameters | {info.parameters:,} of {info.parameters_full:,} ({info.removed_pct:.1f}% removed) |
+| template | `{task['template']}` |
+| verbalizers | {words} |
+| training | {info.steps_done} steps, lr {training['learning_rate']}, warmup {training['warmup_steps']}, batch {training['batch_size']} x {info.workers} workers, seed {training['seed']}; loss over {task['loss']}; final loss {info.final_loss if info.final_loss is None else round(info.final_loss, 4)} |
+| LoRA | {_lora_line(info)} |
+| training data | `{info.data}` |
+
+## Use
+
+Render the text into the template, then compare the next-token probabilities of the label words
+(several tokens: the product of their probabilities; several words: the sum); the highest wins.
+`layercut evaluate-classifier --model <dir>` does this and reports accuracy and macro-F1.
+"""
+
+
 def export_from_checkpoint(spec, checkpoint, target: Path, info: ArtifactInfo) -> Path:
-    """``export_artifact`` from the adapter inside a Ray Train checkpoint (local or remote)."""
+    """``export_artifact`` from the trained weights inside a Ray Train checkpoint (local or
+    remote): the adapter, or the whole model after full fine-tuning."""
     with checkpoint.as_directory() as directory:
-        return export_artifact(spec, Path(directory) / "adapter", target, info)
+        adapter = Path(directory) / "adapter"
+        return export_artifact(spec, adapter if adapter.is_dir() else Path(directory) / "weights",
+                               target, info)
 
 
-def export_artifact(spec, adapter_dir: Path, target: Path, info: ArtifactInfo) -> Path:
-    """Merge the adapter into the cut backbone and write the artifact directory ``target``."""
-    from peft import PeftModel
+def _trained_model(spec, trained_dir: Path):
+    """(model with the trained weights, tokenizer): an adapter merged into the cut model, or the
+    fully fine-tuned model as saved."""
+    from dataclasses import replace
 
-    model, tokenizer = spec.load()
-    merged = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
-    formatter = PromptFormatter(tokenizer, info.prompt)
+    from tasks.models import ModelSource
+
+    if (trained_dir / "adapter_config.json").is_file():
+        from peft import PeftModel
+
+        model, tokenizer = spec.load()
+        return PeftModel.from_pretrained(model, str(trained_dir)).merge_and_unload(), tokenizer
+    model = replace(spec, source=ModelSource(str(trained_dir), True), layers=None,
+                    revision=None).load_model()
+    return model, spec.load_tokenizer()
+
+
+def export_artifact(spec, trained_dir: Path, target: Path, info: ArtifactInfo) -> Path:
+    """Merge the adapter into the cut model (or take the fully fine-tuned one) and write the
+    artifact directory ``target``."""
+    merged, tokenizer = _trained_model(spec, Path(trained_dir))
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         merged.save_pretrained(staging)
-        tokenizer.padding_side = "right"
-        tokenizer.save_pretrained(staging)
-        _sentence_transformers_files(staging, formatter, info, merged.config.hidden_size)
-        layercut = {"format": 1, "pooling": info.pooling, "prompt": asdict(info.prompt),
-                    "base_model": info.base_model, "layers": info.layers,
-                    "total_layers": info.total_layers, "parameters": info.parameters,
-                    "parameters_full": info.parameters_full, "final_loss": info.final_loss,
-                    "steps": info.steps_done}
+        layercut = {"format": 1, "objective": info.objective, "base_model": info.base_model,
+                    "layers": info.layers, "total_layers": info.total_layers,
+                    "parameters": info.parameters, "parameters_full": info.parameters_full,
+                    "final_loss": info.final_loss, "steps": info.steps_done}
+        if info.objective == "classification":
+            tokenizer.padding_side = "left"  # prompts end at the last position (tasks.verbalizer)
+            tokenizer.save_pretrained(staging)
+            layercut["classification"] = info.classification
+            (staging / "README.md").write_text(_classifier_card(info))
+        else:
+            formatter = PromptFormatter(tokenizer, info.prompt)
+            tokenizer.padding_side = "right"
+            tokenizer.save_pretrained(staging)
+            _sentence_transformers_files(staging, formatter, info, merged.config.hidden_size)
+            layercut.update(pooling=info.pooling, prompt=asdict(info.prompt))
+            (staging / "README.md").write_text(_model_card(info, formatter.prefix))
         (staging / LAYERCUT_FILE).write_text(json.dumps(layercut, indent=2))
-        (staging / "README.md").write_text(_model_card(info, formatter.prefix))
         if target.exists():  # a previous export of the same run: replace it whole
             old = target.with_name(f".{target.name}.old")
             shutil.rmtree(old, ignore_errors=True)

@@ -88,6 +88,26 @@ def read_triplets(path: str):
         raise LayercutError(f"cannot read training data {path}: {short_error(exc)}") from exc
 
 
+def read_rows(path: str, what: str = "training data"):
+    """(Ray Dataset over the rows of ``path``, its column names), or a one-line error."""
+    dataset = read_triplets(path)
+    try:
+        schema = dataset.schema()
+    except Exception as exc:  # noqa: BLE001
+        raise LayercutError(f"cannot read {what} {path}: {short_error(exc)}") from exc
+    if schema is None:
+        raise LayercutError(f"{what} {path} holds no rows")
+    return dataset, [n for n in schema.names if n != "path"]
+
+
+def take_summaries(annotated, summarize, path: str, what: str = "training data") -> list[dict]:
+    """Per-block summaries of an annotated dataset (reading it through once), or a one-line error."""
+    try:
+        return annotated.map_batches(summarize, batch_format="pyarrow").take_all()
+    except Exception as exc:  # noqa: BLE001
+        raise LayercutError(f"cannot read {what} {path}: {short_error(exc)}") from exc
+
+
 def short_error(exc: BaseException) -> str:
     """The innermost cause's first line: Ray wraps worker errors in several layers."""
     while True:
@@ -179,20 +199,11 @@ def annotated_triplets(path: str, *, seed: int, invalid_rows: str = "skip",
     ``invalid_rows``: 'skip' drops rows with a missing or empty field and counts them; 'fail'
     stops with an error naming the first one. No usable row at all is always an error.
     """
-    dataset = read_triplets(path)
-    try:
-        schema = dataset.schema()
-    except Exception as exc:  # noqa: BLE001
-        raise LayercutError(f"cannot read training data {path}: {short_error(exc)}") from exc
-    if schema is None:
-        raise LayercutError(f"training data {path} holds no rows")
-    mapping = column_mapping([n for n in schema.names if n != "path"], columns or {})
+    dataset, available = read_rows(path)
+    mapping = column_mapping(available, columns or {})
     annotated = dataset.map_batches(annotate, batch_format="pyarrow",
                                     fn_kwargs={"mapping": mapping, "seed": seed})
-    try:
-        summaries = annotated.map_batches(_summarize, batch_format="pyarrow").take_all()
-    except Exception as exc:  # noqa: BLE001
-        raise LayercutError(f"cannot read training data {path}: {short_error(exc)}") from exc
+    summaries = take_summaries(annotated, _summarize, path)
     rows = sum(s["rows"] for s in summaries)
     bad = sum(s["bad"] for s in summaries)
     example = next((s["example"] for s in summaries if s["example"]), "")

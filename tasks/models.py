@@ -164,13 +164,15 @@ def load_backbone(
     attn_implementation: str | None = None,
     trust_remote_code: bool = False,
     revision: str | None = None,
+    lm_head: bool = False,
 ):
-    """The decoder backbone (no LM head), in eval mode, optionally loaded already pruned.
+    """The decoder backbone (with its LM head when ``lm_head``), in eval mode, optionally loaded
+    already pruned.
 
     Loading with a pruned config reads only the kept layers' weights, so a 2-layer cut of a 7B
     model never holds the full model in memory.
     """
-    from transformers import AutoModel
+    from transformers import AutoModel, AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # a per-task "Loading weights" bar only adds noise
@@ -181,8 +183,9 @@ def load_backbone(
     verbosity = hf_logging.get_verbosity()
     if layers is not None:  # the dropped layers' weights are "unexpected keys" by design
         hf_logging.set_verbosity_error()
+    auto = AutoModelForCausalLM if lm_head else AutoModel
     try:
-        model = AutoModel.from_pretrained(
+        model = auto.from_pretrained(
             source.path, config=config, dtype=dtype, trust_remote_code=trust_remote_code,
             revision=revision, **kwargs)
     except Exception as exc:  # noqa: BLE001
@@ -216,17 +219,24 @@ class ModelSpec:
     attn_implementation: str | None = "sdpa"
     trust_remote_code: bool = False
     revision: str | None = None
+    lm_head: bool = False  # the causal LM (classification objective), not the bare backbone
 
-    def load(self):
-        """(backbone, tokenizer) on the resolved device and dtype."""
+    def load_model(self):
+        """The model on the resolved device and dtype."""
         device = resolve_device(self.device)
-        model = load_backbone(
+        return load_backbone(
             self.source, layers=self.layers, dtype=resolve_dtype(self.dtype, device),
             device=device, attn_implementation=self.attn_implementation,
-            trust_remote_code=self.trust_remote_code, revision=self.revision)
-        tokenizer = load_tokenizer(
-            self.source, trust_remote_code=self.trust_remote_code, revision=self.revision)
-        return model, tokenizer
+            trust_remote_code=self.trust_remote_code, revision=self.revision,
+            lm_head=self.lm_head)
+
+    def load_tokenizer(self):
+        return load_tokenizer(self.source, trust_remote_code=self.trust_remote_code,
+                              revision=self.revision)
+
+    def load(self):
+        """(model, tokenizer) on the resolved device and dtype."""
+        return self.load_model(), self.load_tokenizer()
 
 
 def parameters_per_depth(source: ModelSource, *, trust_remote_code: bool = False,

@@ -21,12 +21,60 @@ def presets() -> dict[str, list[str]]:
     return yaml.safe_load(PRESETS_FILE.read_text())
 
 
+# The classification datasets of the second use case (tasks/classification_datasets.yaml) as mteb
+# classification tasks: the same logistic-regression probe mteb runs on any classification task,
+# on the embeddings of a contrastive encoder, so both routes are scored on the same data.
+PROBE_PREFIX = "Layercut"
+CLASSIFICATION_DATASETS = Path(__file__).with_name("classification_datasets.yaml")
+
+
+@lru_cache(maxsize=1)
+def probe_tasks() -> dict[str, dict]:
+    """mteb task name (e.g. LayercutSST2) -> the dataset preset it reads."""
+    import yaml
+
+    datasets = yaml.safe_load(CLASSIFICATION_DATASETS.read_text())
+    return {f"{PROBE_PREFIX}{Path(preset['local_source']).parent.name}": {"dataset": name, **preset}
+            for name, preset in datasets.items()}
+
+
+def probe_task_name(dataset: str) -> str:
+    return next(name for name, preset in probe_tasks().items() if preset["dataset"] == dataset)
+
+
+def _probe_task(name: str, data_root: str | None):
+    """An mteb classification task (mteb's own AbsTaskClassification and evaluator) over a
+    layercut classification dataset: the local mirror's folder, or the hub dataset."""
+    import mteb
+    from mteb.abstasks.classification import AbsTaskClassification
+
+    preset = probe_tasks()[name]
+    if data_root:
+        folder = Path(data_root).expanduser().resolve() / Path(preset["local_source"]).parent
+        if not folder.is_dir():
+            raise LayercutError(f"task {name} is not in the local mirror: expected folder {folder}")
+        dataset, label_column = {"path": str(folder), "revision": "local"}, "label"
+    else:  # hf://datasets/<org>/<name>@~parquet/... -> the hub dataset id
+        repo = preset["source"].removeprefix("hf://datasets/").split("@")[0].split("/")
+        dataset = {"path": "/".join(repo[:2]), "revision": "main"}
+        label_column = preset.get("hub_columns", {}).get("label", "label")
+    template = mteb.get_task("ImdbClassification").metadata  # an English single-label task
+    metadata = template.model_copy(update={
+        "name": name, "dataset": dataset, "eval_splits": ["test"], "main_score": "accuracy",
+        "description": f"{preset['dataset']} ({', '.join(preset['label_names'])}), layercut's "
+                       "classification dataset as an mteb logistic-regression probe",
+        "reference": None})
+    task_class = type(name, (AbsTaskClassification,), {"metadata": metadata,
+                                                        "label_column_name": label_column})
+    return task_class()
+
+
 @lru_cache(maxsize=1)
 def known_task_names() -> tuple[str, ...]:
     import mteb
 
     tasks = mteb.get_tasks(exclude_superseded=False, exclude_private=False)
-    return tuple(sorted({task.metadata.name for task in tasks}))
+    return tuple(sorted({task.metadata.name for task in tasks} | set(probe_tasks())))
 
 
 def resolve_task_names(items: list[str]) -> list[str]:
@@ -65,8 +113,12 @@ def load_task(name: str, data_root: str | None = None):
     """The mteb task object; with a data root, reading ``<data_root>/<name>`` offline."""
     import mteb
 
-    task = mteb.get_task(name)
     data_root = data_root or os.environ.get("LAYERCUT_DATA_ROOT") or None
+    if name in probe_tasks():
+        if data_root:
+            os.environ.update(OFFLINE_ENV)
+        return _probe_task(name, data_root)
+    task = mteb.get_task(name)
     if data_root is None:
         return task
     folder = Path(data_root).expanduser().resolve() / name

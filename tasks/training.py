@@ -1,12 +1,13 @@
 """Stage 2's unit of work: the training loop each Ray Train worker runs (DeepSpeed + LoRA).
 
-The worker loads the backbone already cut to its depth, adds LoRA adapters, wraps it in a
-DeepSpeed engine and trains with the hard-negative InfoNCE loss over the GLOBAL batch (queries
-against the positives and hard negatives of every worker). Its rows come from its own Ray Data
-shard in plan order (``tasks.batch_plan``), so step s trains on the same rows whatever happened
-before. Every ``checkpoint_every`` steps it reports a checkpoint to Ray Train holding the
-DeepSpeed state (adapter weights, optimizer, schedule), the adapter in peft format, the per-step
-log and every worker's RNG state; a restarted worker resumes from the latest one at that step.
+The worker loads the model already cut to its depth, adds LoRA adapters (or trains every weight:
+full fine-tuning), wraps it in a DeepSpeed engine and trains with the job's objective
+(``tasks.objectives``: the hard-negative InfoNCE loss over the GLOBAL batch, or prompt-based
+classification). Its rows come from its own Ray Data shard in plan order (``tasks.batch_plan``),
+so step s trains on the same rows whatever happened before. Every ``checkpoint_every`` steps it
+reports a checkpoint to Ray Train holding the DeepSpeed state (trained weights, optimizer,
+schedule), the adapter in peft format (or the whole model), the per-step log and every worker's
+RNG state; a restarted worker resumes from the latest one at that step.
 """
 
 from __future__ import annotations
@@ -24,15 +25,12 @@ import numpy as np
 import torch
 
 from tasks.deepspeed_config import OptimizationSettings, deepspeed_config
-from tasks.encoder import position_ids_for
 from tasks.errors import LayercutError
 from tasks.lora import LoraSettings, add_lora
-from tasks.loss import distributed_hard_negative_infonce
-from tasks.pooling import pool
-from tasks.prompts import PromptConfig, PromptFormatter
 
 TRAINER_STATE = "trainer_state.json"
 ADAPTER_DIR = "adapter"
+WEIGHTS_DIR = "weights"  # full fine-tuning: the whole model
 DEEPSPEED_DIR = "deepspeed"
 DEEPSPEED_TAG = "state"
 
@@ -42,10 +40,8 @@ class TrainingJob:
     """Everything a worker needs; built on the driver, shipped to every worker."""
 
     spec: Any  # tasks.models.ModelSpec, with .layers set to the kept depth
-    prompt: PromptConfig
-    pooling: str
-    scale: float
-    lora: LoraSettings
+    objective: Any  # tasks.objectives: ContrastiveObjective or ClassificationObjective
+    lora: LoraSettings | None  # None: full fine-tuning (every weight trains)
     optimization: OptimizationSettings
     steps: int
     warmup_steps: int
@@ -92,7 +88,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def build_trainable(job: TrainingJob):
-    """(peft model in train mode, tokenizer): the cut backbone with fresh LoRA adapters.
+    """(model in train mode, tokenizer): the cut model with fresh LoRA adapters (a peft model),
+    or the cut model itself, every weight trainable, for full fine-tuning.
 
     Seeded first, so every worker starts from identical adapters.
     """
@@ -101,7 +98,10 @@ def build_trainable(job: TrainingJob):
     if job.gradient_checkpointing:
         # Non-reentrant checkpointing needs no input-grad hooks with frozen embeddings.
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model = add_lora(model, job.lora)
+    if job.lora is not None:
+        model = add_lora(model, job.lora)
+    else:
+        model.requires_grad_(True)
     model.train()
     return model, tokenizer
 
@@ -118,25 +118,6 @@ def initialize_engine(model, job: TrainingJob, world_size: int):
         model_parameters=[p for p in model.parameters() if p.requires_grad],
         lr_scheduler=lambda optimizer: LambdaLR(optimizer, schedule))
     return engine
-
-
-def contrastive_loss(model, formatter: PromptFormatter, rows: dict[str, list], pooling: str,
-                     scale: float, device: torch.device) -> tuple[torch.Tensor, int]:
-    """(global-batch InfoNCE loss, this worker's non-padding tokens) for one step's rows.
-
-    Queries carry their task instruction; positives and negatives (documents) none. All 3b
-    texts run through the model in one forward pass.
-    """
-    b = len(rows["query"])
-    texts = [*rows["query"], *rows["positive"], *rows["negative"]]
-    instructions = [*rows.get("instruction", [None] * b), *[None] * (2 * b)]
-    features = formatter(texts, instructions)
-    attention_mask = features["attention_mask"].to(device)
-    hidden = model(input_ids=features["input_ids"].to(device), attention_mask=attention_mask,
-                   position_ids=position_ids_for(attention_mask), use_cache=False).last_hidden_state
-    embeddings = pool(hidden, features["pool_mask"].to(device), pooling)
-    queries, positives, negatives = embeddings.split(b)
-    return distributed_hard_negative_infonce(queries, positives, negatives, scale), int(attention_mask.sum())
 
 
 def _all_reduce_sum(value: float, device: torch.device) -> float:
@@ -181,10 +162,13 @@ def save_checkpoint(engine, job: TrainingJob, step: int, history: list[dict], ra
     engine.save_checkpoint(str(directory / DEEPSPEED_DIR), tag=DEEPSPEED_TAG,
                            exclude_frozen_parameters=True)
     torch.save(rng_state(), directory / f"rng-rank{rank}.pt")
-    lora_params = [p for n, p in engine.module.named_parameters() if "lora_" in n]
-    with deepspeed.zero.GatheredParameters(lora_params, modifier_rank=None):
+    # The trained weights in transformers/peft format, for the export: the adapter, or (full
+    # fine-tuning) the whole model. Under ZeRO-3 they are gathered from every worker first.
+    full = job.lora is None
+    trained = [p for n, p in engine.module.named_parameters() if full or "lora_" in n]
+    with deepspeed.zero.GatheredParameters(trained, modifier_rank=None):
         if rank == 0:
-            engine.module.save_pretrained(directory / ADAPTER_DIR)
+            engine.module.save_pretrained(directory / (WEIGHTS_DIR if full else ADAPTER_DIR))
     if rank == 0:
         state = {"step": step, "steps": job.steps, "world_size": world_size,
                  "fingerprint": job.fingerprint, "history": history}
@@ -217,7 +201,7 @@ def train_worker(job: TrainingJob) -> None:
     model, tokenizer = build_trainable(job)
     device = next(model.parameters()).device
     engine = initialize_engine(model, job, world_size)
-    formatter = PromptFormatter(tokenizer, job.prompt)
+    step_loss = job.objective.bind(tokenizer)
 
     start_step, history = 0, []
     checkpoint = ray.train.get_checkpoint()
@@ -244,13 +228,18 @@ def train_worker(job: TrainingJob) -> None:
         if step >= job.steps:
             break
         learning_rate = engine.get_lr()[0]
-        loss, tokens = contrastive_loss(engine, formatter, rows, job.pooling, job.scale, device)
-        # Every worker holds the global loss; data-parallel averaging divides by world_size.
-        engine.backward(loss * world_size)
+        loss, tokens = step_loss(engine, rows, device)
+        if job.objective.loss_is_global:
+            # Every worker holds the global loss; data-parallel averaging divides by world_size.
+            engine.backward(loss * world_size)
+            logged_loss = float(loss.detach())
+        else:  # a per-worker mean: the averaged gradients are those of the global batch's mean
+            engine.backward(loss)
+            logged_loss = _all_reduce_sum(float(loss.detach()), device) / world_size
         engine.step()
         tokens = _all_reduce_sum(tokens, device)
         now = time.perf_counter()
-        entry = {"step": step + 1, "loss": float(loss.detach()), "learning_rate": learning_rate,
+        entry = {"step": step + 1, "loss": logged_loss, "learning_rate": learning_rate,
                  "tokens": tokens, "tokens_per_second": tokens / max(now - started, 1e-9),
                  "seconds": now - started}
         started = now

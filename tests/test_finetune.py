@@ -60,6 +60,18 @@ def _wait_for_checkpoint(run_dir: Path, step: int, process: subprocess.Popen, ti
         time.sleep(0.5)
 
 
+def kill_job_after_checkpoint(command: list[str], run_dir: Path, step: int) -> None:
+    """Start ``command`` (a stage's CLI) and kill it, the driver and the Ray it started, as soon
+    as its step-``step`` checkpoint exists."""
+    process = subprocess.Popen(command, cwd=REPO, env=_env(), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _wait_for_checkpoint(run_dir, step, process)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory) -> Path:
     output = tmp_path_factory.mktemp("finetune")
@@ -153,14 +165,7 @@ def test_killed_worker_is_restarted_and_the_run_matches(uninterrupted, tmp_path)
 
 
 def test_rerun_after_the_job_died_resumes_and_matches(uninterrupted, tmp_path):
-    process = subprocess.Popen(_command(tmp_path, "killed-job"), cwd=REPO, env=_env(),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                               start_new_session=True)
-    try:
-        _wait_for_checkpoint(tmp_path / "killed-job", 4, process)
-    finally:
-        os.killpg(process.pid, signal.SIGKILL)  # the driver and the Ray it started
-        process.wait()
+    kill_job_after_checkpoint(_command(tmp_path, "killed-job"), tmp_path / "killed-job", 4)
     result = _run(tmp_path, "killed-job")
     assert result.returncode == 0, result.stderr[-4000:]
     assert _losses(tmp_path / "killed-job") == pytest.approx(_losses(uninterrupted), abs=1e-4)

@@ -109,12 +109,13 @@ def _lora_grads(model) -> dict[str, torch.Tensor]:
 
 def _job(model_dir: str, per_device: int):
     from tasks.models import ModelSource, ModelSpec
+    from tasks.objectives import ContrastiveObjective
     from tasks.prompts import PromptConfig
     from tasks.training import TrainingJob
 
     return TrainingJob(
         spec=ModelSpec(ModelSource(model_dir, True), layers=3, dtype="float32", device="cpu"),
-        prompt=PromptConfig(max_length=64), pooling="weighted_mean", scale=50.0,
+        objective=ContrastiveObjective(PromptConfig(max_length=64), "weighted_mean", 50.0),
         lora=LoraSettings(dropout=0.0),
         optimization=OptimizationSettings(per_device_batch=per_device, zero_stage=0, bf16=False,
                                           learning_rate=1e-3, weight_decay=0.0, max_grad_norm=1e9),
@@ -125,8 +126,7 @@ def _job(model_dir: str, per_device: int):
 def _worker(rank: int, world: int, port: int, model_dir: str, triplets, out: str) -> None:
     import torch.distributed as dist
 
-    from tasks.prompts import PromptFormatter
-    from tasks.training import build_trainable, contrastive_loss, initialize_engine
+    from tasks.training import build_trainable, initialize_engine
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(world), LOCAL_RANK=str(rank), DS_ACCELERATOR="cpu")
@@ -136,9 +136,8 @@ def _worker(rank: int, world: int, port: int, model_dir: str, triplets, out: str
     job = _job(model_dir, b)
     model, tokenizer = build_trainable(job)
     engine = initialize_engine(model, job, world)
-    loss, _ = contrastive_loss(engine, PromptFormatter(tokenizer, job.prompt),
-                               _rows(triplets, rank * b, (rank + 1) * b), job.pooling, job.scale,
-                               torch.device("cpu"))
+    loss, _ = job.objective.bind(tokenizer)(engine, _rows(triplets, rank * b, (rank + 1) * b),
+                                            torch.device("cpu"))
     engine.backward(loss * world)  # DeepSpeed averages the workers' gradients
     torch.save({"loss": float(loss), "grads": _lora_grads(engine.module)}, f"{out}/rank{rank}.pt")
     dist.destroy_process_group()
@@ -147,8 +146,7 @@ def _worker(rank: int, world: int, port: int, model_dir: str, triplets, out: str
 def test_gathered_negatives_equal_one_worker_with_double_batch(tmp_path, tiny_model_dirs, triplet_rows):
     import torch.multiprocessing as mp
 
-    from tasks.prompts import PromptFormatter
-    from tasks.training import build_trainable, contrastive_loss
+    from tasks.training import build_trainable
 
     model_dir = tiny_model_dirs["llama"]
     triplets = triplet_rows[240:248]  # straddles the SICK/TREC boundary: varied lengths
@@ -157,8 +155,7 @@ def test_gathered_negatives_equal_one_worker_with_double_batch(tmp_path, tiny_mo
     # The reference: one process, plain PyTorch autograd on the whole batch of 8.
     job = _job(model_dir, 8)
     model, tokenizer = build_trainable(job)
-    loss, _ = contrastive_loss(model, PromptFormatter(tokenizer, job.prompt), _rows(triplets, 0, 8),
-                               job.pooling, job.scale, torch.device("cpu"))
+    loss, _ = job.objective.bind(tokenizer)(model, _rows(triplets, 0, 8), torch.device("cpu"))
     loss.backward()
     reference = _lora_grads(model)
     for rank in range(2):

@@ -35,7 +35,7 @@ def test_config_errors(tmp_path, tree, message):
 
 
 def test_packaged_sweep_configs_load_and_resolve(tmp_path):
-    for name in ("smollm2-135m", "four-families"):
+    for name in ("smollm2-135m", "four-families", "smollm2-135m-classification", "why-lift-so-heavy"):
         config = load_config(SweepConfig, find_config(name, "run"), [f"output_dir={tmp_path}"])
         plans = resolve_models(config)
         assert [plan.label for plan in plans] == [entry.name() for entry in config.models]
@@ -67,7 +67,9 @@ def test_autoscaling_needs_explicit_workers(tmp_path):
 
 
 def _plan(grid, total=30, small=7, large=21) -> ModelPlan:
-    return ModelPlan("m", None, None, None, grid,
+    # Planning reads only the grid and stage 1; the stage configs are not needed (an evaluate
+    # config marks the contrastive route).
+    return ModelPlan("m", None, None, "an evaluate config", grid,
                      stage1={"num_layers": total, "small": {"layers": small}, "large": {"layers": large}})
 
 
@@ -190,3 +192,67 @@ def test_cluster_configs_are_well_formed():
         assert {".venv/", "runs/", ".git/"} <= set(env["excludes"])
     assert any(p.startswith("torch==") for p in yaml.safe_load(
         (cluster / "runtime_env_pip.yaml").read_text())["pip"]["packages"])
+
+
+# --- the classification route ------------------------------------------------------------------
+
+@pytest.mark.parametrize("tree, message", [
+    ({"classification": {"datasets": ["agnews"]}}, "datasets are distinct packaged names"),
+    ({"classification": {"datasets": []}}, "datasets are distinct packaged names"),
+    ({"classification": {"layers": [0, 2]}}, "layers are depths >= 1"),
+    ({"models": [{"config": "smollm2-135m", "objectives": []}]}, "name each objective once"),
+    ({"models": [{"config": "smollm2-135m", "objectives": ["regression"]}]}, "objectives.0"),
+])
+def test_classification_route_config_errors(tmp_path, tree, message):
+    with pytest.raises(LayercutError, match="invalid config") as error:
+        _config(tmp_path, **tree)
+    assert message in str(error.value)
+
+
+def test_classification_route_resolves_per_dataset_configs(tmp_path):
+    config = _config(tmp_path, models=[{"config": "smollm2-135m",
+                                        "objectives": ["contrastive", "classification"]}],
+                     classification={"datasets": ["sst2", "trec"], "layers": [1, 4]},
+                     overrides={"classify": {"max_test_rows": 50}})
+    (plan,) = resolve_models(config)
+    assert plan.contrastive and set(plan.classifiers) == set(plan.classify) == {"sst2", "trec"}
+    for name in ("sst2", "trec"):
+        assert plan.classifiers[name].objective == "classification"
+        assert plan.classifiers[name].classification.dataset == name
+        assert plan.classify[name].classification.dataset == name
+        assert plan.classify[name].max_test_rows == 50
+    assert plan.finetune.objective == "contrastive"
+    assert plan.probe_tasks == ["LayercutSST2", "LayercutTREC"]
+    only = resolve_models(_config(tmp_path, models=[{"config": "smollm2-135m",
+                                                     "objectives": ["classification"]}]))[0]
+    assert not only.contrastive and only.layer_loss is None and not only.probe_tasks
+
+    plan.total_layers = 30
+    plan.stage1 = {"num_layers": 30, "small": {"layers": 7}, "large": {"layers": 21}}
+    trials = plan_trials([plan], use_l3prune=True, route=config.classification)
+    keys = [t.key for t in trials]
+    assert keys[-4:] == ["smollm2-135m-sst2-l4", "smollm2-135m-sst2-l1",
+                         "smollm2-135m-trec-l4", "smollm2-135m-trec-l1"]
+    assert all(t.objective == "contrastive" for t in trials[:-4])
+    too_deep = config.classification.model_copy(update={"layers": [31]})
+    with pytest.raises(LayercutError, match=r"classification.layers \[31\] exceed"):
+        plan_trials([plan], use_l3prune=True, route=too_deep)
+
+
+def test_classification_report_rows_best_depth_and_side_by_side():
+    from pipelines.report import _side_by_side, best_accuracy, classification_rows
+    from pipelines.sweep import Trial
+
+    trials = [Trial("m", 4, ("layers",), "sst2"), Trial("m", 2, ("layers",), "sst2"),
+              Trial("m", 1, ("layers",), "sst2"), Trial("m", 4, ("grid-100%",))]
+    done = {"total_layers": 4, "parameters": 10, "parameters_removed_pct": 0.0, "macro_f1": 0.5,
+            "majority_rate": 0.5, "final_loss": 0.3, "training_log": "x"}
+    outcomes = {"m-sst2-l4": {**done, "accuracy": 0.8}, "m-sst2-l2": {**done, "accuracy": 0.8},
+                "m-sst2-l1": {"error": "boom"}}
+    rows = classification_rows(trials, outcomes, {"m-sst2": {"accuracy": 0.6}})
+    assert [r["status"] for r in rows] == ["done", "done", "failed"]
+    assert rows[0]["change_vs_zero_shot"] == pytest.approx(0.2)
+    assert best_accuracy(rows)["m/sst2"]["layers"] == 2  # a tie goes to fewer layers
+    contrastive = [{"model": "m", "layers": 4, "probe_accuracy": {"LayercutSST2": 0.7}}]
+    # Depths where either route has a score (the failed 1-layer trial has none).
+    assert _side_by_side(rows, contrastive) == [("m", "sst2", 4, 0.8, 0.7), ("m", "sst2", 2, 0.8, None)]

@@ -1,0 +1,219 @@
+"""Stage 3 for the classification objective: accuracy and macro-F1 on a test split, on Ray.
+
+    layercut evaluate-classifier --model runs/finetune-smollm2-135m-sst2-l4/model
+    layercut evaluate-classifier --model smollm2-135m --layers 4 classification.dataset=trec
+
+A prompt-tuned artifact (stage 2 with ``objective: classification``) brings its own template,
+labels and verbalizers; any other causal LM (a base model, optionally cut with ``--layers``) is
+scored zero-shot with the config's. The test rows are cut into chunks that a pool of Ray actors
+(one per GPU on a cluster, CPU slots locally) scores, each loading the model once; every chunk's
+scores are saved as they arrive, so a rerun only scores what is missing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import Field
+
+from pipelines.config import StrictModel, dump_config
+from pipelines.outputs import write_atomic, write_csv, write_json
+from pipelines.ray_runtime import ensure_ray, plan_workers, user_errors_from_ray
+from pipelines.sections import ClassificationSection, ModelSection, WorkersSection
+from tasks.classification_eval import ClassifierWorker
+from tasks.errors import LayercutError
+
+STAGE = "classify"
+
+
+class ClassifyConfig(StrictModel):
+    name: str | None = None  # run name; default: classify-<model>-<dataset>[-<layers>l]
+    output_dir: str = "runs"
+    model: ModelSection = Field(default_factory=ModelSection)
+    layers: int | float | None = None  # score the model cut to this depth (zero-shot)
+    classification: ClassificationSection = Field(default_factory=ClassificationSection)
+    # A seeded random subset of the test split (CPU-sized runs); None: every row.
+    max_test_rows: int | None = Field(None, ge=2)
+    seed: int = 42
+    batch_size: int = Field(16, ge=1)  # texts per forward pass
+    chunk_size: int = Field(128, ge=1)  # texts per unit of work (and of resume)
+    show_progress: bool = True
+    workers: WorkersSection = Field(default_factory=WorkersSection)
+
+    def run_dir(self) -> Path:
+        depth = f"-{self.layers}l" if self.layers is not None else ""
+        default = f"classify-{self.model.slug()}-{self.classification.label()}{depth}"
+        return Path(self.output_dir) / (self.name or default)
+
+
+def _prompt_and_labels(config: ClassifyConfig, source) -> tuple[Any, bool, dict | None]:
+    """(ClassificationPrompt, zero_shot, artifact facts): a prompt-tuned artifact's own prompt,
+    else the config's."""
+    from tasks.artifact import read_layercut_file
+    from tasks.verbalizer import ClassificationPrompt
+
+    artifact = read_layercut_file(source.path) if source.is_local else None
+    if artifact is not None and artifact.get("objective", "contrastive") != "classification":
+        raise LayercutError(f"{config.model.name_or_path} is an embedding model (contrastive "
+                            "objective); evaluate it with `layercut evaluate` (mteb)")
+    data_labels = config.classification.label_list()
+    if artifact is None:
+        return config.classification.prompt(data_labels), True, None
+    task = artifact["classification"]
+    if list(task["label_names"]) != list(data_labels):
+        raise LayercutError(f"the model classifies into {task['label_names']} (trained on "
+                            f"{task.get('dataset')}) but the data's labels are {data_labels}; "
+                            f"set classification.dataset={task.get('dataset')}")
+    if config.layers is not None:
+        raise LayercutError("--layers cuts a base model; a fine-tuned artifact keeps its depth")
+    prompt = ClassificationPrompt(task["template"], tuple(task["label_names"]),
+                                  tuple(tuple(w) for w in task["verbalizers"]), task["max_length"])
+    return prompt, False, artifact
+
+
+def _fingerprint(config: ClassifyConfig, model_path: str, prompt, data_path: str) -> str:
+    relevant = [model_path, config.model.revision, config.model.dtype, config.layers,
+                prompt.template, prompt.label_names, prompt.verbalizers, prompt.max_length,
+                data_path, config.max_test_rows, config.seed, config.chunk_size]
+    return hashlib.sha256(json.dumps(relevant, default=str).encode()).hexdigest()[:16]
+
+
+def _test_rows(config: ClassifyConfig, label_names: list[str]) -> tuple[list[dict], str]:
+    from tasks.classification_data import annotated_labeled, valid_rows
+
+    task = config.classification
+    path, columns = task.split_path(task.test_split)
+    annotated, _ = annotated_labeled(path, label_names=label_names, columns=columns,
+                                     seed=config.seed, invalid_rows=task.invalid_rows)
+    rows = valid_rows(annotated)  # key order: a seeded shuffle
+    return (rows[:config.max_test_rows] if config.max_test_rows else rows), path
+
+
+def _score_chunks(config: ClassifyConfig, spec, prompt, chunks: list[list[str]], pending: list[int]):
+    """Yield (chunk index, scores, seconds) for the pending chunks, as they finish."""
+    if not pending:
+        return
+    if config.workers.executor == "local":
+        worker = ClassifierWorker(spec, prompt, config.batch_size)
+        for index in pending:
+            yield worker.score(index, chunks[index])
+        return
+    import ray
+    from ray.util import ActorPool
+
+    plan = plan_workers(config.workers, len(pending))
+    actor = ray.remote(ClassifierWorker).options(**plan.resources)
+    pool = ActorPool([actor.remote(spec, prompt, config.batch_size, plan.threads)
+                      for _ in range(plan.count)])
+    with user_errors_from_ray():
+        yield from pool.map_unordered(lambda w, i: w.score.remote(i, chunks[i]), pending)
+
+
+def run(config: ClassifyConfig) -> dict[str, Any]:
+    from tasks.classification_eval import classification_metrics
+    from tasks.models import parameters_per_depth, resolve_model
+    from tasks.pruning import resolve_depth
+
+    source = resolve_model(config.model.name_or_path)
+    ensure_ray(config.workers.address)  # the test split is read through Ray Data
+    prompt, zero_shot, artifact = _prompt_and_labels(config, source)
+    label_names = list(prompt.label_names)
+    total, counts = parameters_per_depth(source, trust_remote_code=config.model.trust_remote_code,
+                                         revision=config.model.revision)
+    kept = total if config.layers is None else resolve_depth(config.layers, total)
+    rows, data_path = _test_rows(config, label_names)
+    run_dir = config.run_dir()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fingerprint = _fingerprint(config, source.path, prompt, data_path)
+    summary_path = run_dir / "summary.json"
+    if summary_path.exists() and json.loads(summary_path.read_text()).get("fingerprint") == fingerprint:
+        print(f"layercut: {run_dir} is finished; nothing to do", file=sys.stderr)
+        return json.loads(summary_path.read_text())
+    chunk_dir = run_dir / "chunks" / fingerprint  # scores of another setup are never mixed in
+    chunk_dir.mkdir(parents=True, exist_ok=True)
+    write_atomic(run_dir / "config.yaml", dump_config(config))
+
+    texts = [row["text"] for row in rows]
+    chunks = [texts[i:i + config.chunk_size] for i in range(0, len(texts), config.chunk_size)]
+    pending = [i for i in range(len(chunks)) if not (chunk_dir / f"{i:05d}.npz").exists()]
+    spec = replace(config.model.spec(source, config.layers), lm_head=True)
+    progress = _progress(config, len(chunks), len(chunks) - len(pending))
+    for index, scores, seconds in _score_chunks(config, spec, prompt, chunks, pending):
+        _save_chunk(chunk_dir / f"{index:05d}.npz", scores, seconds)
+        if progress is not None:
+            progress.update(1)
+    if progress is not None:
+        progress.close()
+    saved = [np.load(chunk_dir / f"{i:05d}.npz") for i in range(len(chunks))]
+    scores = np.concatenate([s["scores"] for s in saved])
+    seconds = float(sum(float(s["seconds"]) for s in saved))
+    gold = [row["label"] for row in rows]
+    predicted = scores.argmax(axis=1).tolist()
+    metrics = classification_metrics(gold, predicted, label_names)
+    summary = {
+        "model": config.model.name_or_path, "dataset": config.classification.label(),
+        "split": config.classification.test_split, "zero_shot": zero_shot,
+        "layers": artifact["layers"] if artifact else kept,
+        "layers_total": artifact["total_layers"] if artifact else total,
+        "parameters": artifact["parameters"] if artifact else counts[kept],
+        "template": prompt.template, "label_names": label_names,
+        **metrics, "texts_per_second": len(texts) / seconds if seconds else None,
+        "data": data_path, "fingerprint": fingerprint,
+    }
+    write_csv(run_dir / "predictions.csv", ["text", "gold", "predicted", *label_names],
+              [[t, label_names[g], label_names[p], *(f"{v:.5f}" for v in s)]
+               for t, g, p, s in zip(texts, gold, predicted, scores)])
+    _write_summary(run_dir, summary)
+    write_json(summary_path, summary)
+    return summary
+
+
+def _save_chunk(path: Path, scores: np.ndarray, seconds: float) -> None:
+    """Atomically: a chunk file exists only complete."""
+    import os
+    import tempfile
+
+    handle, staging = tempfile.mkstemp(dir=path.parent, suffix=".npz")
+    with os.fdopen(handle, "wb") as out:
+        np.savez(out, scores=scores, seconds=np.float64(seconds))
+    os.replace(staging, path)
+
+
+def _progress(config: ClassifyConfig, total: int, done: int):
+    if not config.show_progress:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=done, desc="classifying", unit="chunk", file=sys.stderr)
+
+
+def _write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
+    kind = "zero-shot" if summary["zero_shot"] else "prompt-tuned"
+    lines = [f"# {summary['model']} on {summary['dataset']} ({summary['split']}, {kind})", "",
+             f"Layers: {summary['layers']} of {summary['layers_total']}; parameters: "
+             f"{summary['parameters']:,}", f"Template: `{summary['template']!r}`", "",
+             "| metric | value |", "|---|---|",
+             f"| accuracy | {summary['accuracy']:.4f} |", f"| macro-F1 | {summary['macro_f1']:.4f} |",
+             f"| majority-class rate | {summary['majority_rate']:.4f} |",
+             f"| examples | {summary['examples']} |", "",
+             "| label | F1 | predicted |", "|---|---|---|"]
+    lines += [f"| {name} | {summary['per_class_f1'][name]:.4f} | {summary['predicted_counts'][name]} |"
+              for name in summary["label_names"]]
+    write_atomic(run_dir / "summary.md", "\n".join(lines) + "\n")
+
+
+def print_summary(summary: dict[str, Any], run_dir: Path) -> None:
+    print((run_dir / "summary.md").read_text())
+    print(f"predictions in {run_dir / 'predictions.csv'}")
+
+
+if __name__ == "__main__":
+    from pipelines.cli import main
+
+    sys.exit(main(["evaluate-classifier", *sys.argv[1:]]))

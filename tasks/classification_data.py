@@ -1,0 +1,145 @@
+"""Labelled texts for the classification objective (mteb's classification layout: text, label).
+
+A split is read through Ray Data like the training triplets (local folder, cloud URI or hf://).
+Rows get a content key hashed from the seed, the text and the label, so the batch plan
+(``tasks.batch_plan``) is the same whatever the file layout. A row with an empty text is
+skipped (or fails, as configured); a label outside the label list is always an error: it means
+the label list or the column is wrong, and training on it would be silently wrong.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from tasks.data import read_rows, take_summaries
+from tasks.errors import LayercutError
+
+FIELDS = ("text", "label")
+
+
+def column_of(available: list[str], field: str, columns: dict[str, str], path: str) -> str:
+    unknown = set(columns) - {*FIELDS, "label_text"}
+    if unknown:
+        raise LayercutError(f"classification.columns names unknown fields {sorted(unknown)}; "
+                            f"fields are {[*FIELDS, 'label_text']}")
+    column = columns.get(field, field)
+    if column not in available:
+        raise LayercutError(f"{path} has no {column!r} column for the {field} "
+                            f"(columns are {available}); set classification.columns.{field}")
+    return column
+
+
+def annotate_labeled(table: pa.Table, text_column: str, label_column: str, num_labels: int,
+                     source: str, seed: int) -> pa.Table:
+    """Columns text, label (int), source, ``_problem`` ('' for a usable row), ``_key``,
+    ``_bad_label`` (the raw label when it is outside 0..num_labels-1, else null)."""
+    texts = table[text_column].to_pylist()
+    raw_labels = table[label_column].to_pylist()
+    labels, problems, keys, bad = [], [], [], []
+    for text, raw in zip(texts, raw_labels):
+        label = raw if isinstance(raw, (int, np.integer)) and not isinstance(raw, bool) else None
+        if label is None and isinstance(raw, str) and raw.strip().lstrip("-").isdigit():
+            label = int(raw)
+        outside = label is None or not 0 <= label < num_labels
+        bad.append(None if not outside else str(raw))
+        labels.append(-1 if outside else int(label))
+        problem = ""
+        if text is None or not isinstance(text, str) or not text.strip():
+            problem = "'text' is missing or empty"
+        problems.append(problem)
+        digest = hashlib.blake2b(f"{seed}\0{text}\0{label}".encode(), digest_size=8).digest()
+        keys.append(int.from_bytes(digest, "big"))
+    return pa.table({
+        "text": pa.array([t if isinstance(t, str) else None for t in texts], type=pa.string()),
+        "label": pa.array(labels, type=pa.int64()),
+        "source": pa.array([source] * table.num_rows, type=pa.string()),
+        "_problem": pa.array(problems, type=pa.string()),
+        "_key": pa.array(keys, type=pa.uint64()),
+        "_bad_label": pa.array(bad, type=pa.string()),
+    })
+
+
+def _summarize(table: pa.Table) -> pa.Table:
+    problems = table["_problem"].to_pylist()
+    bad_labels = [b for b in table["_bad_label"].to_pylist() if b is not None]
+    labels = np.asarray(table["label"].to_pylist(), dtype=np.int64)
+    counts = np.bincount(labels[labels >= 0], minlength=1).tolist() if len(labels) else [0]
+    return pa.table({"rows": [table.num_rows], "bad": [sum(1 for p in problems if p)],
+                     "bad_labels": [len(bad_labels)],
+                     "first_bad_label": [bad_labels[0] if bad_labels else ""],
+                     "counts": [json_counts(counts)]})
+
+
+def json_counts(counts: list[int]) -> str:
+    return ",".join(str(c) for c in counts)
+
+
+def annotated_labeled(path: str, *, label_names: list[str], columns: dict[str, str],
+                      seed: int, invalid_rows: str = "skip", source: str = "") -> tuple[Any, dict]:
+    """(Ray Dataset of annotated rows, report) of one split at ``path``."""
+    dataset, available = read_rows(path, "classification data")
+    text_column = column_of(available, "text", columns, path)
+    label_column = column_of(available, "label", columns, path)
+    annotated = dataset.map_batches(
+        annotate_labeled, batch_format="pyarrow",
+        fn_kwargs={"text_column": text_column, "label_column": label_column,
+                   "num_labels": len(label_names), "source": source, "seed": seed})
+    summaries = take_summaries(annotated, _summarize, path, "classification data")
+    rows = sum(s["rows"] for s in summaries)
+    bad = sum(s["bad"] for s in summaries)
+    bad_labels = sum(s["bad_labels"] for s in summaries)
+    if bad_labels:
+        first = next(s["first_bad_label"] for s in summaries if s["first_bad_label"])
+        raise LayercutError(
+            f"{bad_labels} rows of {path} have labels outside the label list "
+            f"0..{len(label_names) - 1} ({', '.join(label_names)}); first: {first!r}")
+    if bad and invalid_rows == "fail":
+        raise LayercutError(f"{bad} of {rows} rows in {path} have no text")
+    if rows == bad:
+        raise LayercutError(f"classification data {path} has no usable rows ({rows} read)")
+    per_class = np.zeros(len(label_names), dtype=np.int64)
+    for s in summaries:
+        counts = np.asarray([int(c) for c in s["counts"].split(",")], dtype=np.int64)
+        per_class[:len(counts)] += counts
+    report = {"path": path, "rows": rows, "skipped_rows": bad,
+              "per_class": dict(zip(label_names, per_class.tolist()))}
+    return annotated, report
+
+
+def label_names_from_data(path: str, columns: dict[str, str]) -> list[str]:
+    """Label names from the split's ``label_text`` column (mteb's layout), ordered by label id."""
+    dataset, available = read_rows(path, "classification data")
+    label_column = column_of(available, "label", columns, path)
+    text_column = columns.get("label_text", "label_text")
+    if text_column not in available:
+        raise LayercutError(f"{path} has no label_text column to name the labels; set "
+                            "classification.label_names")
+    pairs = {(int(r[label_column]), str(r[text_column]))
+             for r in dataset.select_columns([label_column, text_column]).take_all()}
+    by_id: dict[int, set[str]] = {}
+    for label, name in pairs:
+        by_id.setdefault(label, set()).add(name)
+    clash = {k: sorted(v) for k, v in by_id.items() if len(v) > 1}
+    if clash:
+        raise LayercutError(f"label ids with several names in {path}: {clash}; set "
+                            "classification.label_names")
+    if sorted(by_id) != list(range(len(by_id))):
+        raise LayercutError(f"label ids in {path} are {sorted(by_id)}, not 0..n-1; set "
+                            "classification.label_names")
+    return [next(iter(by_id[k])) for k in range(len(by_id))]
+
+
+def valid_rows(annotated) -> list[dict[str, Any]]:
+    """The usable rows (text, label) of an annotated split, in key order (small splits: test)."""
+    import pyarrow.compute as pc
+
+    parts = list(annotated.iter_batches(batch_format="pyarrow", batch_size=65536))
+    table = pa.concat_tables(parts)
+    table = table.filter(pc.equal(table["_problem"], ""))
+    table = table.take(pc.sort_indices(table["_key"]))
+    return [{"text": t, "label": label} for t, label in
+            zip(table["text"].to_pylist(), table["label"].to_pylist())]
