@@ -125,7 +125,7 @@ def run(config: ClassifyConfig) -> dict[str, Any]:
     prompt, zero_shot, artifact = _prompt_and_labels(config, source)
     label_names = list(prompt.label_names)
     total, counts = parameters_per_depth(source, trust_remote_code=config.model.trust_remote_code,
-                                         revision=config.model.revision)
+                                         revision=config.model.revision, lm_head=True)
     kept = total if config.layers is None else resolve_depth(config.layers, total)
     rows, data_path = _test_rows(config, label_names)
     run_dir = config.run_dir()

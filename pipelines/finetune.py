@@ -263,7 +263,8 @@ def run(config: FinetuneConfig) -> dict[str, Any]:
         raise LayercutError("float16 training is not supported: use model.dtype bfloat16 or float32")
     source = resolve_model(config.model.name_or_path)
     total_layers, params = parameters_per_depth(
-        source, trust_remote_code=config.model.trust_remote_code, revision=config.model.revision)
+        source, trust_remote_code=config.model.trust_remote_code, revision=config.model.revision,
+        lm_head=config.objective == "classification")
     kept = resolve_depth(config.layers, total_layers)
     tokenizer = load_tokenizer(source, trust_remote_code=config.model.trust_remote_code,
                                revision=config.model.revision)

@@ -240,13 +240,15 @@ class ModelSpec:
 
 
 def parameters_per_depth(source: ModelSource, *, trust_remote_code: bool = False,
-                         revision: str | None = None) -> tuple[int, list[int]]:
-    """(L, parameters of the backbone cut to l layers for l = 0..L), without loading weights."""
-    from transformers import AutoModel
+                         revision: str | None = None, lm_head: bool = False) -> tuple[int, list[int]]:
+    """(L, parameters of the backbone cut to l layers for l = 0..L), without loading weights.
+    With ``lm_head``, of the causal LM (an untied head counts; a tied one shares the embedding)."""
+    from transformers import AutoModel, AutoModelForCausalLM
 
     from tasks.pruning import parameters_at_depth
 
     config = load_config(source, trust_remote_code=trust_remote_code, revision=revision)
+    auto = AutoModelForCausalLM if lm_head else AutoModel
     with torch.device("meta"):
-        skeleton = AutoModel.from_config(config, trust_remote_code=trust_remote_code)
+        skeleton = auto.from_config(config, trust_remote_code=trust_remote_code)
     return num_layers(config), parameters_at_depth(skeleton)

@@ -307,3 +307,18 @@ def test_full_fine_tuning_exports_the_trained_weights(tmp_path, base_tokenizer):
     for (name, expected), (_, got) in zip(model.state_dict().items(), reloaded.state_dict().items()):
         assert torch.equal(expected, got), name
     assert "full fine-tuning" in (target / "README.md").read_text()
+
+
+def test_a_classifier_counts_its_untied_lm_head(tmp_path, base_tokenizer):
+    import transformers as tf
+
+    from tasks.models import ModelSource, parameters_per_depth
+    from tests.conftest import TINY
+
+    config = tf.LlamaConfig(vocab_size=len(base_tokenizer), tie_word_embeddings=False, **TINY)
+    tf.LlamaForCausalLM(config).save_pretrained(tmp_path)
+    source = ModelSource(str(tmp_path), True)
+    _, backbone = parameters_per_depth(source)
+    _, causal_lm = parameters_per_depth(source, lm_head=True)
+    head = len(base_tokenizer) * TINY["hidden_size"]
+    assert [c - b for b, c in zip(backbone, causal_lm)] == [head] * len(backbone)
