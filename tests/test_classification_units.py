@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -322,3 +323,81 @@ def test_a_classifier_counts_its_untied_lm_head(tmp_path, base_tokenizer):
     _, causal_lm = parameters_per_depth(source, lm_head=True)
     head = len(base_tokenizer) * TINY["hidden_size"]
     assert [c - b for b, c in zip(backbone, causal_lm)] == [head] * len(backbone)
+
+
+def _full_fine_tuning_worker(rank: int, port: int, base_dir: str, out: str) -> None:
+    """One gloo process: a DeepSpeed step of full fine-tuning, its checkpoint, a resume from it,
+    and the export of the checkpoint's weights."""
+    import os
+
+    import torch.distributed as dist
+
+    from tasks.artifact import ArtifactInfo, export_artifact
+    from tasks.deepspeed_config import OptimizationSettings
+    from tasks.models import ModelSource, ModelSpec
+    from tasks.objectives import ClassificationObjective
+    from tasks.training import (TrainingJob, build_trainable, initialize_engine, load_checkpoint,
+                                save_checkpoint)
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1",
+                      LOCAL_RANK="0", DS_ACCELERATOR="cpu")
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    prompt = ClassificationPrompt.from_mapping("Review: {text}\nSentiment:", ["negative", "positive"],
+                                               {"negative": ["negative"], "positive": ["positive"]})
+    spec = ModelSpec(ModelSource(base_dir, True), layers=2, dtype="float32", device="cpu", lm_head=True)
+    job = TrainingJob(
+        spec=spec, objective=ClassificationObjective(prompt), lora=None,
+        optimization=OptimizationSettings(per_device_batch=2, zero_stage=2, bf16=False,
+                                          learning_rate=1e-3, weight_decay=0.0, max_grad_norm=1.0),
+        steps=2, warmup_steps=0, gradient_checkpointing=False, checkpoint_every=1, seed=3,
+        fingerprint="full")
+    model, tokenizer = build_trainable(job)
+    engine = initialize_engine(model, job, 1)
+    before = {n: p.detach().clone() for n, p in engine.module.named_parameters()}
+    loss, _ = job.objective.bind(tokenizer)(engine, {"text": TEXTS[:2], "label": [1, 0]}, CPU)
+    engine.backward(loss)
+    engine.step()
+    trained = {n: p.detach().clone() for n, p in engine.module.named_parameters()}
+    checkpoint = Path(out) / "checkpoint"
+    checkpoint.mkdir()
+    save_checkpoint(engine, job, 1, [{"step": 1}], 0, 1, checkpoint)
+    fresh, _ = build_trainable(job)
+    resumed = initialize_engine(fresh, job, 1)
+    step, _ = load_checkpoint(resumed, checkpoint, job, 0, 1)
+    restored = {n: p.detach().clone() for n, p in resumed.module.named_parameters()}
+    info = ArtifactInfo(
+        base_model="gpt2", base_model_path=base_dir, layers=2, total_layers=4, parameters=1,
+        parameters_full=2, pooling=None, prompt=None,
+        training={"learning_rate": 1e-3, "warmup_steps": 0, "batch_size": 2, "seed": 3},
+        lora=None, loss_scale=None, final_loss=float(loss), steps_done=1, workers=1, data="x",
+        objective="classification", classification={
+            "template": prompt.template, "label_names": ["negative", "positive"],
+            "verbalizers": [["negative"], ["positive"]], "loss": "classes"})
+    export_artifact(spec, checkpoint / "weights", Path(out) / "artifact", info)
+    torch.save({"before": before, "trained": trained, "restored": restored, "step": step},
+               Path(out) / "result.pt")
+    dist.destroy_process_group()
+
+
+def test_full_fine_tuning_through_deepspeed_checkpoints_and_exports(tmp_path, base_tokenizer):
+    """lora.enabled=false: every weight moves, the checkpoint holds them (resume restores them
+    exactly) and the exported model is the trained one."""
+    import torch.multiprocessing as mp
+    from transformers import AutoModelForCausalLM
+
+    from tests.conftest import free_port
+
+    _tiny_causal_lm("gpt2", len(base_tokenizer)).save_pretrained(tmp_path / "base")
+    base_tokenizer.save_pretrained(tmp_path / "base")
+    mp.start_processes(_full_fine_tuning_worker, args=(free_port(), str(tmp_path / "base"), str(tmp_path)),
+                       nprocs=1, join=True, start_method="spawn")
+    result = torch.load(tmp_path / "result.pt")
+    assert result["step"] == 1
+    moved = [n for n in result["trained"] if not torch.equal(result["trained"][n], result["before"][n])]
+    assert len(moved) == len(result["trained"])  # every weight trained, not only adapters
+    for name, weight in result["trained"].items():
+        assert torch.equal(result["restored"][name], weight), name
+    exported = AutoModelForCausalLM.from_pretrained(tmp_path / "artifact").state_dict()
+    for name, weight in result["trained"].items():
+        assert torch.equal(exported[name], weight), name
