@@ -68,10 +68,9 @@ class ContrastiveObjective:
 def verbalizer_loss(model, scorer: VerbalizerScorer, rows: dict[str, list], mode: str,
                     device: torch.device) -> tuple[torch.Tensor, int]:
     """(mean classification loss over the rows, non-padding tokens) for one step's rows."""
-    features = scorer.features(list(rows["text"]))
-    class_log_probs = scorer.class_log_probs(scorer.word_log_probs(scorer.logits(model, features, device)))
+    class_log_probs, tokens = scorer.score_with_tokens(model, list(rows["text"]), device)
     labels = torch.as_tensor([int(x) for x in rows["label"]], device=class_log_probs.device)
-    return classification_loss(class_log_probs, labels, mode), int(features["attention_mask"].sum())
+    return classification_loss(class_log_probs, labels, mode), tokens
 
 
 @dataclass(frozen=True)

@@ -164,9 +164,15 @@ class VerbalizerScorer:
         return torch.stack([torch.logsumexp(word_log_probs[:, index == c], dim=1)
                             for c in range(self.num_classes)], dim=1)
 
+    def score_with_tokens(self, model, texts: list[str], device) -> tuple[torch.Tensor, int]:
+        """((texts, classes) class log-probabilities under ``model``, non-padding tokens run)."""
+        features = self.features(texts)
+        scores = self.class_log_probs(self.word_log_probs(self.logits(model, features, device)))
+        return scores, int(features["attention_mask"].sum())
+
     def score(self, model, texts: list[str], device) -> torch.Tensor:
         """(texts, classes) class log-probabilities under ``model``."""
-        return self.class_log_probs(self.word_log_probs(self.logits(model, self.features(texts), device)))
+        return self.score_with_tokens(model, texts, device)[0]
 
 
 def classification_loss(class_log_probs: torch.Tensor, labels: torch.Tensor, mode: str) -> torch.Tensor:
