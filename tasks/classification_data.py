@@ -10,6 +10,7 @@ the label list or the column is wrong, and training on it would be silently wron
 from __future__ import annotations
 
 import hashlib
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -63,19 +64,15 @@ def annotate_labeled(table: pa.Table, text_column: str, label_column: str, num_l
     })
 
 
-def _summarize(table: pa.Table) -> pa.Table:
+def _summarize(table: pa.Table, num_labels: int) -> pa.Table:
     problems = table["_problem"].to_pylist()
     bad_labels = [b for b in table["_bad_label"].to_pylist() if b is not None]
     labels = np.asarray(table["label"].to_pylist(), dtype=np.int64)
-    counts = np.bincount(labels[labels >= 0], minlength=1).tolist() if len(labels) else [0]
+    counts = np.bincount(labels[labels >= 0], minlength=num_labels).tolist()
     return pa.table({"rows": [table.num_rows], "bad": [sum(1 for p in problems if p)],
                      "bad_labels": [len(bad_labels)],
                      "first_bad_label": [bad_labels[0] if bad_labels else ""],
-                     "counts": [json_counts(counts)]})
-
-
-def json_counts(counts: list[int]) -> str:
-    return ",".join(str(c) for c in counts)
+                     "counts": pa.array([counts], type=pa.list_(pa.int64()))})
 
 
 def annotated_labeled(path: str, *, label_names: list[str], columns: dict[str, str],
@@ -88,7 +85,8 @@ def annotated_labeled(path: str, *, label_names: list[str], columns: dict[str, s
         annotate_labeled, batch_format="pyarrow",
         fn_kwargs={"text_column": text_column, "label_column": label_column,
                    "num_labels": len(label_names), "source": source, "seed": seed})
-    summaries = take_summaries(annotated, _summarize, path, "classification data")
+    summaries = take_summaries(annotated, partial(_summarize, num_labels=len(label_names)), path,
+                               "classification data")
     rows = sum(s["rows"] for s in summaries)
     bad = sum(s["bad"] for s in summaries)
     bad_labels = sum(s["bad_labels"] for s in summaries)
@@ -101,10 +99,7 @@ def annotated_labeled(path: str, *, label_names: list[str], columns: dict[str, s
         raise LayercutError(f"{bad} of {rows} rows in {path} have no text")
     if rows == bad:
         raise LayercutError(f"classification data {path} has no usable rows ({rows} read)")
-    per_class = np.zeros(len(label_names), dtype=np.int64)
-    for s in summaries:
-        counts = np.asarray([int(c) for c in s["counts"].split(",")], dtype=np.int64)
-        per_class[:len(counts)] += counts
+    per_class = np.sum([s["counts"] for s in summaries], axis=0, dtype=np.int64)
     report = {"path": path, "rows": rows, "skipped_rows": bad,
               "per_class": dict(zip(label_names, per_class.tolist()))}
     return annotated, report
