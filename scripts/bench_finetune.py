@@ -42,6 +42,8 @@ def stage_run(args, output: Path) -> list[dict]:
 
 def planned_steps(args) -> list[dict[str, list]]:
     """The stage's own batches for one worker (same data, seed and plan)."""
+    import ray
+
     from pipelines import finetune
     from pipelines.config import find_config, load_config
     from pipelines.ray_runtime import ensure_ray
@@ -55,6 +57,9 @@ def planned_steps(args) -> list[dict[str, list]]:
     annotated, _ = annotated_triplets(path, seed=config.training.seed)
     plan = finetune._plan(annotated, config, args.batch)
     rows = {row["_key"]: row for row in annotated.take_all() if not row["_problem"]}
+    # This process's Ray is no longer needed: the plain loop runs bare, and the stage (its own
+    # process, its own Ray) does not share the 2 cores with a second, idle cluster.
+    ray.shutdown()
     fields = ("query", "positive", "negative", "instruction")
     return [{f: [rows[int(k)][f] for k in step] for f in fields} for step in plan]
 

@@ -4,8 +4,9 @@ Contrastive objective:
 - a plain transformers model (the cut backbone with LoRA merged; ``AutoModel.from_pretrained``),
   its tokenizer (right padding, so plain transformers code needs no position ids),
 - sentence-transformers files: ``modules.json`` (Transformer -> text-token pooling), prompts for
-  documents (the chat-template prefix) and a ``query`` prompt template, and the pooling module
-  itself (``layercut_pooling.py``; load with ``trust_remote_code=True``),
+  documents (the chat-template prefix) and a ``query`` prompt template, and the two modules
+  themselves (``layercut_modules.py``, from tasks/st_modules.py; load with
+  ``trust_remote_code=True``),
 - ``layercut.json`` (how layercut formats and pools inputs for this model) and a model card.
 
 Classification objective: the cut causal LM with its LM head (``AutoModelForCausalLM``), its
@@ -28,7 +29,7 @@ from typing import Any
 from tasks.prompts import PromptConfig, PromptFormatter
 
 LAYERCUT_FILE = "layercut.json"
-POOLING_FILE = "layercut_pooling.py"
+ST_MODULES_FILE = "layercut_modules.py"  # tasks/st_modules.py, copied
 POOLING_DIR = "1_Pooling"
 
 
@@ -68,8 +69,8 @@ def _sentence_transformers_files(staging: Path, formatter: PromptFormatter, info
     separator = info.prompt.instruction_separator
     (staging / "modules.json").write_text(json.dumps([
         {"idx": 0, "name": "0", "path": "",
-         "type": "sentence_transformers.base.modules.transformer.Transformer"},
-        {"idx": 1, "name": "1", "path": POOLING_DIR, "type": "layercut_pooling.TextTokenPooling"},
+         "type": "layercut_modules.TextSpanTransformer"},
+        {"idx": 1, "name": "1", "path": POOLING_DIR, "type": "layercut_modules.TextTokenPooling"},
     ], indent=2))
     (staging / "sentence_bert_config.json").write_text(json.dumps({
         "transformer_task": "feature-extraction",
@@ -92,7 +93,7 @@ def _sentence_transformers_files(staging: Path, formatter: PromptFormatter, info
     pooling_dir.mkdir()
     (pooling_dir / "config.json").write_text(json.dumps(
         {"embedding_dimension": hidden_size, "pooling_mode": info.pooling}, indent=2))
-    shutil.copyfile(Path(__file__).with_name("st_pooling.py"), staging / POOLING_FILE)
+    shutil.copyfile(Path(__file__).with_name("st_modules.py"), staging / ST_MODULES_FILE)
 
 
 def _model_card(info: ArtifactInfo, prefix: str) -> str:
@@ -126,7 +127,7 @@ objective, adapters merged.
 ```python
 from sentence_transformers import SentenceTransformer
 
-model = SentenceTransformer("path/to/this/dir", trust_remote_code=True)  # for layercut_pooling.py
+model = SentenceTransformer("path/to/this/dir", trust_remote_code=True)  # for layercut_modules.py
 documents = model.encode(["A man is playing a guitar."])            # prompt "document"
 queries = model.encode(["guitar player"], prompt={json.dumps(prefix + "Retrieve semantically similar text" + info.prompt.instruction_separator)})
 ```
@@ -134,7 +135,7 @@ queries = model.encode(["guitar player"], prompt={json.dumps(prefix + "Retrieve 
 Queries take the chat-template prefix, then their task instruction and `{info.prompt.instruction_separator}`;
 documents take the prefix alone. `layercut evaluate --model <dir>` applies the instruction table itself.
 With plain transformers: `AutoModel.from_pretrained(dir)` gives the backbone; pool the text tokens
-as `layercut_pooling.py` does.
+as `layercut_modules.py` does.
 """
 
 
