@@ -7,11 +7,10 @@ most the majority rate (0.527 on these rows) with a standard deviation of ~0.03.
 for majority + 0.08 accuracy (2.7 standard deviations above chance) and macro-F1 above 0.55. When
 it was written, the tuned 4-layer model scored 0.660 on these rows and the same cut model zero-shot
 0.607 (other seeds and step counts, tried in-process on 200 rows: 0.67-0.68 after 60-100 steps at
-lr 1e-3; 0.55 at lr 2e-3). The run is deterministic for a seed on a CPU (the resume test below
-matches per-step losses to 1e-4), so the margins (0.053 over the threshold and over zero-shot)
-do not vary between CI runs on the same machine type. The loss must fall (mean of the last 10
-steps below that of the first 10). A job killed after its step-20 checkpoint and rerun continues
-with the same per-step losses as the uninterrupted run.
+lr 1e-3; 0.55 at lr 2e-3). The run is deterministic for a seed on a CPU (a killed and resumed run
+of it matched the uninterrupted one's 60 per-step losses to 1e-4), so the margins (0.053 over the
+threshold and over zero-shot) do not vary between CI runs on the same machine type. The loss must
+fall (mean of the last 10 steps below that of the first 10).
 """
 
 from __future__ import annotations
@@ -25,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO, SHARED_DATA
-from tests.test_finetune import _env, kill_job_after_checkpoint
+from tests.test_finetune import _env
 
 pytestmark = pytest.mark.slow
 
@@ -108,11 +107,13 @@ def test_prompt_tuned_cut_model_beats_the_majority_class(trained, tmp_path):
     assert summary["accuracy"] > zero_shot["accuracy"], (summary, zero_shot)
 
 
-def test_killed_classification_run_resumes_with_the_same_losses(trained, tmp_path):
-    kill_job_after_checkpoint(_train_command(tmp_path, "killed"), tmp_path / "killed", 20)
-    result = subprocess.run(_train_command(tmp_path, "killed"), cwd=REPO, env=_env(),
-                            capture_output=True, text=True, timeout=1200)
-    assert result.returncode == 0, result.stderr[-4000:]
-    resumed, straight = _losses(tmp_path / "killed"), _losses(trained)
-    assert len(resumed) == len(straight) == 60
-    assert resumed == pytest.approx(straight, abs=1e-4)
+def test_rerun_of_the_finished_classification_run_does_nothing(trained):
+    """The run's fingerprint (label names read from the data included) is stable across runs.
+
+    Kill-and-resume is the same training loop, checkpoint and batch plan for both objectives and
+    is tested end to end in test_finetune.py; the classification model's DeepSpeed checkpoint and
+    exact resume in test_classification_units.py."""
+    result = subprocess.run(_train_command(trained.parent, trained.name), cwd=REPO, env=_env(),
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0 and "nothing to do" in result.stderr, result.stderr[-4000:]
+    assert len(_losses(trained)) == 60

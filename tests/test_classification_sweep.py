@@ -46,13 +46,17 @@ def _config(path: Path, model_dir: str) -> Path:
         "classification": {"datasets": ["sst2"], "layers": [1, 6], "zero_shot": True, "probe": True},
         "overrides": {
             "layer_loss": {**model, "data": {"num_batches": 2, "batch_size": 4}},
+            # One worker per trial: the report is under test here; 2-worker runs inside Tune
+            # trials are tested in test_ray_job.py, the classification objective on 2 workers in
+            # test_classification_stage.py.
             "finetune": {**model, "encoder": {"max_length": 48}, "classification": {"max_length": 48},
                          "training": {"steps": 3, "warmup_steps": 0, "batch_size": 2,
-                                      "checkpoint_every": 3, "learning_rate": 1e-3}},
+                                      "checkpoint_every": 3, "learning_rate": 1e-3},
+                         "workers": {"num_workers": 1, "cpus_per_worker": 1}},
             "evaluate": {"tasks": ["STSBenchmark"], "max_samples_per_split": 16,
                          "workers": {"cpus_per_worker": 1}},
             "classify": {**model, "max_test_rows": 24, "chunk_size": 8,
-                         "workers": {"num_workers": 2, "cpus_per_worker": 1}}},
+                         "workers": {"num_workers": 1, "cpus_per_worker": 1}}},
         "tune": {"max_concurrent_trials": 1},
         "latency": {"texts": 8, "batch_size": 2}}))
     return path
