@@ -268,7 +268,7 @@ def test_gpt2_and_opt_prune_save_reload_and_train(family, tmp_path, base_tokeniz
         base_model=family, base_model_path=str(tmp_path / "base"), layers=2, total_layers=4,
         parameters=1, parameters_full=2, pooling=None, prompt=None, training={
             "learning_rate": 1e-2, "warmup_steps": 0, "batch_size": 2, "seed": 0},
-        lora={"r": 16, "alpha": 32, "dropout": 0.0}, loss_scale=None, final_loss=float(loss),
+        lora={"r": 16, "alpha": 32, "dropout": 0.0}, loss_scale=None, final_loss=float(loss.detach()),
         steps_done=1, workers=1, data="hand-made", objective="classification",
         classification={"template": prompt.template, "label_names": list(prompt.label_names),
                         "verbalizers": [list(w) for w in prompt.verbalizers], "loss": "classes"})
