@@ -219,7 +219,12 @@ def train_worker(job: TrainingJob) -> None:
         progress = tqdm(total=job.steps, desc="fine-tuning", unit="step", position=0)
         progress.update(start_step)
     shard = ray.train.get_dataset_shard(f"{job.dataset_prefix}{rank}")
-    batches = shard.iter_batches(batch_size=job.optimization.per_device_batch, batch_format="numpy")
+    # No prefetch thread on a CPU worker: fetching a batch takes milliseconds, while a background
+    # thread competes with forward and backward for the GIL and the few cores (measured in
+    # docs/benchmarks.md: stage/plain 0.78 with it, 0.92 without). A GPU worker keeps one batch
+    # in flight, overlapping the fetch with GPU compute.
+    batches = shard.iter_batches(batch_size=job.optimization.per_device_batch, batch_format="numpy",
+                                 prefetch_batches=1 if device.type == "cuda" else 0)
 
     from tasks.batch_plan import steps_from_rows
 
