@@ -55,7 +55,8 @@ def _export(tmp_path, model_dir: str, layers: int, pooling: str):
 
 
 def _both(model_dir, prompt, pooling):
-    """(layercut's embeddings, sentence-transformers' embeddings, the query prompt string)."""
+    """((layercut, ST) document embeddings, (layercut, ST) query embeddings, the ST model, the
+    query prompt string)."""
     from sentence_transformers import SentenceTransformer
 
     from tasks.encoder import build_encoder
