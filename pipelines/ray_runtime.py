@@ -11,13 +11,32 @@ from pipelines.sections import RayWorkersSection
 from tasks.errors import LayercutError
 
 
+# Where the README says how to authenticate: the one place users are sent to.
+AUTH_HELP = ("with Ray's token authentication on the cluster, export RAY_AUTH_MODE=token and make its "
+             "token available (~/.ray/auth_token, RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH); "
+             "see the README, 'Ray token authentication'")
+
+
 def ensure_ray(address: str | None) -> None:
-    """Connect to the cluster (RAY_ADDRESS, a local `ray start`) or start Ray in-process."""
+    """Connect to the cluster (RAY_ADDRESS, a local `ray start`) or start Ray in-process.
+
+    Raises:
+        LayercutError: the cluster refused this process's authentication token, or could not be
+            reached (Ray reports a wrong or missing token under ``RAY_AUTH_MODE=disabled`` as a
+            plain connection failure after its retries, so both say what to set).
+    """
     import ray
+    from ray.exceptions import AuthenticationError
 
     if not ray.is_initialized():
-        ray.init(address=address, logging_level="WARNING", log_to_driver=True,
-                 configure_logging=True)
+        try:
+            ray.init(address=address, logging_level="WARNING", log_to_driver=True,
+                     configure_logging=True)
+        except AuthenticationError as error:
+            reason = str(error).split(". ")[0]
+            raise LayercutError(f"Ray authentication failed ({reason}): {AUTH_HELP}") from None
+        except ConnectionError as error:
+            raise LayercutError(f"{error}: is the cluster up (`ray status`)? If it is, {AUTH_HELP}") from None
     from ray.data import DataContext
 
     DataContext.get_current().enable_progress_bars = False  # the stages show their own progress

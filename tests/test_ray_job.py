@@ -1,5 +1,6 @@
-"""Jobs submitted with `ray job submit` to a real local cluster started with `ray start --head`:
-stage 1 alone, and the main job (the sweep) with a stop midway and a resume."""
+"""Jobs submitted with `ray job submit` to a real local cluster started as the README says, with
+Ray's default token authentication: the README's stage-1 block as written, a refused token, and the
+main job (the sweep) with a stop midway and a resume."""
 
 from __future__ import annotations
 
@@ -19,20 +20,43 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO, SHARED_DATA, TRIPLETS, free_port
+from conftest import REPO, SHARED_DATA, free_port
 
+
+
+README = REPO / "README.md"
+
+
+def readme_local_cluster_block() -> list[str]:
+    """The commands of the README's local-cluster block (the code block after its
+    ``<!-- test:local-cluster`` marker), one per entry, backslash continuations joined."""
+    block = README.read_text().split("<!-- test:local-cluster", 1)[1].split("```bash\n", 1)[1]
+    lines = block.split("```", 1)[0].replace("\\\n", " ").splitlines()
+    return [line.strip() for line in lines if line.strip()]
+
+
+def _words(command: str) -> list[str]:
+    return command.split("#")[0].split()
 
 
 @dataclass
 class LocalCluster:
-    address: str  # the dashboard's job-submission address
-    env: dict[str, str]
+    api_address: str  # the dashboard's job-submission address
+    gcs_address: str
+    env: dict[str, str]  # the README's shell: its exports, the venv's bin on PATH
     ray_cli: str
+    workdir: Path  # a copy of the repository beside a `shared` folder, as a user's clone
+
+    def shell(self, command: str, timeout: float = 600) -> subprocess.CompletedProcess:
+        """One README command, run by bash in the copy as written (the job CLI finds this
+        cluster's own dashboard port through RAY_API_SERVER_ADDRESS)."""
+        return subprocess.run(["bash", "-c", command], cwd=self.workdir, capture_output=True, text=True,
+                              env={**self.env, "RAY_API_SERVER_ADDRESS": self.api_address}, timeout=timeout)
 
     def submit(self, *entrypoint: str, wait: bool = True, timeout: float = 1200):
-        """`ray job submit` of the repository with the packaged runtime env; retries while the
-        freshly started job server is not ready yet."""
-        command = [self.ray_cli, "job", "submit", "--address", self.address, "--working-dir", str(REPO),
+        """`ray job submit` of the repository with the packaged runtime env, in the README's shell;
+        retries while the freshly started job server is not ready yet."""
+        command = [self.ray_cli, "job", "submit", "--address", self.api_address, "--working-dir", str(REPO),
                    "--runtime-env", str(REPO / "cluster" / "runtime_env.yaml"),
                    *([] if wait else ["--no-wait"]), "--", *entrypoint]
         deadline = time.time() + 180
@@ -45,19 +69,41 @@ class LocalCluster:
             time.sleep(3)
 
     def job(self, *args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([self.ray_cli, "job", *args, "--address", self.address], env=self.env,
+        return subprocess.run([self.ray_cli, "job", *args, "--address", self.api_address], env=self.env,
                               capture_output=True, text=True, timeout=300)
 
 
 @pytest.fixture(scope="module")
-def local_cluster(ray_cluster):
-    """`ray start --head` on ports and a temp dir of its own (the session's in-process Ray, the
-    ray_cluster fixture, runs alongside as in the full suite); stopped at the end."""
+def local_cluster(ray_cluster, tmp_path_factory):
+    """The README's local-cluster block up to `ray start --head`, run as written with Ray's default
+    authentication: its exports and commands, then `ray start --head` with `--block` and ports and
+    a temp dir of its own (the session's in-process Ray, the ray_cluster fixture, holds the
+    default ports). The block's `ray stop` is replaced by stopping this head's process group:
+    `ray stop` ends every Ray process on the machine, the session's in-process Ray too."""
     bin_dir = Path(sys.executable).parent
     ray_cli = str(bin_dir / "ray")
-    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
-           "RAY_AUTH_MODE": "disabled"}
-    env.pop("RAY_ADDRESS", None)
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    # The suite's own ray.init() exports RAY_AUTH_MODE=token into this process (Ray 2.59+ turns
+    # token auth on for new local clusters): drop it, so that only what the README sets counts.
+    for name in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
+        env.pop(name, None)
+    commands = readme_local_cluster_block()
+    start_at = next(i for i, command in enumerate(commands) if _words(command) == ["ray", "start", "--head"])
+    for command in commands[:start_at]:
+        if command.startswith("export "):
+            name, value = _words(command)[1].split("=", 1)
+            env[name] = value
+        else:
+            subprocess.run(["bash", "-c", command], env=env, check=True, capture_output=True, timeout=120)
+    assert env.get("RAY_AUTH_MODE") == "token", "the README's block must switch token auth on"
+
+    # A user's clone: the repository (no venv, no git, no runs) beside the shared folder.
+    root = tmp_path_factory.mktemp("clone")
+    workdir = root / "main"
+    shutil.copytree(REPO, workdir, ignore=shutil.ignore_patterns(
+        ".venv", ".git", "runs*", "__pycache__", ".pytest_cache", "*.egg-info"))
+    (root / "shared").symlink_to(SHARED_DATA.parent, target_is_directory=True)
+
     # A short temp dir: Ray's socket paths must stay under the Unix limit.
     temp_dir = tempfile.mkdtemp(prefix="lc-ray-", dir="/tmp")
     gcs_port, dashboard_port = free_port(), free_port()
@@ -73,7 +119,8 @@ def local_cluster(ray_cluster):
          *own_ports, f"--temp-dir={temp_dir}", "--disable-usage-stats"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        yield LocalCluster(f"http://127.0.0.1:{dashboard_port}", env, ray_cli)
+        yield LocalCluster(f"http://127.0.0.1:{dashboard_port}", f"127.0.0.1:{gcs_port}", env, ray_cli,
+                           workdir)
     finally:
         os.killpg(head.pid, signal.SIGTERM)
         try:
@@ -84,18 +131,41 @@ def local_cluster(ray_cluster):
 
 
 @pytest.mark.slow
-def test_ray_job_submit_to_a_local_cluster(tmp_path, tiny_model_dirs, local_cluster):
-    out = tmp_path / "runs"
-    result = local_cluster.submit(
-        "python", "-m", "pipelines.layer_loss", "--no-progress", "--output-dir", str(out),
-        "--name", "job", f"model.name_or_path={tiny_model_dirs['llama']}",
-        f"data.source={TRIPLETS}", "data.num_batches=2", "data.batch_size=4")
+def test_the_readmes_local_cluster_block_submits_stage_1(local_cluster):
+    """The README's block after `ray start --head`, pasted into the user's shell: the stage-1 job
+    is submitted under Ray's default token authentication and finishes; only the README's own
+    `export RAY_AUTH_MODE=token` tells the CLI about the token."""
+    commands = readme_local_cluster_block()
+    after_start = commands[next(i for i, c in enumerate(commands) if _words(c)[:2] == ["ray", "start"]) + 1:]
+    assert [_words(c)[:3] for c in after_start] == [["ray", "job", "submit"], ["ray", "job", "list"], ["ray", "stop"]]
+    deadline = time.time() + 180
+    while (listed := local_cluster.shell("ray job list")).returncode != 0 and time.time() < deadline:
+        time.sleep(3)  # the freshly started job server is not up yet; a user retries the same way
+    result = local_cluster.shell(after_start[0], timeout=900)
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     assert "succeeded" in result.stdout
-    # The job read the uploaded working dir, ran on the cluster and wrote to --output-dir.
-    selection = json.loads((out / "job" / "selection.json").read_text())
-    assert selection["num_layers"] == 6 and 1 <= selection["small"]["layers"] <= 3
-    assert (out / "job" / "layer_loss.png").exists()
+    listed = local_cluster.shell(after_start[1])
+    assert listed.returncode == 0 and "SUCCEEDED" in listed.stdout, (listed.stdout + listed.stderr)[-2000:]
+    # The job read the uploaded copy, ran on the cluster and wrote to the README's output dir.
+    run_dir = local_cluster.workdir / "runs-job" / "layer-loss-smollm2-135m"
+    selection = json.loads((run_dir / "selection.json").read_text())
+    assert selection["num_layers"] == 30 and 1 <= selection["small"]["layers"] <= 15 < selection["large"]["layers"]
+    assert (run_dir / "layer_loss.png").exists()
+
+
+@pytest.mark.slow
+def test_a_refused_token_is_one_line_naming_what_to_set(local_cluster, tmp_path):
+    """layercut connecting to the token-auth cluster without a usable token: exit 2 and one line
+    that says what to set, not Ray's traceback."""
+    env = {**local_cluster.env, "RAY_ADDRESS": local_cluster.gcs_address,
+           "RAY_AUTH_TOKEN_PATH": str(tmp_path / "missing-token")}
+    result = subprocess.run([sys.executable, "-m", "pipelines.cli", "layer-loss", "--no-progress",
+                             "--output-dir", str(tmp_path)], cwd=REPO, env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("layercut: error")]
+    assert len(errors) == 1 and "RAY_AUTH_MODE=token" in errors[0] and "missing-token" in errors[0], result.stderr
 
 
 def _sweep_config(path: Path, model_dir: str) -> Path:
