@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from pydantic import Field
 
-from pipelines.config import StrictModel, dump_config
+from pipelines.config import DepthSetting, StrictModel, dump_config
 from pipelines.outputs import write_atomic, write_csv, write_json
 from pipelines.ray_runtime import ensure_ray, plan_workers, user_errors_from_ray
 from pipelines.sections import ClassificationSection, ModelSection, WorkersSection
@@ -36,7 +36,7 @@ class ClassifyConfig(StrictModel):
     name: str | None = None  # run name; default: classify-<model>-<dataset>[-<layers>l]
     output_dir: str = "runs"
     model: ModelSection = Field(default_factory=ModelSection)
-    layers: int | float | None = None  # score the model cut to this depth (zero-shot)
+    layers: DepthSetting | None = None  # score the model cut to this depth (zero-shot; tasks/depth.py)
     classification: ClassificationSection = Field(default_factory=ClassificationSection)
     # A seeded random subset of the test split (CPU-sized runs); None: every row.
     max_test_rows: int | None = Field(None, ge=2)
@@ -47,7 +47,7 @@ class ClassifyConfig(StrictModel):
     workers: WorkersSection = Field(default_factory=WorkersSection)
 
     def run_dir(self) -> Path:
-        depth = f"-{self.layers}l" if self.layers is not None else ""
+        depth = f"-{self.layers.slug}l" if self.layers is not None else ""
         default = f"classify-{self.model.slug()}-{self.classification.label()}{depth}"
         return Path(self.output_dir) / (self.name or default)
 

@@ -120,6 +120,9 @@ def _sweep(args: argparse.Namespace) -> int:
     if args.no_progress:
         extra["show_progress"] = False
     config = load_config(sweep.SweepConfig, find_config(args.config, sweep.STAGE), args.overrides, extra)
+    if args.plan:
+        print(sweep.describe_plan(config))
+        return 0
     summary = sweep.run(config)
     run_dir = Path(summary["run_dir"])
     print((run_dir / "report.md").read_text())
@@ -131,9 +134,14 @@ def _sweep(args: argparse.Namespace) -> int:
     return 0
 
 
-def _depth(value: str) -> int | float:
-    number = float(value)
-    return int(number) if number.is_integer() else number
+def _depth(value: str):
+    """``--layers``: one depth (tasks/depth.py); a bad one is argparse's one-line usage error."""
+    from tasks.depth import Depth
+
+    try:
+        return Depth.parse(value)
+    except LayercutError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -148,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
                            "stage 2: fine-tune a truncation with Ray Train + DeepSpeed + LoRA",
                            "smollm2-135m")
     stage2.add_argument("--layers", type=_depth,
-                        help="layers to keep (e.g. 8) or fraction of layers to prune (e.g. 0.3)")
+                        help="layers to keep: a count (8), prune:0.3 (the paper's p: fraction of the last layers removed) or keep:0.7")
     stage2.add_argument("--force", action="store_true",
                         help="resume a checkpoint even though the config changed")
     stage2.set_defaults(handler=_finetune)
@@ -169,6 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
     main_job = _stage_parser(subparsers, "run",
                              "the whole pipeline: stage 1, a Ray Tune sweep of depths (fine-tune + "
                              "evaluate each), the report", "smollm2-135m")
+    main_job.add_argument("--plan", action="store_true",
+                          help="print the trials (model, layers kept, origin) and exit without training")
     main_job.set_defaults(handler=_sweep)
     return parser
 

@@ -6,11 +6,12 @@ Every config model forbids unknown keys, so a typo is an error, never a silent d
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, PlainSerializer, PlainValidator, ValidationError
 
+from tasks.depth import Depth
 from tasks.errors import LayercutError
 from tasks.trees import merge_trees
 
@@ -87,3 +88,15 @@ def load_config(model: type[Config], path: Path | None, overrides: list[str] = (
 
 def dump_config(config: BaseModel) -> str:
     return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+
+
+def _depth(value: Any) -> Depth:
+    try:
+        return Depth.parse(value)
+    except LayercutError as error:  # pydantic names the key for a ValueError
+        raise ValueError(str(error)) from None
+
+
+# A depth in any config (tasks/depth.py): 8, "keep:0.7" or "prune:0.3"; written back as that text.
+DepthSetting = Annotated[Depth, PlainValidator(_depth), PlainSerializer(
+    lambda depth: depth.value if depth.kind == "count" else str(depth))]

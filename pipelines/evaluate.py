@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 from pydantic import Field
 
-from pipelines.config import CONFIG_DIR, StrictModel, dump_config
+from pipelines.config import CONFIG_DIR, DepthSetting, StrictModel, dump_config
 from pipelines.outputs import write_atomic, write_csv, write_json
 from pipelines.ray_runtime import plan_workers, user_errors_from_ray
 from pipelines.sections import EncoderSection, ModelSection, WorkersSection
@@ -36,7 +36,7 @@ class EvaluateConfig(StrictModel):
     name: str | None = None  # run name; default: eval-<model>[-<layers>l]
     output_dir: str = "runs"
     model: ModelSection = Field(default_factory=ModelSection)
-    layers: int | float | None = None  # evaluate the model cut to this depth (count or fraction)
+    layers: DepthSetting | None = None  # evaluate the model cut to this depth (tasks/depth.py)
     encoder: EncoderSection = Field(default_factory=EncoderSection)
     tasks: list[str] = Field(default_factory=lambda: ["quick"])  # mteb names or presets
     data_root: str | None = None  # a local mirror in the hub layout: <data_root>/<task name>/
@@ -51,7 +51,7 @@ class EvaluateConfig(StrictModel):
     workers: WorkersSection = Field(default_factory=WorkersSection)
 
     def run_dir(self) -> Path:
-        depth = f"-{self.layers}l" if self.layers is not None else ""
+        depth = f"-{self.layers.slug}l" if self.layers is not None else ""
         return Path(self.output_dir) / (self.name or f"eval-{self.model.slug()}{depth}")
 
 
@@ -65,7 +65,7 @@ def _evaluation_model(config: EvaluateConfig):
     from tasks.prompts import PromptConfig
 
     source = resolve_model(config.model.name_or_path)
-    revision = f"layers-{config.layers}" if config.layers is not None else "full"
+    revision = f"layers-{config.layers.slug}" if config.layers is not None else "full"
     if config.max_samples_per_split:  # results of a subsample never pass for the full task's
         revision += f"-sample{config.max_samples_per_split}"
     corpus = None

@@ -7,7 +7,7 @@ merges the final adapter into the cut backbone and writes the artifact: a plain 
 model directory with sentence-transformers files and a model card.
 
     layercut finetune --config smollm2-135m --layers 8 --data-root ../shared/data
-    python -m pipelines.finetune --config llama3-8b --layers 0.3
+    python -m pipelines.finetune --config llama3-8b --layers prune:0.3
 
 Rerunning the same command resumes: Ray Train restores the run (same name and storage) from its
 latest checkpoint; a finished run is not trained again.
@@ -17,14 +17,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
-from pipelines.config import StrictModel, dump_config
+from pipelines.config import DepthSetting, StrictModel, dump_config
 from pipelines.outputs import write_atomic, write_csv, write_json
 from pipelines.plots import plot_training_loss
 from pipelines.ray_runtime import ensure_ray, plan_workers, user_errors_from_ray
@@ -59,7 +60,12 @@ class TrainingSection(StrictModel):
     steps: int = Field(1000, ge=1)
     learning_rate: float = Field(2e-4, gt=0)
     warmup_steps: int = Field(300, ge=0)
-    schedule: Literal["linear"] = "linear"
+    schedule: Literal["linear"] = "linear"  # transformers' get_linear_schedule_with_warmup
+    # Where the linear decay reaches 0 (default: at `steps`): a step, or a number of passes over
+    # the training data's global batches, as transformers' Trainer plans `num_train_epochs`. The
+    # official recipe plans 3 epochs and stops at step 1000, with the rate still near its peak.
+    decay_steps: int | None = Field(None, ge=1)
+    decay_epochs: float | None = Field(None, gt=0)
     batch_size: int = Field(64, ge=1)  # per worker (per GPU); the global batch is x workers
     weight_decay: float = Field(0.0, ge=0)
     max_grad_norm: float = Field(1.0, gt=0)  # transformers Trainer's default, as the official code
@@ -68,6 +74,19 @@ class TrainingSection(StrictModel):
     checkpoint_every: int = Field(100, ge=1)
     keep_checkpoints: int = Field(2, ge=1)
     max_failures: int = Field(3, ge=0)  # Ray restarts the workers this often after a failure
+
+    @model_validator(mode="after")
+    def _one_horizon(self):
+        if self.decay_steps is not None and self.decay_epochs is not None:
+            raise ValueError("set decay_steps or decay_epochs, not both")
+        return self
+
+    def decay_horizon(self, batches_per_epoch: int) -> int:
+        """The step where the learning rate reaches 0: ceil(decay_epochs x batches per epoch)
+        (transformers' Trainer: max_steps = ceil(num_train_epochs x update steps per epoch))."""
+        if self.decay_epochs is not None:
+            return max(1, math.ceil(self.decay_epochs * batches_per_epoch))
+        return self.decay_steps or self.steps
 
 
 class DeepSpeedSection(StrictModel):
@@ -79,7 +98,7 @@ class DeepSpeedSection(StrictModel):
 class FinetuneConfig(StrictModel):
     name: str | None = None  # run name; default: finetune-<model>-l<layers>
     output_dir: str = "runs"
-    layers: int | float | None = None  # layers kept (int) or fraction pruned (float in (0, 1))
+    layers: DepthSetting | None = None  # 8, keep:0.7 or prune:0.3 (tasks/depth.py)
     force: bool = False  # resume even though the config differs from the checkpoint's
     show_progress: bool = True
     # contrastive: an embedding model (L3Prune; encoder, data, loss). classification: a
@@ -158,19 +177,21 @@ def _worker_datasets(annotated, plan, workers: int, per_worker: int,
 
 
 def _plan(annotated, config: FinetuneConfig, global_batch: int):
+    """(the batch plan, global batches in one pass over the data)."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from tasks.batch_plan import plan_global_batches
+    from tasks.batch_plan import batches_per_epoch, plan_global_batches
 
     parts = [batch for batch in annotated.select_columns(["_key", "source", "_problem"])
              .iter_batches(batch_format="pyarrow", batch_size=65536)]
     table = pa.concat_tables(parts)
     table = table.filter(pc.equal(table["_problem"], ""))
-    return plan_global_batches(np.asarray(table["_key"].to_numpy(zero_copy_only=False)),
-                               table["source"].to_pylist(), steps=config.training.steps,
-                               global_batch=global_batch, seed=config.training.seed)
+    keys, sources = np.asarray(table["_key"].to_numpy(zero_copy_only=False)), table["source"].to_pylist()
+    return (plan_global_batches(keys, sources, steps=config.training.steps,
+                                global_batch=global_batch, seed=config.training.seed),
+            batches_per_epoch(keys, sources, global_batch))
 
 
 def _fit(config: FinetuneConfig, job, datasets: dict, plan, run_dir: Path):
@@ -258,7 +279,7 @@ def run(config: FinetuneConfig) -> dict[str, Any]:
     from tasks.training import TrainingJob
 
     if config.layers is None:
-        raise LayercutError("give the depth to keep: --layers N (layers) or --layers 0.3 (fraction pruned)")
+        raise LayercutError("give the depth to keep: --layers N (layers), --layers prune:0.3 or --layers keep:0.7")
     if config.model.dtype == "float16":
         raise LayercutError("float16 training is not supported: use model.dtype bfloat16 or float32")
     source = resolve_model(config.model.name_or_path)
@@ -314,7 +335,7 @@ def run(config: FinetuneConfig) -> dict[str, Any]:
         print(f"layercut: skipped {data_report['skipped_rows']} of {data_report['rows']} rows "
               f"with a missing or empty field; first: {data_report.get('first_problem')}",
               file=sys.stderr)
-    batch_plan = _plan(annotated, config, global_batch)
+    batch_plan, epoch_steps = _plan(annotated, config, global_batch)
     datasets = _worker_datasets(annotated, batch_plan, plan.count, config.training.batch_size,
                                 objective.fields)
 
@@ -327,7 +348,8 @@ def run(config: FinetuneConfig) -> dict[str, Any]:
                           target_modules=tuple(config.lora.target_modules or ()) or None)
         if config.lora.enabled else None,
         optimization=optimization, steps=config.training.steps,
-        warmup_steps=config.training.warmup_steps, gradient_checkpointing=gradient_checkpointing,
+        warmup_steps=config.training.warmup_steps, decay_steps=config.training.decay_horizon(epoch_steps),
+        gradient_checkpointing=gradient_checkpointing,
         checkpoint_every=config.training.checkpoint_every, seed=config.training.seed,
         fingerprint=fingerprint, user_deepspeed=user_deepspeed,
         user_deepspeed_path=config.deepspeed.config_file or "the DeepSpeed JSON",
@@ -368,7 +390,7 @@ def run(config: FinetuneConfig) -> dict[str, Any]:
         "model": config.model.name_or_path, "objective": objective.name, "layers": kept, "total_layers": total_layers,
         "parameters": params[kept], "parameters_full": params[-1],
         "parameters_removed_pct": round(100.0 * (1 - params[kept] / params[-1]), 2),
-        "steps": state["step"], "workers": plan.count, "global_batch": global_batch,
+        "steps": state["step"], "lr_decay_steps": job.decay_steps, "workers": plan.count, "global_batch": global_batch,
         "first_loss": history[0]["loss"] if history else None,
         "final_loss": history[-1]["loss"] if history else None,
         "mean_tokens_per_second": (sum(h["tokens"] for h in history)

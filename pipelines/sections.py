@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from pipelines.config import StrictModel
+from tasks.depth import Depth
 from tasks.data import FIELD_ALIASES
 from tasks.models import DEFAULT_MODEL, ModelSource, ModelSpec
 from tasks.prompts import PromptConfig
@@ -27,7 +28,7 @@ class ModelSection(StrictModel):
         """The model's last path component, safe as a file name (run dirs, result folders)."""
         return re.sub(r"[^A-Za-z0-9._-]+", "-", Path(self.name_or_path).name).strip("-")
 
-    def spec(self, source: ModelSource, layers: int | float | None = None) -> ModelSpec:
+    def spec(self, source: ModelSource, layers: Depth | None = None) -> ModelSpec:
         return ModelSpec(source=source, layers=layers, dtype=self.dtype, device=self.device,
                          attn_implementation=self.attn_implementation,
                          trust_remote_code=self.trust_remote_code, revision=self.revision)

@@ -6,8 +6,8 @@ evaluates (stage 3) each depth; a report compares them.
     python -m pipelines.sweep --config my-sweep.yaml
 
 For each model, stage 1 runs in this driver (its Ray tasks do the work) and yields the L3Prune
-small and large depths; the trials are those depths joined with the grid (fractions of layers
-kept). All models' trials share ONE Tune experiment; each trial is a Tune function that launches
+small and large depths; the trials are those depths joined with the grid (depths: counts or
+keep/prune fractions, tasks/depth.py). All models' trials share ONE Tune experiment; each trial is a Tune function that launches
 its own Ray Train run (stage 2), then stage 3, then measures encode latency and peak memory, and
 reports to Tune. Trials queue as pending until their Train workers get resources, so an
 autoscaling cluster grows as they wait.
@@ -29,14 +29,16 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from pipelines.config import StrictModel, dump_config, find_config, load_config
+from pipelines.config import DepthSetting, StrictModel, dump_config, find_config, load_config
 from pipelines.outputs import write_atomic, write_json
 from pipelines.ray_runtime import ensure_ray, layercut_cause, plan_workers, user_errors_from_ray
+from tasks.depth import Depth
 from tasks.errors import LayercutError
 from tasks.trees import merge_trees
 
 STAGE = "run"
-DEFAULT_GRID = [1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2]
+# The paper's grid: keep 100, 90, ..., 20 % of the layers, n = int(L * keep) (tasks/depth.py).
+DEFAULT_GRID = [Depth.parse(f"keep:{percent / 100}") for percent in range(100, 10, -10)]
 
 
 class StageOverrides(StrictModel):
@@ -56,7 +58,7 @@ class ModelEntry(StrictModel):
     evaluate: str | None = None
     classify: str | None = None
     overrides: StageOverrides = Field(default_factory=StageOverrides)
-    grid: list[float] | None = None  # default: the sweep's grid
+    grid: list[DepthSetting] | None = None  # default: the sweep's grid
     # contrastive: the embedding route (L3Prune: stage 1, depths, MTEB). classification: prompt-
     # based classifiers of the `classification` section's datasets at every depth of its grid.
     objectives: list[Literal["contrastive", "classification"]] = Field(
@@ -85,12 +87,9 @@ class ModelEntry(StrictModel):
         return self.label or Path(self.config).stem
 
 
-def _check_grid(value: list[float]) -> list[float]:
+def _check_grid(value: list[Depth]) -> list[Depth]:
     if not value:
-        raise ValueError("the grid is empty: give fractions of layers to keep, e.g. [1.0, 0.5]")
-    bad = [v for v in value if not 0 < v <= 1]
-    if bad:
-        raise ValueError(f"grid values are fractions of layers kept, in (0, 1]; got {bad}")
+        raise ValueError("the grid is empty: give depths, e.g. [keep:1.0, keep:0.5, 4]")
     return value
 
 
@@ -138,8 +137,8 @@ class ClassificationRoute(StrictModel):
     classification, each dataset is prompt-tuned and scored at each depth."""
 
     datasets: list[str] = Field(default_factory=lambda: ["sst2"])  # tasks/classification_datasets.yaml
-    grid: list[float] | None = None  # fractions of layers kept; None: the sweep's grid
-    layers: list[int] | None = None  # explicit depths (1..L); wins over the grid
+    grid: list[DepthSetting] | None = None  # None: the sweep's grid
+    layers: list[DepthSetting] | None = None  # explicit depths; wins over the grid
     zero_shot: bool = True  # score the unpruned model with the same prompt: the reference line
     # mteb's logistic-regression probe of the contrastive trials' encoders on the same datasets,
     # so the two routes sit side by side (models with both objectives).
@@ -164,8 +163,8 @@ class ClassificationRoute(StrictModel):
     @field_validator("layers")
     @classmethod
     def _layers(cls, value):
-        if value is not None and (not value or min(value) < 1):
-            raise ValueError("layers are depths >= 1")
+        if value is not None and not value:
+            raise ValueError("layers is empty: give depths, or leave it out to use the grid")
         return value
 
 
@@ -174,7 +173,7 @@ class SweepConfig(StrictModel):
     output_dir: str = "runs"  # on a cluster: a filesystem every node mounts
     address: str | None = None  # None: RAY_ADDRESS / a running cluster, else start one in-process
     data_root: str | None = None  # local mirror for every stage (also LAYERCUT_DATA_ROOT)
-    grid: list[float] = Field(default_factory=lambda: list(DEFAULT_GRID))  # fractions kept
+    grid: list[DepthSetting] = Field(default_factory=lambda: list(DEFAULT_GRID))
     l3prune: bool = True  # add stage 1's small and large depths to the grid
     overrides: StageOverrides = Field(default_factory=StageOverrides)  # for every model
     models: list[ModelEntry]
@@ -208,7 +207,7 @@ class SweepConfig(StrictModel):
 class Trial:
     model: str  # the model's label
     layers: int
-    origins: tuple[str, ...]  # why this depth: "l3prune-small", "l3prune-large", "grid-50%"
+    origins: tuple[str, ...]  # why this depth: "l3prune-small", "l3prune-large", "grid keep:0.5"
     dataset: str | None = None  # the classification route's dataset; None: contrastive
 
     @property
@@ -229,7 +228,7 @@ class ModelPlan:
     layer_loss: Any  # LayerLossConfig (contrastive route; None without it)
     finetune: Any  # FinetuneConfig, without a depth
     evaluate: Any  # EvaluateConfig, without a model path (contrastive route; None without it)
-    grid: list[float]
+    grid: list[Depth]
     stage1: dict[str, Any] = field(default_factory=dict)  # selection.json of stage 1
     # The classification route, per dataset: stage 2 (objective classification) and stage 3.
     classifiers: dict[str, Any] = field(default_factory=dict)  # dataset -> FinetuneConfig
@@ -307,22 +306,27 @@ def resolve_models(config: SweepConfig) -> list[ModelPlan]:
     return plans
 
 
-def _grid_depths(grid: list[float], total: int) -> dict[int, list[str]]:
+def _depths(depths: list[Depth], total: int, origin: str, where: str) -> dict[int, list[str]]:
+    """{layers kept: [origin of each depth that gives it]} for a model of ``total`` layers."""
     origins: dict[int, list[str]] = {}
-    for fraction in grid:
-        origins.setdefault(max(1, round(fraction * total)), []).append(f"grid-{fraction:.0%}")
+    for depth in depths:
+        try:
+            kept = depth.layers(total)
+        except LayercutError as error:
+            raise LayercutError(f"{where}: {error}") from None
+        origins.setdefault(kept, []).append(f"{origin} {depth}")
     return origins
 
 
 def plan_trials(plans: list[ModelPlan], use_l3prune: bool,
                 route: ClassificationRoute | None = None) -> list[Trial]:
-    """Depths per model. Contrastive: the grid's fractions of L (rounded, at least 1) and the
-    L3Prune picks. Classification: per dataset, the route's depths (or its grid's)."""
+    """Depths per model. Contrastive: the grid's depths of L (tasks/depth.py) and the L3Prune
+    picks. Classification: per dataset, the route's depths (or its grid's)."""
     trials = []
     for plan in plans:
         total = plan.total_layers or plan.stage1["num_layers"]
         if plan.contrastive:
-            origins = _grid_depths(plan.grid, total)
+            origins = _depths(plan.grid, total, "grid", f"{plan.label}'s grid")
             if use_l3prune:
                 for pick in ("small", "large"):
                     origins.setdefault(plan.stage1[pick]["layers"], []).append(f"l3prune-{pick}")
@@ -330,12 +334,9 @@ def plan_trials(plans: list[ModelPlan], use_l3prune: bool,
                        for depth in sorted(origins, reverse=True)]
         if plan.classifiers:
             if route.layers is not None:
-                bad = [depth for depth in route.layers if depth > total]
-                if bad:
-                    raise LayercutError(f"classification.layers {bad} exceed {plan.label}'s {total} layers")
-                origins = {depth: ["layers"] for depth in route.layers}
+                origins = _depths(route.layers, total, "layers", f"classification.layers of {plan.label}")
             else:
-                origins = _grid_depths(route.grid or plan.grid, total)
+                origins = _depths(route.grid or plan.grid, total, "grid", f"{plan.label}'s classification grid")
             for name in plan.classifiers:
                 trials += [Trial(plan.label, depth, tuple(origins[depth]), dataset=name)
                            for depth in sorted(origins, reverse=True)]
@@ -468,6 +469,38 @@ def run(config: SweepConfig) -> dict[str, Any]:
     texts = {plan.label: latency_texts(plan, config.latency.texts) for plan in plans if plan.contrastive}
     outcomes = _tune(config, plans, trials, texts, concurrency, run_dir)
     return write_report(run_dir, config, plans, trials, outcomes, zero_shot)
+
+
+def describe_plan(config: SweepConfig) -> str:
+    """The trials ``config`` would run, without training or starting Ray (`layercut run --plan`):
+    per model its layer count and global batch, then one line per trial (key, layers kept,
+    origins). L3Prune picks come from stage 1's selection.json when this run directory holds one
+    of the same configuration; otherwise they are listed as "after stage 1"."""
+    run_dir = config.run_dir().resolve()
+    marker = run_dir / "sweep.json"
+    recorded = json.loads(marker.read_text()).get("models", {}) if marker.exists() else {}
+    lines = []
+    for plan in resolve_models(config):
+        training, workers = plan.finetune.training, plan.finetune.workers.num_workers
+        batch = (f"global batch {training.batch_size * workers} ({workers} workers x {training.batch_size})"
+                 if workers != "auto" else f"batch {training.batch_size} per worker, one worker per GPU")
+        try:
+            plan.total_layers = _total_layers(plan.finetune)
+        except LayercutError as error:  # e.g. a hub model offline: depths stay symbolic
+            lines.append(f"{plan.label}: {batch}, {training.steps} steps; layer count unknown ({error})")
+            lines += [f"  {plan.label}: grid {depth}" for depth in plan.grid]
+            continue
+        lines.append(f"{plan.label}: {plan.total_layers} layers, {batch}, {training.steps} steps")
+        selection = plan.layer_loss.run_dir().resolve() / "selection.json" if plan.contrastive else None
+        picked = selection is not None and selection.exists() and recorded.get(plan.label) == _fingerprint(plan)
+        plan.stage1 = json.loads(selection.read_text()) if picked else {"num_layers": plan.total_layers}
+        for trial in plan_trials([plan], config.l3prune and picked, config.classification):
+            task = f" on {trial.dataset}" if trial.dataset else ""
+            lines.append(f"  {trial.key}: {trial.layers}/{plan.total_layers} layers{task} "
+                         f"({', '.join(trial.origins)})")
+        if plan.contrastive and config.l3prune and not picked:
+            lines.append(f"  {plan.label}: L3Prune small and large depths after stage 1")
+    return "\n".join(lines)
 
 
 def _total_layers(finetune) -> int:

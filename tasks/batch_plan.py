@@ -25,11 +25,7 @@ def plan_global_batches(keys: np.ndarray, sources: list[str | None], *, steps: i
     batches (a remainder smaller than a batch waits for the next epoch's shuffle) and shuffles
     the batches of all sources together. Epochs repeat until ``steps`` batches exist.
     """
-    keys = np.asarray(keys, dtype=np.uint64)
-    groups: dict[str, np.ndarray] = {}
-    labels = np.asarray(["" if s is None else str(s) for s in sources], dtype=object)
-    for source in sorted(set(labels.tolist())):
-        groups[source] = np.unique(keys[labels == source])  # sorted: independent of read order
+    groups = _source_groups(keys, sources)
     largest = max(groups, key=lambda s: len(groups[s]), default=None)
     if largest is None or len(groups[largest]) < global_batch:
         size = 0 if largest is None else len(groups[largest])
@@ -50,6 +46,19 @@ def plan_global_batches(keys: np.ndarray, sources: list[str | None], *, steps: i
         batches += [epoch_batches[i] for i in rng.permutation(len(epoch_batches))]
         epoch += 1
     return np.stack(batches[:steps])
+
+
+def _source_groups(keys: np.ndarray, sources: list[str | None]) -> dict[str, np.ndarray]:
+    """{source: its distinct row keys, sorted}: independent of read order."""
+    keys = np.asarray(keys, dtype=np.uint64)
+    labels = np.asarray(["" if s is None else str(s) for s in sources], dtype=object)
+    return {source: np.unique(keys[labels == source]) for source in sorted(set(labels.tolist()))}
+
+
+def batches_per_epoch(keys: np.ndarray, sources: list[str | None], global_batch: int) -> int:
+    """How many full one-source global batches one pass over the data gives: the length of an
+    epoch in optimizer steps (what transformers' Trainer plans a schedule of N epochs over)."""
+    return sum(len(group) // global_batch for group in _source_groups(keys, sources).values())
 
 
 def worker_slots(plan: np.ndarray, rank: int, per_worker: int) -> pa.Table:

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from filelock import FileLock
 
+from tasks.depth import Depth
 from tasks.errors import LayercutError
 from tasks.pruning import num_layers, prune_config, resolve_depth
 
@@ -158,7 +159,7 @@ def load_config(source: ModelSource, *, trust_remote_code: bool = False, revisio
 def load_backbone(
     source: ModelSource,
     *,
-    layers: int | float | None = None,
+    layers: Depth | int | None = None,
     dtype: torch.dtype = torch.float32,
     device: torch.device | str = "cpu",
     attn_implementation: str | None = None,
@@ -213,7 +214,7 @@ class ModelSpec:
     """Everything a worker needs to load the same backbone the driver resolved."""
 
     source: ModelSource
-    layers: int | float | None = None  # None: all layers
+    layers: Depth | int | None = None  # None: all layers (tasks/depth.py)
     dtype: str = "auto"
     device: str = "auto"
     attn_implementation: str | None = "sdpa"

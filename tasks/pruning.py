@@ -11,6 +11,7 @@ from typing import Any
 
 from torch import nn
 
+from tasks.depth import Depth
 from tasks.errors import LayercutError
 
 # Attribute paths of the decoder-layer list and of the final norm, per architecture style.
@@ -62,24 +63,14 @@ def num_layers(config: Any) -> int:
     raise LayercutError(f"config of type {type(config).__name__} states no layer count")
 
 
-def resolve_depth(depth: int | float, total_layers: int) -> int:
-    """Number of layers to keep: an int >= 1 is a count, a float in (0, 1) the fraction p pruned.
+def resolve_depth(depth: "Depth | int | str", total_layers: int) -> int:
+    """Number of layers to keep of ``total_layers``: a Depth, a layer count, or a depth's text
+    ("8", "keep:0.7", "prune:0.3"); see tasks/depth.py for the one rule.
 
-    n = int(L * (1 - p)) for a fraction, as the paper's code does.
+    Raises:
+        LayercutError: an invalid depth, or one outside the model's 1..L layers.
     """
-    if isinstance(depth, bool) or not isinstance(depth, (int, float)):
-        raise LayercutError(f"depth must be a layer count or a fraction, got {depth!r}")
-    if isinstance(depth, float) and not depth.is_integer():
-        if not 0.0 < depth < 1.0:
-            raise LayercutError(f"prune fraction {depth} is outside (0, 1)")
-        kept = int(total_layers * (1.0 - depth))
-        if kept < 1:
-            raise LayercutError(f"pruning {depth:.0%} of {total_layers} layers leaves none")
-        return kept
-    kept = int(depth)
-    if not 1 <= kept <= total_layers:
-        raise LayercutError(f"depth {kept} is out of range: the model has layers 1..{total_layers}")
-    return kept
+    return Depth.parse(depth).layers(total_layers)
 
 
 def _cut_config_in_place(config: Any, kept: int) -> None:
@@ -101,7 +92,7 @@ def prune_config(config: Any, kept: int) -> Any:
     return config
 
 
-def prune_model(model: nn.Module, kept: int) -> nn.Module:
+def prune_model(model: nn.Module, kept: "Depth | int | str") -> nn.Module:
     """Cut ``model`` in place to its first ``kept`` decoder layers; returns the model.
 
     The config is edited in place because sub-modules (attention, rotary embedding, a causal-LM

@@ -19,7 +19,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -55,15 +55,18 @@ class TrainingJob:
     dataset_prefix: str = "rank"  # worker r reads get_dataset_shard(f"{prefix}{r}")
     show_progress: bool = True
     metrics_tags: dict[str, str] = field(default_factory=dict)
+    # The step at which the linear decay reaches 0 (None: ``steps``). The official run plans its
+    # decay over 3 epochs and stops at step 1000, where the rate is still near its peak.
+    decay_steps: int | None = None
 
 
-def linear_schedule(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
-    """The factor on the peak learning rate at optimizer step ``step`` (transformers' 'linear')."""
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return step / max(1, warmup_steps)
-        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
-    return factor
+def learning_rate_schedule(optimizer, job: TrainingJob):
+    """transformers' linear schedule: warmup over ``job.warmup_steps``, then a linear decay that
+    reaches 0 at ``job.decay_steps`` (default: the last step), stepped once per optimizer step."""
+    from transformers import get_linear_schedule_with_warmup
+
+    return get_linear_schedule_with_warmup(optimizer, num_warmup_steps=job.warmup_steps,
+                                           num_training_steps=job.decay_steps or job.steps)
 
 
 def seed_everything(seed: int) -> None:
@@ -107,16 +110,14 @@ def build_trainable(job: TrainingJob):
 
 
 def initialize_engine(model, job: TrainingJob, world_size: int):
-    """The DeepSpeed engine around ``model``, with layercut's linear schedule."""
+    """The DeepSpeed engine around ``model``, with the linear schedule (learning_rate_schedule)."""
     import deepspeed
-    from torch.optim.lr_scheduler import LambdaLR
 
     config = deepspeed_config(job.optimization, world_size, job.user_deepspeed, job.user_deepspeed_path)
-    schedule = linear_schedule(job.warmup_steps, job.steps)
     engine, _, _, _ = deepspeed.initialize(
         model=model, config=config,
         model_parameters=[p for p in model.parameters() if p.requires_grad],
-        lr_scheduler=lambda optimizer: LambdaLR(optimizer, schedule))
+        lr_scheduler=lambda optimizer: learning_rate_schedule(optimizer, job))
     return engine
 
 

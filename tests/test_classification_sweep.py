@@ -40,7 +40,7 @@ def tiny_causal_lm(tmp_path_factory, smollm2_dir) -> str:
 def _config(path: Path, model_dir: str) -> Path:
     model = {"model": {"name_or_path": model_dir}}
     path.write_text(yaml.safe_dump({
-        "name": "both", "grid": [1.0], "l3prune": False,
+        "name": "both", "grid": ["keep:1.0"], "l3prune": False,
         "models": [{"config": "smollm2-135m", "label": "tiny",
                     "objectives": ["contrastive", "classification"]}],
         "classification": {"datasets": ["sst2"], "layers": [1, 6], "zero_shot": True, "probe": True},

@@ -169,6 +169,60 @@ def test_gathered_negatives_equal_one_worker_with_double_batch(tmp_path, tiny_mo
 
 # --- configs and bad input -------------------------------------------------------------------
 
+def test_learning_rate_is_transformers_linear_schedule_with_the_papers_horizon():
+    """The paper's schedule: peak 2e-4, 300 warmup steps, a linear decay planned over 3 epochs
+    of the data and a stop at step 1000 (the rate is still near its peak there). Compared with
+    transformers' own get_linear_schedule_with_warmup and with the values worked out by hand."""
+    from dataclasses import replace
+
+    from transformers import get_linear_schedule_with_warmup
+
+    from pipelines.config import find_config, load_config
+    from pipelines.finetune import FinetuneConfig
+    from tasks.training import learning_rate_schedule
+
+    training = load_config(FinetuneConfig, find_config("llama3-8b", "finetune")).training
+    assert (training.steps, training.warmup_steps, training.decay_epochs) == (1000, 300, 3)
+    # One epoch of 1,500 one-source global batches (e.g. 768,000 rows at 512 per batch).
+    horizon = training.decay_horizon(batches_per_epoch=1500)
+    assert horizon == 4500
+    job = replace(_job("unused", 4), steps=training.steps, warmup_steps=training.warmup_steps,
+                  decay_steps=horizon)
+
+    def rates(make_schedule):
+        optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=training.learning_rate)
+        schedule, seen = make_schedule(optimizer), {}
+        for step in range(training.steps + 1):
+            seen[step] = optimizer.param_groups[0]["lr"]
+            optimizer.step()
+            schedule.step()
+        return seen
+
+    ours = rates(lambda optimizer: learning_rate_schedule(optimizer, job))
+    theirs = rates(lambda optimizer: get_linear_schedule_with_warmup(optimizer, 300, 4500))
+    assert ours == theirs
+    assert ours[0] == 0.0
+    assert ours[150] == pytest.approx(1e-4, rel=1e-12)
+    assert ours[300] == pytest.approx(2e-4, rel=1e-12)
+    assert ours[1000] == pytest.approx(2e-4 * 3500 / 4200, rel=1e-12)  # 0.83 of the peak
+    # Without a horizon the decay ends at the last step, as before.
+    plain = rates(lambda optimizer: learning_rate_schedule(optimizer, replace(job, decay_steps=None)))
+    assert plain[1000] == 0.0 and plain[650] == pytest.approx(1e-4, rel=1e-12)
+    assert FinetuneConfig(training={"decay_steps": 3000}).training.decay_horizon(7) == 3000
+    assert FinetuneConfig().training.decay_horizon(7) == 1000
+    with pytest.raises(ValueError, match="decay_steps or decay_epochs, not both"):
+        FinetuneConfig(training={"decay_steps": 3000, "decay_epochs": 3})
+
+
+def test_an_epoch_is_the_full_one_source_batches_of_the_data():
+    from tasks.batch_plan import batches_per_epoch
+
+    keys = np.arange(23, dtype=np.uint64)
+    sources = ["a"] * 10 + ["b"] * 9 + [None] * 4  # 10 // 4 + 9 // 4 + 4 // 4
+    assert batches_per_epoch(keys, sources, global_batch=4) == 5
+    assert batches_per_epoch(np.concatenate([keys, keys]), sources * 2, global_batch=4) == 5  # duplicates count once
+
+
 def test_packaged_finetune_configs_validate():
     from pipelines import finetune
     from pipelines.config import CONFIG_DIR, load_config

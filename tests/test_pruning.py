@@ -2,28 +2,54 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from transformers import AutoConfig, AutoModel
 
 from conftest import FAMILIES
+from tasks.depth import Depth
 from tasks.errors import LayercutError
 from tasks.models import ModelSource, load_backbone
 from tasks.pruning import (count_parameters, decoder_layers, num_layers, parameters_at_depth,
                            prune_model, resolve_depth)
 
 
-@pytest.mark.parametrize("depth, total, kept", [
-    (1, 32, 1), (32, 32, 32), (25, 32, 25), (0.25, 32, 24), (0.3, 32, 22), (0.8, 28, 5),
-    (0.5, 30, 15), (3.0, 30, 3),
+# Layers kept for L = 18 (Gemma-3-270M), 28 (Qwen2-7B), 30 (SmolLM2), 32 (Llama-3-8B, Mistral-7B,
+# Phi-3-mini), by the official rule n = int(L * (1 - p)) worked out by hand in exact arithmetic.
+DEPTH_TABLE = {
+    #                  18  28  30  32
+    "keep:1.0":       (18, 28, 30, 32),
+    "keep:0.9":       (16, 25, 27, 28),  # 16.2, 25.2, 27, 28.8
+    "keep:0.8":       (14, 22, 24, 25),  # 14.4, 22.4, 24, 25.6
+    "keep:0.7":       (12, 19, 21, 22),  # 12.6, 19.6, 21, 22.4
+    "prune:0.3":      (12, 19, 21, 22),  # the same depth, said the paper's way
+    "keep:0.4":       (7, 11, 12, 12),   # 7.2, 11.2, 12, 12.8
+    "keep:0.3":       (5, 8, 9, 9),      # 5.4, 8.4, 9, 9.6
+    "prune:0.9":      (1, 2, 3, 3),      # 1.8, 2.8, 3 (floats: int(30 * (1 - 0.9)) == 2), 3.2
+    "prune:0.25":     (13, 21, 22, 24),  # 13.5, 21, 22.5, 24
+    "prune:0":        (18, 28, 30, 32),
+    "keep:75%":       (13, 21, 22, 24),
+    "prune:0.3125":   (12, 19, 20, 22),  # 12.375, 19.25, 20.625, 22
+    "8":              (8, 8, 8, 8),
+}
+
+
+@pytest.mark.parametrize("depth", sorted(DEPTH_TABLE))
+def test_depth_table(depth):
+    assert tuple(resolve_depth(depth, total) for total in (18, 28, 30, 32)) == DEPTH_TABLE[depth]
+    parsed = Depth.parse(depth)
+    assert Depth.parse(str(parsed)) == parsed  # configs and trial origins write it back as text
+
+
+@pytest.mark.parametrize("depth, message", [
+    (0, "at least 1"), (33, "out of range"), (-1, "at least 1"), (0.3, "ambiguous: write prune:0.3"),
+    (1.0, "ambiguous"), (True, "not a depth"), ("keep:0", "lies in (0, 1]"), ("keep:1.5", "lies in (0, 1]"),
+    ("prune:1", "lies in [0, 1)"), ("prune:0.99", "keeps none"), ("prune:x", "is not a number"), ("3.5", "ambiguous"), ("eight", "not a depth"),
 ])
-def test_resolve_depth(depth, total, kept):
-    assert resolve_depth(depth, total) == kept
-
-
-@pytest.mark.parametrize("depth", [0, 33, -1, -0.5, 1.5, 0.99, True, "3"])
-def test_resolve_depth_rejects(depth):
-    with pytest.raises(LayercutError):
+def test_resolve_depth_rejects(depth, message):
+    with pytest.raises(LayercutError, match=re.escape(message)):
         resolve_depth(depth, 32)
 
 
@@ -71,7 +97,7 @@ def test_parameter_counts_match_pruned_models(tiny_model_dirs):
 
 def test_fraction_prunes_as_the_paper(tiny_model_dirs):
     model = AutoModel.from_pretrained(tiny_model_dirs["qwen2"])
-    prune_model(model, 0.5)  # int(6 * 0.5) = 3 layers kept
+    prune_model(model, "prune:0.5")  # int(6 * 0.5) = 3 layers kept
     assert len(decoder_layers(model)) == 3 and model.config.num_hidden_layers == 3
 
 

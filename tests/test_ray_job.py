@@ -172,7 +172,7 @@ def _sweep_config(path: Path, model_dir: str) -> Path:
     """The whole pipeline at toy size: a tiny random Llama (6 layers), the L3Prune picks and all
     layers, 3 fine-tuning steps on 2 Ray Train workers, STSBenchmark cut to 16 pairs."""
     path.write_text(yaml.safe_dump({
-        "name": "sweep", "grid": [1.0], "l3prune": True,
+        "name": "sweep", "grid": ["keep:1.0"], "l3prune": True,
         "models": [{"config": "smollm2-135m", "label": "tiny"}],
         "overrides": {
             "layer_loss": {"model": {"name_or_path": model_dir},

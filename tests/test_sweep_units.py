@@ -8,7 +8,8 @@ import pytest
 from conftest import SHARED_DATA
 from pipelines.config import find_config, load_config
 from pipelines.report import best_within_budget, pareto_front
-from pipelines.sweep import ModelPlan, SweepConfig, check_resources, plan_trials, resolve_models
+from pipelines.sweep import DEFAULT_GRID, ModelPlan, SweepConfig, check_resources, plan_trials, resolve_models
+from tasks.depth import Depth
 from tasks.errors import LayercutError
 
 
@@ -19,7 +20,8 @@ def _config(tmp_path, cli=(), **tree) -> SweepConfig:
 
 @pytest.mark.parametrize("tree, message", [
     ({"grid": []}, "grid: Value error, the grid is empty"),
-    ({"grid": [0.5, 1.5]}, "fractions of layers kept, in (0, 1]"),
+    ({"grid": ["keep:0.5", "keep:1.5"]}, "grid.1: Value error, depth 'keep:1.5': a keep fraction lies in (0, 1]"),
+    ({"grid": [1.0, 0.5]}, "grid.0: Value error, depth 1.0 is ambiguous: write prune:1.0"),
     ({"gird": [0.5]}, "gird: unknown key"),
     ({"models": []}, "name at least one model"),
     ({"models": [{"config": "smollm2-135m"}, {"config": "smollm2-135m"}]}, "labels must differ"),
@@ -45,7 +47,9 @@ def test_packaged_sweep_configs_load_and_resolve(tmp_path):
                                          [f"output_dir={tmp_path}"]))
     assert all(stage.workers.wait_for_resources and stage.workers.use_gpu is True
                for plan in cluster for stage in (plan.layer_loss, plan.finetune, plan.evaluate))
-    assert {plan.label: plan.finetune.workers.num_workers for plan in cluster}["phi3-mini"] == 4
+    # The paper's recipe is the same for all four: a global batch of 512 (8 GPUs x 64).
+    assert {plan.label: plan.finetune.workers.num_workers * plan.finetune.training.batch_size
+            for plan in cluster} == dict.fromkeys(["llama3-8b", "mistral-7b", "qwen2-7b", "phi3-mini"], 512)
 
 
 def test_a_bad_key_in_a_stage_override_fails_before_any_work(tmp_path):
@@ -74,11 +78,17 @@ def _plan(grid, total=30, small=7, large=21) -> ModelPlan:
 
 
 def test_trials_join_the_grid_and_the_l3prune_picks():
-    trials = plan_trials([_plan([1.0, 0.5, 0.7, 0.01])], use_l3prune=True)
+    grid = [Depth.parse(d) for d in ("keep:1.0", "keep:0.5", "keep:0.7", "prune:0.5", 1)]
+    trials = plan_trials([_plan(grid)], use_l3prune=True)
     assert [(t.layers, t.origins) for t in trials] == [
-        (30, ("grid-100%",)), (21, ("grid-70%", "l3prune-large")), (15, ("grid-50%",)),
-        (7, ("l3prune-small",)), (1, ("grid-1%",))]
-    assert [t.layers for t in plan_trials([_plan([0.5])], use_l3prune=False)] == [15]
+        (30, ("grid keep:1.0",)), (21, ("grid keep:0.7", "l3prune-large")),
+        (15, ("grid keep:0.5", "grid prune:0.5")), (7, ("l3prune-small",)), (1, ("grid 1",))]
+    assert [t.layers for t in plan_trials([_plan([Depth.parse("keep:0.5")])], use_l3prune=False)] == [15]
+    # The official rule is a floor, not a rounding: keep 90 % of 32 layers is 28 (round: 29).
+    assert [t.layers for t in plan_trials([_plan(list(DEFAULT_GRID), total=32, small=5, large=29)],
+                                          use_l3prune=False)] == [32, 28, 25, 22, 19, 16, 12, 9, 6]
+    with pytest.raises(LayercutError, match="m's grid: depth 31 is out of range"):
+        plan_trials([_plan([Depth.parse(31)])], use_l3prune=False)
     assert trials[1].key == "m-l21"
 
 
@@ -152,7 +162,7 @@ def test_a_changed_model_config_is_refused_once_it_has_results(tmp_path):
     with pytest.raises(LayercutError, match="holds results of smollm2-135m with a different configuration"):
         guard_and_record(run_dir, config, resolve_models(config))
     # Where and on how many CPUs the work runs, or a wider grid, change no result.
-    moved = _config(tmp_path, ["overrides.finetune.training.steps=7", "grid=[1.0, 0.3]",
+    moved = _config(tmp_path, ["overrides.finetune.training.steps=7", "grid=[keep:1.0, keep:0.3]",
                                "overrides.evaluate.workers.cpus_per_worker=1"], name="guarded")
     guard_and_record(run_dir, moved, resolve_models(moved))
 
@@ -199,7 +209,7 @@ def test_cluster_configs_are_well_formed():
 @pytest.mark.parametrize("tree, message", [
     ({"classification": {"datasets": ["agnews"]}}, "datasets are distinct packaged names"),
     ({"classification": {"datasets": []}}, "datasets are distinct packaged names"),
-    ({"classification": {"layers": [0, 2]}}, "layers are depths >= 1"),
+    ({"classification": {"layers": [0, 2]}}, "classification.layers.0: Value error, depth 0: a layer count is at least 1"),
     ({"models": [{"config": "smollm2-135m", "objectives": []}]}, "name each objective once"),
     ({"models": [{"config": "smollm2-135m", "objectives": ["regression"]}]}, "objectives.0"),
 ])
@@ -234,8 +244,8 @@ def test_classification_route_resolves_per_dataset_configs(tmp_path):
     assert keys[-4:] == ["smollm2-135m-sst2-l4", "smollm2-135m-sst2-l1",
                          "smollm2-135m-trec-l4", "smollm2-135m-trec-l1"]
     assert all(t.objective == "contrastive" for t in trials[:-4])
-    too_deep = config.classification.model_copy(update={"layers": [31]})
-    with pytest.raises(LayercutError, match=r"classification.layers \[31\] exceed"):
+    too_deep = config.classification.model_copy(update={"layers": [Depth.parse(31)]})
+    with pytest.raises(LayercutError, match=r"classification.layers of smollm2-135m: depth 31 is out of range"):
         plan_trials([plan], use_l3prune=True, route=too_deep)
 
 
@@ -244,7 +254,7 @@ def test_classification_report_rows_best_depth_and_side_by_side():
     from pipelines.sweep import Trial
 
     trials = [Trial("m", 4, ("layers",), "sst2"), Trial("m", 2, ("layers",), "sst2"),
-              Trial("m", 1, ("layers",), "sst2"), Trial("m", 4, ("grid-100%",))]
+              Trial("m", 1, ("layers",), "sst2"), Trial("m", 4, ("grid keep:1.0",))]
     done = {"total_layers": 4, "parameters": 10, "parameters_removed_pct": 0.0, "macro_f1": 0.5,
             "majority_rate": 0.5, "final_loss": 0.3, "training_log": "x"}
     outcomes = {"m-sst2-l4": {**done, "accuracy": 0.8}, "m-sst2-l2": {**done, "accuracy": 0.8},
@@ -256,3 +266,51 @@ def test_classification_report_rows_best_depth_and_side_by_side():
     contrastive = [{"model": "m", "layers": 4, "probe_accuracy": {"LayercutSST2": 0.7}}]
     # Depths where either route has a score (the failed 1-layer trial has none).
     assert _side_by_side(rows, contrastive) == [("m", "sst2", 4, 0.8, 0.7), ("m", "sst2", 2, 0.8, None)]
+
+
+def test_plan_prints_the_trials_without_training(tmp_path, capsys):
+    """`layercut run --plan`: the local default's trials from its grid, the L3Prune picks as
+    "after stage 1" until stage 1 has run in this run dir, then as the depths it picked."""
+    import json
+
+    from pipelines.cli import main
+    from pipelines.sweep import guard_and_record
+
+    argv = ["run", "--plan", "--output-dir", str(tmp_path), "--data-root", str(SHARED_DATA)]
+    assert main(argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == ["smollm2-135m: 30 layers, global batch 8 (2 workers x 4), 8 steps",
+                     "  smollm2-135m-l30: 30/30 layers (grid keep:1.0)",
+                     "  smollm2-135m-l15: 15/30 layers (grid keep:0.5)",
+                     "  smollm2-135m-l6: 6/30 layers (grid keep:0.2)",
+                     "  smollm2-135m: L3Prune small and large depths after stage 1"]
+    assert not any(tmp_path.iterdir())  # nothing was run or written
+
+    # Stage 1 of this configuration has run (its selection.json, as layer_loss writes it).
+    config = load_config(SweepConfig, find_config("smollm2-135m", "run"),
+                         [f"output_dir={tmp_path}", f"data_root={SHARED_DATA}"])
+    plans = resolve_models(config)
+    guard_and_record(config.run_dir(), config, plans)
+    stage1 = plans[0].layer_loss.run_dir()
+    stage1.mkdir(parents=True)
+    (stage1 / "selection.json").write_text(json.dumps(
+        {"num_layers": 30, "small": {"layers": 6}, "large": {"layers": 22}}))
+    assert main(argv) == 0
+    assert capsys.readouterr().out.splitlines()[1:] == [
+        "  smollm2-135m-l30: 30/30 layers (grid keep:1.0)",
+        "  smollm2-135m-l22: 22/30 layers (l3prune-large)",
+        "  smollm2-135m-l15: 15/30 layers (grid keep:0.5)",
+        "  smollm2-135m-l6: 6/30 layers (grid keep:0.2, l3prune-small)"]
+    # Another stage-1 configuration: its picks are not this run's.
+    assert main([*argv, "overrides.layer_loss.data.num_batches=2"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "  smollm2-135m: L3Prune small and large depths after stage 1"
+
+
+def test_a_bare_fraction_on_the_command_line_is_refused(capsys):
+    from pipelines.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["finetune", "--layers", "0.3"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2
+    assert "argument --layers: depth 0.3 is ambiguous: write prune:0.3" in err.splitlines()[-1]
