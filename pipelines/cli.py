@@ -69,6 +69,9 @@ def _evaluate(args: argparse.Namespace) -> int:
         extra["layers"] = args.layers
     config = load_config(evaluate.EvaluateConfig, find_config(args.config, evaluate.STAGE),
                          overrides, extra)
+    if args.list:
+        print(evaluate.list_tasks(config))
+        return 0
     evaluate.run(config)
     run_dir = config.run_dir()
     print((run_dir / "summary.md").read_text())
@@ -166,6 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     stage3.add_argument("--model", help="artifact dir, hub id, built-in name or .gguf")
     stage3.add_argument("--tasks", nargs="+", help="mteb task names or presets (paper, quick)")
     stage3.add_argument("--layers", type=_depth, help="evaluate the model cut to this depth")
+    stage3.add_argument("--list", action="store_true",
+                        help="print each task's type, splits and subsets scored, and exit (no model loaded)")
     stage3.set_defaults(handler=_evaluate)
     classifier = _stage_parser(subparsers, "evaluate-classifier",
                                "stage 3 of the classification objective: accuracy and macro-F1 "

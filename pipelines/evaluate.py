@@ -27,7 +27,8 @@ from pipelines.sections import EncoderSection, ModelSection, WorkersSection
 from tasks.errors import LayercutError
 from tasks.models import resolve_model
 from tasks.mteb_model import model_meta
-from tasks.mteb_tasks import load_task, probe_tasks, require_subsamplable, resolve_task_names
+from tasks.mteb_tasks import (TaskSelection, describe_task, load_task, probe_tasks, require_subsamplable,
+                              resolve_task_names)
 
 STAGE = "evaluate"
 
@@ -39,6 +40,12 @@ class EvaluateConfig(StrictModel):
     layers: DepthSetting | None = None  # evaluate the model cut to this depth (tasks/depth.py)
     encoder: EncoderSection = Field(default_factory=EncoderSection)
     tasks: list[str] = Field(default_factory=lambda: ["quick"])  # mteb names or presets
+    # What of each task is scored (tasks/mteb_tasks.TaskSelection): MTEB(eng)'s English subsets
+    # of the test split by default; per-task splits or subsets win (e.g. STS17: [en-en, en-de]).
+    languages: list[str] = Field(default_factory=lambda: ["eng"], min_length=1)
+    splits: list[str] = Field(default_factory=lambda: ["test"], min_length=1)
+    task_splits: dict[str, list[str]] = Field(default_factory=dict)
+    task_subsets: dict[str, list[str]] = Field(default_factory=dict)
     data_root: str | None = None  # a local mirror in the hub layout: <data_root>/<task name>/
     instructions: dict[str, str] = Field(default_factory=dict)  # overrides of the packaged table
     # One large input set (a retrieval corpus) of at least corpus_min_texts texts is encoded by
@@ -49,6 +56,11 @@ class EvaluateConfig(StrictModel):
     # per evaluation split (mteb's own evaluator on fewer examples; not leaderboard-comparable).
     max_samples_per_split: int | None = Field(None, ge=2)
     workers: WorkersSection = Field(default_factory=WorkersSection)
+
+    def task_selection(self) -> TaskSelection:
+        return TaskSelection(tuple(self.languages), tuple(self.splits),
+                             {name: tuple(v) for name, v in self.task_splits.items()},
+                             {name: tuple(v) for name, v in self.task_subsets.items()})
 
     def run_dir(self) -> Path:
         depth = f"-{self.layers.slug}l" if self.layers is not None else ""
@@ -105,11 +117,21 @@ def check_tasks(config: EvaluateConfig) -> list[str]:
     """The task names, checked before any model loads: known to mteb, present in the mirror in
     the right layout, subsamplable when asked."""
     names = resolve_task_names(config.tasks)
+    unknown = sorted((set(config.task_splits) | set(config.task_subsets)) - set(names))
+    if unknown:
+        raise LayercutError(f"task_splits / task_subsets name tasks that are not evaluated: {', '.join(unknown)}")
     for name in names:
-        task = load_task(name, config.data_root)
+        task = load_task(name, config.data_root, config.task_selection())
         if config.max_samples_per_split:
             require_subsamplable(task)
     return names
+
+
+def list_tasks(config: EvaluateConfig) -> str:
+    """`layercut evaluate --tasks ... --list`: one line per task (name, type, the splits and
+    subsets scored), from mteb's registry; no model or data is loaded."""
+    names = resolve_task_names(config.tasks)
+    return "\n".join(describe_task(load_task(name, None, config.task_selection())) for name in names)
 
 
 def run(config: EvaluateConfig) -> dict[str, Any]:
@@ -150,7 +172,8 @@ def _evaluate_tasks(config: EvaluateConfig, model, pending: list[str]):
     workers = config.workers
     if workers.executor == "local":
         evaluator = Evaluator(model, config.data_root,
-                              max_samples_per_split=config.max_samples_per_split)
+                              max_samples_per_split=config.max_samples_per_split,
+                              selection=config.task_selection())
         for name in pending:
             yield evaluator.evaluate(name)
         return
@@ -158,7 +181,8 @@ def _evaluate_tasks(config: EvaluateConfig, model, pending: list[str]):
 
     plan = plan_workers(workers, len(pending))
     actor = EvaluationWorker.options(**plan.resources)
-    pool = ActorPool([actor.remote(model, config.data_root, plan.threads, config.max_samples_per_split)
+    pool = ActorPool([actor.remote(model, config.data_root, plan.threads, config.max_samples_per_split,
+                                   config.task_selection())
                       for _ in range(plan.count)])
     with user_errors_from_ray():
         yield from pool.map_unordered(lambda worker, name: worker.evaluate.remote(name), pending)
@@ -171,7 +195,11 @@ def _summary(results, facts, throughput) -> dict[str, Any]:
         score = float(result.get_score())
         # mteb looks a result's type up in its registry, which does not hold layercut's probes.
         task_type = "Classification" if name in probe_tasks() else result.task_type
-        rows.append({"task": name, "type": task_type, "main_score": score})
+        # What was scored: the result's own splits and subsets (mteb's get_score averages them).
+        splits = sorted(result.scores)
+        subsets = sorted({entry["hf_subset"] for split in result.scores.values() for entry in split})
+        rows.append({"task": name, "type": task_type, "main_score": score, "splits": splits,
+                     "subsets": subsets})
         by_type[task_type].append(score)
     texts = sum(t for t, _ in throughput.values())
     seconds = sum(s for _, s in throughput.values())
@@ -185,16 +213,18 @@ def _summary(results, facts, throughput) -> dict[str, Any]:
 
 
 def _write_summary(run_dir: Path, model, summary: dict[str, Any]) -> None:
-    write_csv(run_dir / "summary.csv", ["task", "type", "main_score"],
-              [[r["task"], r["type"], f"{r['main_score']:.6f}"] for r in summary["tasks"]])
+    write_csv(run_dir / "summary.csv", ["task", "type", "main_score", "splits", "subsets"],
+              [[r["task"], r["type"], f"{r['main_score']:.6f}", " ".join(r["splits"]), " ".join(r["subsets"])]
+               for r in summary["tasks"]])
     lines = [f"# MTEB evaluation of {model.name} ({model.revision})", ""]
     if summary["layers"] is not None:
         lines.append(f"Layers: {summary['layers']} of {summary['layers_total']}; "
                      f"parameters: {summary['parameters']:,}")
     if summary["texts_per_second"]:
         lines.append(f"Encode throughput: {summary['texts_per_second']:.1f} texts/s")
-    lines += ["", "| task | type | main score |", "|---|---|---|"]
-    lines += [f"| {r['task']} | {r['type']} | {r['main_score']:.4f} |" for r in summary["tasks"]]
+    lines += ["", "| task | type | main score | splits | subsets |", "|---|---|---|---|---|"]
+    lines += [f"| {r['task']} | {r['type']} | {r['main_score']:.4f} | {', '.join(r['splits'])} "
+              f"| {', '.join(r['subsets'])} |" for r in summary["tasks"]]
     lines += ["", "| task type | mean |", "|---|---|"]
     lines += [f"| {t} | {m:.4f} |" for t, m in summary["mean_per_type"].items()]
     lines += ["", f"**Overall mean: {summary['mean']:.4f}**", ""]

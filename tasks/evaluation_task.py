@@ -16,7 +16,7 @@ import torch
 from tasks.corpus_encoding import EncoderFactory, embed_with_ray_data
 from tasks.errors import LayercutError
 from tasks.mteb_model import LayercutMTEBModel, sentence_transformer_embed
-from tasks.mteb_tasks import load_task, subsample_task
+from tasks.mteb_tasks import TaskSelection, load_task, subsample_task
 
 
 @dataclass(frozen=True)
@@ -51,10 +51,11 @@ class EvaluationModel:
 
 class Evaluator:
     def __init__(self, model: EvaluationModel, data_root: str | None, threads: int = 0,
-                 max_samples_per_split: int | None = None):
+                 max_samples_per_split: int | None = None, selection: TaskSelection | None = None):
         if threads:
             torch.set_num_threads(threads)
         self.data_root = data_root
+        self.selection = selection
         self.max_samples_per_split = max_samples_per_split
         if model.is_sentence_transformer:
             from tasks.models import resolve_device
@@ -83,7 +84,7 @@ class Evaluator:
     def evaluate(self, task_name: str) -> dict[str, Any]:
         import mteb
 
-        task = load_task(task_name, self.data_root)
+        task = load_task(task_name, self.data_root, self.selection)
         if self.max_samples_per_split:
             task = subsample_task(task, self.max_samples_per_split)
         texts, seconds = self.model.texts_encoded, self.model.encode_seconds

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import os
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
@@ -96,7 +97,7 @@ def resolve_task_names(items: list[str]) -> list[str]:
 
 
 def _check_layout(task, folder: Path) -> None:
-    splits = task.metadata.eval_splits
+    splits = task.eval_splits
     if task.metadata.type in ("Retrieval", "Reranking"):
         missing = [part for part in ("corpus", "queries") if not (folder / part).is_dir()]
         if missing:
@@ -109,16 +110,58 @@ def _check_layout(task, folder: Path) -> None:
                             f"{splits} as <split>.parquet")
 
 
-def load_task(name: str, data_root: str | None = None):
-    """The mteb task object; with a data root, reading ``<data_root>/<name>`` offline."""
-    import mteb
+@dataclass(frozen=True)
+class TaskSelection:
+    """Which part of each task is scored: MTEB(eng)'s choice by default, the English subsets
+    (STS17 en-en, MassiveIntentClassification en) of the test split, so a multilingual task does
+    not average 11 language pairs or run 51 languages x 2 splits.
 
+    ``splits``: the evaluation splits to score, where the task has them (a task without any of
+    them keeps its own). ``languages``: ISO 639-3 codes; a subset is kept when all its languages
+    are among them (mteb's exclusive language filter). ``task_splits`` / ``task_subsets``: per-task
+    choices that win over both (e.g. {"STS17": ["en-en", "en-de"]}).
+    """
+
+    languages: tuple[str, ...] = ("eng",)
+    splits: tuple[str, ...] = ("test",)
+    task_splits: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    task_subsets: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def apply(self, name: str):
+        """mteb's task ``name`` restricted to the chosen splits and subsets (``task.eval_splits``,
+        ``task.hf_subsets``). Raises LayercutError for a split or subset the task does not have."""
+        import mteb
+
+        available = list(mteb.get_task(name).metadata.eval_splits)
+        splits = list(self.task_splits.get(name) or [s for s in self.splits if s in available] or available)
+        unknown = [split for split in splits if split not in available]
+        if unknown:
+            raise LayercutError(f"task {name} has no split {', '.join(unknown)} (it has {', '.join(available)})")
+        try:
+            if name in self.task_subsets:
+                return mteb.get_task(name, eval_splits=splits, hf_subsets=list(self.task_subsets[name]))
+            return mteb.get_task(name, eval_splits=splits, languages=list(self.languages),
+                                 exclusive_language_filter=True)
+        except ValueError as error:  # mteb: no subset passes the filters
+            raise LayercutError(f"task {name}: {str(error).splitlines()[0]} (set evaluate.task_subsets."
+                                f"{name} or evaluate.languages)") from None
+
+
+def describe_task(task) -> str:
+    """One line: name, type, the splits and subsets that are scored."""
+    return (f"{task.metadata.name}  {task.metadata.type}  splits: {', '.join(task.eval_splits)}  "
+            f"subsets: {', '.join(task.hf_subsets)}")
+
+
+def load_task(name: str, data_root: str | None = None, selection: TaskSelection | None = None):
+    """The mteb task object, restricted to ``selection`` (default: English, test split); with a
+    data root, reading ``<data_root>/<name>`` offline."""
     data_root = data_root or os.environ.get("LAYERCUT_DATA_ROOT") or None
     if name in probe_tasks():
         if data_root:
             os.environ.update(OFFLINE_ENV)
         return _probe_task(name, data_root)
-    task = mteb.get_task(name)
+    task = (selection or TaskSelection()).apply(name)
     if data_root is None:
         return task
     folder = Path(data_root).expanduser().resolve() / name
@@ -149,10 +192,10 @@ def subsample_task(task, max_samples: int, seed: int = 42):
     if not task.data_loaded:
         task.load_data()
     dataset = task.dataset
-    flat = any(split in dataset for split in task.metadata.eval_splits)
+    flat = any(split in dataset for split in task.eval_splits)
     subsets = [dataset] if flat else list(dataset.values())  # multilingual: {subset: splits}
     for splits in subsets:
-        for split in task.metadata.eval_splits:
+        for split in task.eval_splits:
             rows = splits.get(split) if hasattr(splits, "get") else None
             if rows is not None and len(rows) > max_samples:
                 splits[split] = rows.shuffle(seed=seed).select(range(max_samples))

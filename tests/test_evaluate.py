@@ -47,6 +47,9 @@ def test_reference_encoder_scores_what_mteb_published(tmp_path):
     summary = run(config)
     score = summary["tasks"][0]["main_score"]
     assert abs(score - PUBLISHED_STSB_MINILM) <= 0.005
+    assert summary["tasks"][0]["splits"] == ["test"] and summary["tasks"][0]["subsets"] == ["default"]
+    assert "| STSBenchmark | STS | " in (config.run_dir() / "summary.md").read_text()
+    assert "test,default" in (config.run_dir() / "summary.csv").read_text()
     # And exactly what mteb's own sentence-transformers wrapper gives on the same data.
     from sentence_transformers import SentenceTransformer
 
@@ -102,6 +105,28 @@ def test_task_names_and_presets():
         resolve_task_names(["STSBenchmrk"])
     with pytest.raises(LayercutError, match="empty"):
         resolve_task_names([])
+
+
+def test_the_paper_preset_scores_english_subsets_of_the_test_split(capsys):
+    """What MTEB(eng, v1) scores: STS17 en-en (not 11 language pairs), MassiveIntentClassification
+    en on test only (not 51 languages x validation and test); the same list as mteb's benchmark."""
+    assert main(["evaluate", "--tasks", "paper", "--list"]) == 0
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert len(lines) == 15
+    assert lines["STS17"] == "STS17  STS  splits: test  subsets: en-en"
+    assert lines["MassiveIntentClassification"] == "MassiveIntentClassification  Classification  splits: test  subsets: en"
+    benchmark = {task.metadata.name: task for task in mteb.get_benchmark("MTEB(eng, v1)").tasks}
+    for name in lines:
+        task = load_task(name)
+        assert (task.eval_splits, task.hf_subsets) == (benchmark[name].eval_splits, benchmark[name].hf_subsets), name
+    # Per-task choices win; a split or subset the task lacks is one line.
+    assert main(["evaluate", "--tasks", "STS17", "--list", "task_subsets.STS17=[en-en, en-de]"]) == 0
+    assert capsys.readouterr().out.strip() == "STS17  STS  splits: test  subsets: en-de, en-en"
+    for override, message in [("task_splits.STS17=[validation]", "task STS17 has no split validation"),
+                              ("task_subsets.STS17=[xx-yy]", "No subsets were found for STS17"),
+                              ("task_subsets.SciFact=[default]", "name tasks that are not evaluated: SciFact")]:
+        assert main(["evaluate", "--tasks", "STS17", "--data-root", str(SHARED_DATA), override]) == 2
+        assert message in capsys.readouterr().err.strip().splitlines()[-1]
 
 
 def test_mirror_errors(tmp_path):
