@@ -121,9 +121,24 @@ def _markdown(config, rows, best, plans) -> str:
         lines.append(f"- **{model}**: " + ("no finished depth fits the budget" if row is None else
                      f"keep {row['layers']} of {row['total_layers']} layers ({row['parameters'] / 1e6:,.1f}M "
                      f"parameters, MTEB mean {row['mteb_mean']:.4f}, {_fmt(row['latency_ms'], '.1f')} ms)"))
+    lines += _overlap_markdown(plans)
     lines += ["", "Plots: plots/score_vs_parameters.png (score against parameters, Pareto front "
               "marked), plots/training_loss.png (training loss of every depth).", ""]
     return "\n".join(lines)
+
+
+def _overlap_markdown(plans) -> list[str]:
+    """A warning per evaluation task whose texts occur in the model's training data."""
+    marked = [(plan.label, name, counts) for plan in plans for name, counts in plan.overlap.items()
+              if counts["overlapping"]]
+    if not marked:
+        return []
+    lines = ["", "## Train/test overlap", "",
+             "These tasks share texts with the model's training data (exact match after "
+             "normalisation): their scores are not held-out and flatter every depth.", ""]
+    lines += [f"- **{label}** / {name}: {counts['overlapping']} of {counts['texts']} evaluated texts"
+              for label, name, counts in marked]
+    return lines
 
 
 def _training_curves(rows) -> dict[str, list[tuple[int, list[int], list[float]]]]:
@@ -293,6 +308,7 @@ def write_report(run_dir: Path, config, plans, trials, outcomes,
                    "trials": classified,
                    "best_depth": {key: row["layers"] for key, row in best_classified.items()},
                    "zero_shot": {key: value["accuracy"] for key, value in zero_shot.items()}},
+               "overlap": {plan.label: plan.overlap for plan in plans if plan.overlap},
                "failed": [row["key"] for row in rows + classified if row["status"] != "done"]}
     write_json(run_dir / "summary.json", summary)
     return summary

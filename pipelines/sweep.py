@@ -105,6 +105,13 @@ class TuneSection(StrictModel):
     driver_resources: dict[str, float] = Field(
         default_factory=lambda: {"node:__internal_head__": 0.01})
     max_failures: int = Field(1, ge=0)  # Tune retries a failed trial; its stages resume
+    # Ray Tune's own logger callbacks, beside its CSV/JSON results in tune-<id>/: tensorboard
+    # (event files per trial), mlflow (`pip install mlflow`; the `mlflow` section) and wandb
+    # (`pip install wandb`; the `wandb` section). Each trial's parameters are its real settings
+    # (model, layers kept, origins, objective, dataset); its training loss arrives while it trains.
+    loggers: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(default_factory=list)
+    mlflow: dict[str, Any] = Field(default_factory=dict)  # MLflowLoggerCallback kwargs (tracking_uri, ...)
+    wandb: dict[str, Any] = Field(default_factory=dict)  # WandbLoggerCallback kwargs (project, ...)
 
     @field_validator("max_concurrent_trials")
     @classmethod
@@ -235,6 +242,9 @@ class ModelPlan:
     classify: dict[str, Any] = field(default_factory=dict)  # dataset -> ClassifyConfig
     probe_tasks: list[str] = field(default_factory=list)  # mteb probes of the contrastive trials
     total_layers: int = 0
+    # Per evaluation task: {"texts", "overlapping"}: its evaluated texts that occur in the
+    # training data (tasks/overlap.py); a task with overlap is marked in the report.
+    overlap: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @property
     def contrastive(self) -> bool:
@@ -433,6 +443,26 @@ def guard_and_record(run_dir: Path, config: SweepConfig, plans: list[ModelPlan])
     write_atomic(run_dir / "config.yaml", dump_config(config))
 
 
+def training_overlap(plan: ModelPlan) -> dict[str, dict[str, int]]:
+    """For each evaluation task of the model: how many of its evaluated texts occur in the
+    model's training triplets (query, positive or negative), compared through hashes."""
+    from pipelines.evaluate import check_tasks
+    from tasks.data import annotated_triplets, resolve_source
+    from tasks.mteb_tasks import load_task
+    from tasks.overlap import task_overlap, text_hashes
+
+    data = plan.finetune.data
+    path = resolve_source(data.source, data.local_source, data.data_root)
+    annotated, _ = annotated_triplets(path, seed=0, invalid_rows="skip", columns=data.columns)
+    training: set[int] = set()
+    for batch in annotated.select_columns(["query", "positive", "negative"]).iter_batches(batch_size=65536):
+        for column in ("query", "positive", "negative"):
+            training |= text_hashes(batch[column])
+    evaluate = plan.evaluate
+    return {name: task_overlap(load_task(name, evaluate.data_root, evaluate.task_selection()), training)
+            for name in check_tasks(evaluate)}
+
+
 def latency_texts(plan: ModelPlan, count: int) -> list[str]:
     """Documents (positives) of the model's training data: what an encoder serves."""
     from tasks.data import resolve_source, sample_triplet_batches
@@ -463,6 +493,13 @@ def run(config: SweepConfig) -> dict[str, Any]:
             plan.total_layers = plan.stage1["num_layers"]
         else:
             plan.total_layers = _total_layers(plan.finetune)
+    for plan in plans:
+        if plan.contrastive:
+            plan.overlap = training_overlap(plan)
+            for name, counts in plan.overlap.items():
+                if counts["overlapping"]:
+                    print(f"layercut: {plan.label}: {counts['overlapping']} of {counts['texts']} texts of "
+                          f"{name} occur in the training data; its scores are marked", file=sys.stderr)
     trials = plan_trials(plans, config.l3prune, config.classification)
     print(f"layercut: {len(trials)} trials: " + ", ".join(t.key for t in trials), file=sys.stderr)
     zero_shot = _zero_shot(config, plans, run_dir) if config.classification.zero_shot else {}
@@ -551,25 +588,25 @@ def _tune(config: SweepConfig, plans, trials: list[Trial], texts, concurrency, r
     # One experiment per trial list: changing the grid starts a new experiment, whose trials
     # that already finished return their saved result at once.
     keys = sorted(specs)
-    experiment = "tune-" + hashlib.sha256(json.dumps(keys).encode()).hexdigest()[:8]
+    experiment = "tune-" + hashlib.sha256(json.dumps(["v2", *keys]).encode()).hexdigest()[:8]
     path = run_dir / experiment
     if tune.Tuner.can_restore(str(path)):
         print(f"layercut: resuming the Tune experiment in {path}", file=sys.stderr)
         tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_errored=True)
     else:
         tuner = tune.Tuner(
-            trainable, param_space={"trial": tune.grid_search(keys)},
+            trainable, param_space={"trial": tune.grid_search([trial_params(specs[key]) for key in keys])},
             tune_config=tune.TuneConfig(max_concurrent_trials=concurrency,
-                                        trial_dirname_creator=lambda t: t.config["trial"]),
+                                        trial_dirname_creator=lambda t: t.config["trial"]["key"]),
             run_config=tune.RunConfig(
-                name=experiment, storage_path=str(run_dir),
+                name=experiment, storage_path=str(run_dir), callbacks=logger_callbacks(config.tune),
                 failure_config=tune.FailureConfig(max_failures=config.tune.max_failures),
                 verbose=1))
     with user_errors_from_ray():
         grid = tuner.fit()
     outcomes: dict[str, Any] = {}
     for result in grid:
-        key = result.config["trial"]
+        key = result.config["trial"]["key"]
         if result.error is not None:
             cause = layercut_cause(result.error)
             text = str(cause) if cause else str(result.error).strip().splitlines()[-1]
@@ -577,6 +614,40 @@ def _tune(config: SweepConfig, plans, trials: list[Trial], texts, concurrency, r
         else:
             outcomes[key] = _read_result(Path(specs[key].result_dir))
     return outcomes
+
+
+def trial_params(spec) -> dict[str, Any]:
+    """A trial's Tune parameters: its real settings, so Tune's tables and loggers (TensorBoard
+    hparams, MLflow params) show score against layers kept, not an opaque key."""
+    return {"key": spec.key, "model": spec.model, "base_model": spec.finetune.model.name_or_path,
+            "layers": spec.layers, "origins": ", ".join(spec.origins),
+            "objective": "classification" if spec.dataset else "contrastive", "dataset": spec.dataset or ""}
+
+
+def logger_callbacks(tune_section: TuneSection) -> list:
+    """Tune's CSV and JSON result loggers, plus the ones the config switches on. Tune's automatic
+    loggers are off, so TensorBoard event files appear only when asked for."""
+    import os
+
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback, TBXLoggerCallback
+
+    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
+    callbacks = [CSVLoggerCallback(), JsonLoggerCallback()]
+    for name in tune_section.loggers:
+        try:
+            if name == "tensorboard":
+                callbacks.append(TBXLoggerCallback())
+            elif name == "mlflow":
+                from ray.air.integrations.mlflow import MLflowLoggerCallback
+
+                callbacks.append(MLflowLoggerCallback(**{"experiment_name": "layercut", **tune_section.mlflow}))
+            else:
+                from ray.air.integrations.wandb import WandbLoggerCallback
+
+                callbacks.append(WandbLoggerCallback(**{"project": "layercut", **tune_section.wandb}))
+        except (ImportError, ModuleNotFoundError) as error:
+            raise LayercutError(f"tune.loggers: {name} needs its package ({error}): pip install {name}") from None
+    return callbacks
 
 
 def _read_result(trial_dir: Path) -> dict[str, Any]:

@@ -115,18 +115,39 @@ def _classification_result(spec: TrialSpec, trained: dict[str, Any]) -> dict[str
     }
 
 
-def run_trial(params: dict[str, Any], specs: dict[str, TrialSpec]) -> None:
-    """The Tune function: one depth of one model; reports its metrics once, at the end."""
+def training_progress(spec: TrialSpec) -> dict[str, Any] | None:
+    """The latest training step of the trial's Ray Train run ({"step", "loss"}), from its newest
+    checkpoint's trainer state (the run directory is on storage every node shares)."""
+    checkpoints = sorted((spec.finetune.run_dir(spec.layers) / "ray" / "train").glob("step-*/trainer_state.json"))
+    for path in reversed(checkpoints):  # the newest may be half-written: fall back to the one before
+        try:
+            history = json.loads(path.read_text())["history"]
+        except (OSError, ValueError, KeyError):
+            continue
+        return {"step": history[-1]["step"], "training_loss": history[-1]["loss"]} if history else None
+    return None
+
+
+def run_trial(params: dict[str, Any], specs: dict[str, TrialSpec], poll_seconds: float = 5.0) -> None:
+    """The Tune function: one depth of one model. Reports the training loss as the trial's Ray
+    Train run checkpoints it, then the trial's metrics at the end."""
     import ray
     import ray.tune
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+    spec = specs[params["trial"]["key"]]
     # Tune places a trial's child tasks in the trial's placement group, which holds only the
     # driver's sliver of a resource: Ray Data, the evaluation actors and the export task would
     # never fit. The work runs in a 0-CPU task beside this driver, outside that group.
     here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
     work = ray.remote(execute).options(num_cpus=0, max_retries=0, scheduling_strategy=here)
-    result = ray.get(work.remote(specs[params["trial"]]))
+    pending, reported = work.remote(spec), None
+    while not ray.wait([pending], timeout=poll_seconds)[0]:
+        progress = training_progress(spec)
+        if progress is not None and progress != reported:
+            ray.tune.report({**progress, "layers": spec.layers})
+            reported = progress
+    result = ray.get(pending)
     metrics = {key: value for key, value in result.items()
                if isinstance(value, (int, float)) and not isinstance(value, bool)}
     metrics.update({f"mteb_{kind}": value for kind, value in result.get("mteb_per_type", {}).items()})

@@ -57,7 +57,7 @@ def _config(path: Path, model_dir: str) -> Path:
                          "workers": {"cpus_per_worker": 1}},
             "classify": {**model, "max_test_rows": 24, "chunk_size": 8,
                          "workers": {"num_workers": 1, "cpus_per_worker": 1}}},
-        "tune": {"max_concurrent_trials": 1},
+        "tune": {"max_concurrent_trials": 1, "loggers": ["tensorboard"]},
         "latency": {"texts": 8, "batch_size": 2}}))
     return path
 
@@ -108,3 +108,23 @@ def test_both_routes_side_by_side_in_one_sweep(tmp_path, tiny_causal_lm):
     for plot in ("accuracy_vs_layers-tiny.png", "classification_training_loss.png",
                  "layer_loss-tiny.png", "score_vs_parameters.png"):
         assert (run_dir / "plots" / plot).stat().st_size > 10_000, plot
+
+    # What Tune and its loggers see: each trial's real settings as its parameters, the training
+    # loss while the trial runs, then its scores; TensorBoard event files (tune.loggers).
+    (experiment,) = run_dir.glob("tune-*")
+    reported = {}
+    for row in [*classified, *contrastive]:
+        trial_dir = experiment / row["key"]
+        params = json.loads((trial_dir / "params.json").read_text())["trial"]
+        objective = "classification" if "-sst2-" in row["key"] else "contrastive"
+        assert params == {"key": row["key"], "model": "tiny", "base_model": tiny_causal_lm,
+                          "layers": row["layers"], "origins": ", ".join(row["origins"]),
+                          "objective": objective, "dataset": "sst2" if objective == "classification" else ""}
+        results = [json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines()]
+        final = "accuracy" if objective == "classification" else "mteb_mean"
+        assert final in results[-1] and results[-1][final] == row.get(final, row.get("accuracy"))
+        reported[row["key"]] = [r for r in results[:-1] if "training_loss" in r and r["step"] == 3]
+        (events,) = trial_dir.glob("events.out.tfevents.*")
+        assert f"ray/tune/{final}".encode() in events.read_bytes()
+    # Training ends seconds before the trial's evaluation does, and the trial polls every 5 s.
+    assert any(reported.values()), reported
