@@ -97,6 +97,11 @@ def _depth(value: Any) -> Depth:
         raise ValueError(str(error)) from None
 
 
+def _dump_depth(depth: Depth | int) -> int | str:
+    # model_copy(update=...) skips validation, so a plain layer count may arrive here.
+    depth = Depth.parse(depth)
+    return depth.value if depth.kind == "count" else str(depth)
+
+
 # A depth in any config (tasks/depth.py): 8, "keep:0.7" or "prune:0.3"; written back as that text.
-DepthSetting = Annotated[Depth, PlainValidator(_depth), PlainSerializer(
-    lambda depth: depth.value if depth.kind == "count" else str(depth))]
+DepthSetting = Annotated[Depth, PlainValidator(_depth), PlainSerializer(_dump_depth)]

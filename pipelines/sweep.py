@@ -577,7 +577,7 @@ def _tune(config: SweepConfig, plans, trials: list[Trial], texts, concurrency, r
         finetune = plan.classifiers[trial.dataset] if trial.dataset else plan.finetune
         specs[trial.key] = TrialSpec(
             key=trial.key, model=trial.model, layers=trial.layers, origins=trial.origins,
-            finetune=finetune.model_copy(update={"layers": trial.layers, "name": f"{trial.key}/finetune"}),
+            finetune=finetune.model_copy(update={"layers": Depth.parse(trial.layers), "name": f"{trial.key}/finetune"}),
             evaluate=None if trial.dataset else plan.evaluate,
             latency_texts=texts.get(trial.model, []), latency_batch_size=config.latency.batch_size,
             result_dir=str(run_dir / "trials" / trial.key), dataset=trial.dataset,
