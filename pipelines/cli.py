@@ -69,8 +69,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         extra["layers"] = args.layers
     config = load_config(evaluate.EvaluateConfig, find_config(args.config, evaluate.STAGE),
                          overrides, extra)
-    evaluate.run(config)
-    run_dir = config.run_dir()
+    run_dir = Path(evaluate.run(config)["run_dir"])
     print((run_dir / "summary.md").read_text())
     print(f"mteb result files in {run_dir / 'results'}")
     return 0
