@@ -67,6 +67,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         extra["tasks"] = [item for item in args.tasks if "=" not in item]
     if args.layers is not None:
         extra["layers"] = args.layers
+    if args.no_progress:
+        extra["show_progress"] = False
     config = load_config(evaluate.EvaluateConfig, find_config(args.config, evaluate.STAGE),
                          overrides, extra)
     run_dir = Path(evaluate.run(config)["run_dir"])

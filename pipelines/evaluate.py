@@ -60,6 +60,7 @@ class EvaluateConfig(StrictModel):
     # per evaluation split (mteb's own evaluator on fewer examples; not leaderboard-comparable).
     max_samples_per_split: int | None = Field(None, ge=2)
     workers: WorkersSection = Field(default_factory=WorkersSection)
+    show_progress: bool = True  # a bar over encoded batches (task start/end lines always print)
 
     def run_dir(self, fingerprint: str) -> Path:
         """``name``, else eval-<model>[-<layers>l]-<fingerprint's first 8 digits>: another
@@ -239,7 +240,8 @@ def _evaluate_tasks(config: EvaluateConfig, model, pending: list[str]):
     workers = config.workers
     if workers.executor == "local":
         evaluator = Evaluator(model, config.data_root,
-                              max_samples_per_split=config.max_samples_per_split)
+                              max_samples_per_split=config.max_samples_per_split,
+                              show_progress=config.show_progress)
         for name in pending:
             yield evaluator.evaluate(name)
         return
@@ -247,7 +249,8 @@ def _evaluate_tasks(config: EvaluateConfig, model, pending: list[str]):
 
     plan = plan_workers(workers, len(pending))
     actor = EvaluationWorker.options(**plan.resources)
-    pool = ActorPool([actor.remote(model, config.data_root, plan.threads, config.max_samples_per_split)
+    pool = ActorPool([actor.remote(model, config.data_root, plan.threads, config.max_samples_per_split,
+                                   config.show_progress)
                       for _ in range(plan.count)])
     with user_errors_from_ray():
         yield from pool.map_unordered(lambda worker, name: worker.evaluate.remote(name), pending)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 import mteb
@@ -94,13 +95,14 @@ def test_finished_tasks_are_not_run_again(tmp_path, mini_mirror, tiny_model_dirs
     assert path.stat().st_mtime_ns == stamp and second["tasks"] == first["tasks"]
     assert second["run_dir"] == first["run_dir"]
     err = capsys.readouterr().err
-    assert "STSBenchmark: main score" in err and "reused" in err
+    assert "STSBenchmark: started" not in err and "STSBenchmark: main score" in err and "reused" in err
     # The resumed run's summary still reports the throughput its first invocation measured.
     assert second["texts_per_second"] == first["texts_per_second"] > 0
     # Adding a task to the same model and settings keeps the finished one and runs only the new.
     third = run(config.model_copy(update={"tasks": ["STSBenchmark", "SICK-R"]}))
     assert third["run_dir"] == first["run_dir"] and path.stat().st_mtime_ns == stamp
     assert third["tasks"][0] == first["tasks"][0] and third["tasks"][1]["task"] == "SICK-R"
+    assert "SICK-R: started" in capsys.readouterr().err
 
 
 def test_task_names_and_presets():
@@ -248,3 +250,22 @@ def test_other_subsample_or_task_inputs_are_not_reused(tmp_path, two_models_name
     with pytest.raises(LayercutError, match="results without a fingerprint"):
         run(_quick(tmp_path, first))
 
+
+def test_progress_lines_and_no_progress(tmp_path, mini_mirror, tiny_model_dirs, capsys):
+    argv = ["evaluate", "--model", tiny_model_dirs["llama"], "--tasks", "STSBenchmark",
+            "--data-root", str(mini_mirror), "workers.executor=local"]
+    assert main([*argv, "--output-dir", str(tmp_path / "bar")]) == 0
+    err = capsys.readouterr().err
+    score = float((next((tmp_path / "bar").glob("eval-*")) / "summary.csv").read_text().split(",")[-1])
+    lines = [line for line in err.splitlines() if line.startswith("layercut: STSBenchmark")]
+    assert lines[0] == "layercut: STSBenchmark: started"
+    assert lines[1].startswith(f"layercut: STSBenchmark: main score {score:.4f} (cosine_spearman) in ")
+    assert lines[1].endswith(" s") and len(lines) == 2
+    # The bar: one per encoded input set, over batches of 32 (120 pairs: 4 batches), with the
+    # elapsed time, ETA (after "<") and rate.
+    assert "STSBenchmark default/test:" in err and re.search(r"/4 \[\d\d:\d\d<", err)
+    assert re.search(r"batch/s|s/batch", err)
+    assert main([*argv, "--output-dir", str(tmp_path / "quiet"), "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "layercut: STSBenchmark: started" in err and "layercut: STSBenchmark: main score" in err
+    assert "default/test" not in err and not re.search(r"batch/s|s/batch|it/s", err)
