@@ -30,6 +30,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from pipelines.config import StrictModel, dump_config, find_config, load_config
+from pipelines.fingerprints import digest
 from pipelines.outputs import write_atomic, write_json
 from pipelines.ray_runtime import ensure_ray, layercut_cause, plan_workers, user_errors_from_ray
 from tasks.errors import LayercutError
@@ -407,7 +408,7 @@ def _fingerprint(plan: ModelPlan) -> str:
                 plan.probe_tasks,
                 {name: dump(c, {"show_progress", "force"}) for name, c in plan.classifiers.items()},
                 {name: dump(c, {"show_progress"}) for name, c in plan.classify.items()}]
-    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
+    return digest(relevant)
 
 
 def _has_results(run_dir: Path, plan: ModelPlan) -> bool:
