@@ -209,6 +209,10 @@ def run(config: EvaluateConfig) -> dict[str, Any]:
     finished = [name for name in names if result_path(name).exists()]
     guard_results(run_dir, settings, tasks, finished)
     write_atomic(run_dir / "config.yaml", dump_config(config))
+    for name in finished:
+        score = mteb.TaskResult.from_disk(result_path(name)).get_score()
+        log(f"{name}: main score {score:.4f}, reused from {run_dir} "
+            "(same model, settings and task inputs)")
     pending = [name for name in names if name not in finished]
     # Encode throughput per task, kept beside the results: a resumed run's summary still
     # covers the tasks an earlier invocation ran.
@@ -219,9 +223,6 @@ def run(config: EvaluateConfig) -> dict[str, Any]:
         throughput[outcome["task"]] = [outcome["texts"], outcome["encode_seconds"]]
         write_json(throughput_path, throughput)
     results = {name: mteb.TaskResult.from_disk(result_path(name)) for name in names}
-    for name in finished:
-        log(f"{name}: main score {results[name].get_score():.4f}, reused from {run_dir} "
-            "(same model, settings and task inputs)")
     summary = _summary(results, facts, {name: throughput[name] for name in names if name in throughput})
     summary.update(run_dir=str(run_dir), fingerprint=digest(settings), model_identity=settings["model"])
     _write_summary(run_dir, model, summary)

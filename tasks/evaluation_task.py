@@ -56,6 +56,10 @@ class Evaluator:
                  max_samples_per_split: int | None = None, show_progress: bool = False):
         if threads:
             torch.set_num_threads(threads)
+        if not show_progress:  # datasets' own bars (preparing a task's data) go too
+            import datasets
+
+            datasets.disable_progress_bars()
         self.data_root = data_root
         self.max_samples_per_split = max_samples_per_split
         if model.is_sentence_transformer:

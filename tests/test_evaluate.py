@@ -269,3 +269,34 @@ def test_progress_lines_and_no_progress(tmp_path, mini_mirror, tiny_model_dirs, 
     err = capsys.readouterr().err
     assert "layercut: STSBenchmark: started" in err and "layercut: STSBenchmark: main score" in err
     assert "default/test" not in err and not re.search(r"batch/s|s/batch|it/s", err)
+
+
+def test_model_identity_is_content_not_folder_name(tmp_path, monkeypatch):
+    """Same files under another name: same identity; one changed weight byte, or another
+    tokenizer file: another identity (the digest cache never hides a change)."""
+    import hashlib
+    import shutil
+
+    from tasks.model_identity import model_identity
+
+    monkeypatch.setenv("LAYERCUT_CACHE", str(tmp_path / "cache"))
+    first = tmp_path / "a" / "model"
+    first.mkdir(parents=True)
+    (first / "config.json").write_text('{"model_type": "llama"}')
+    (first / "model.safetensors").write_bytes(bytes(range(256)) * 8192)  # 2 MiB: two chunks
+    (first / "README.md").write_text("a model card")  # not part of what the model computes
+    identity = model_identity(ModelSource(str(first), True))
+    listing = "\n".join(f"{name}:{hashlib.sha256((first / name).read_bytes()).hexdigest()}"
+                        for name in ("config.json", "model.safetensors"))
+    assert identity == "sha256:" + hashlib.sha256(listing.encode()).hexdigest()
+    second = tmp_path / "b" / "model"
+    shutil.copytree(first, second)
+    (second / "README.md").write_text("another card")
+    assert model_identity(ModelSource(str(second), True)) == identity
+    weights = bytearray((second / "model.safetensors").read_bytes())
+    weights[-1] ^= 1
+    (second / "model.safetensors").write_bytes(bytes(weights))
+    changed = model_identity(ModelSource(str(second), True))
+    assert changed != identity
+    (second / "tokenizer.json").write_text("{}")
+    assert model_identity(ModelSource(str(second), True)) not in (identity, changed)
