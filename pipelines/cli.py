@@ -67,13 +67,14 @@ def _evaluate(args: argparse.Namespace) -> int:
         extra["tasks"] = [item for item in args.tasks if "=" not in item]
     if args.layers is not None:
         extra["layers"] = args.layers
+    if args.no_progress:
+        extra["show_progress"] = False
     config = load_config(evaluate.EvaluateConfig, find_config(args.config, evaluate.STAGE),
                          overrides, extra)
     if args.list:
         print(evaluate.list_tasks(config))
         return 0
-    evaluate.run(config)
-    run_dir = config.run_dir()
+    run_dir = Path(evaluate.run(config)["run_dir"])
     print((run_dir / "summary.md").read_text())
     print(f"mteb result files in {run_dir / 'results'}")
     return 0

@@ -6,7 +6,13 @@
 Each worker (a Ray actor; one GPU each on a cluster) loads the model once and runs whole tasks.
 Results: mteb's own per-task JSON files under results/ (mteb's tooling reads them), and a
 summary (summary.md, summary.csv): main score per task, mean per task type, overall mean,
-parameters, layers and encode throughput. Finished tasks are not run again.
+parameters, layers and encode throughput.
+
+Finished tasks are not run again, but only under the same fingerprint: the model's content (not
+its folder name), depth, dtype, input format, pooling and subsample decide every score, and each
+task's instruction, data, subsets and splits decide its own (fingerprint.json in the run dir). The
+default run directory carries the fingerprint in its name, so two models or settings never share
+one; a named directory holding results of other inputs is refused with the difference.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import json
 import sys
 from collections import defaultdict
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -21,20 +28,24 @@ import yaml
 from pydantic import Field
 
 from pipelines.config import CONFIG_DIR, DepthSetting, StrictModel, dump_config
+from pipelines.fingerprints import describe_difference, digest
 from pipelines.outputs import write_atomic, write_csv, write_json
 from pipelines.ray_runtime import plan_workers, user_errors_from_ray
 from pipelines.sections import EncoderSection, ModelSection, WorkersSection
 from tasks.errors import LayercutError
 from tasks.models import resolve_model
 from tasks.mteb_model import model_meta
-from tasks.mteb_tasks import (TaskSelection, describe_task, load_task, probe_tasks, require_subsamplable,
+from tasks.model_identity import model_identity
+from tasks.mteb_tasks import (SAMPLE_SEED, TaskSelection, describe_task, load_task, probe_tasks,
+                              require_subsamplable,
                               resolve_task_names)
 
 STAGE = "evaluate"
+FINGERPRINT_FILE = "fingerprint.json"
 
 
 class EvaluateConfig(StrictModel):
-    name: str | None = None  # run name; default: eval-<model>[-<layers>l]
+    name: str | None = None  # run name; default: eval-<model>[-<layers>l]-<fingerprint>
     output_dir: str = "runs"
     model: ModelSection = Field(default_factory=ModelSection)
     layers: DepthSetting | None = None  # evaluate the model cut to this depth (tasks/depth.py)
@@ -56,15 +67,29 @@ class EvaluateConfig(StrictModel):
     # per evaluation split (mteb's own evaluator on fewer examples; not leaderboard-comparable).
     max_samples_per_split: int | None = Field(None, ge=2)
     workers: WorkersSection = Field(default_factory=WorkersSection)
+    show_progress: bool = True  # a bar over encoded batches (task start/end lines always print)
 
     def task_selection(self) -> TaskSelection:
         return TaskSelection(tuple(self.languages), tuple(self.splits),
                              {name: tuple(v) for name, v in self.task_splits.items()},
                              {name: tuple(v) for name, v in self.task_subsets.items()})
 
-    def run_dir(self) -> Path:
+    def run_dir(self, fingerprint: str) -> Path:
+        """``name``, else eval-<model>[-<layers>l]-<fingerprint's first 8 digits>: another
+        model or setting gets another directory. A fine-tuned artifact (a folder usually named
+        ``model``) is named by its base model and depth."""
+        if self.name:
+            return Path(self.output_dir) / self.name
+        from tasks.artifact import read_layercut_file
+
+        path = Path(self.model.name_or_path).expanduser()
+        artifact = read_layercut_file(path) if path.is_dir() else None
+        label = self.model.slug()
+        if artifact is not None:
+            base = self.model.model_copy(update={"name_or_path": artifact["base_model"]}).slug()
+            label = f"{base}-l{artifact['layers']}"
         depth = f"-{self.layers.slug}l" if self.layers is not None else ""
-        return Path(self.output_dir) / (self.name or f"eval-{self.model.slug()}{depth}")
+        return Path(self.output_dir) / f"eval-{label}{depth}-{fingerprint[:8]}"
 
 
 def packaged_instructions() -> dict[str, str]:
@@ -134,22 +159,83 @@ def list_tasks(config: EvaluateConfig) -> str:
     return "\n".join(describe_task(load_task(name, None, config.task_selection())) for name in names)
 
 
+def settings_fingerprint(config: EvaluateConfig, model) -> dict[str, Any]:
+    """What decides every score of a run: the model's content, depth and dtype, the input format,
+    pooling and subsample (not where, on how many workers or in what batch size it runs)."""
+    sample = config.max_samples_per_split
+    return {"model": model_identity(model.spec.source, config.model.revision),
+            "layers": config.layers, "dtype": config.model.dtype,
+            "prompt": asdict(model.prompt), "pooling": model.pooling,
+            "subsample": {"max_samples_per_split": sample, "seed": SAMPLE_SEED} if sample else None}
+
+
+def task_inputs(config: EvaluateConfig, model, names: list[str]) -> dict[str, dict[str, Any]]:
+    """What decides one task's score besides the settings: its instruction, data (the mirror
+    folder or hub dataset and revision), subsets and evaluation splits."""
+    inputs = {}
+    for name in names:
+        task = load_task(name, config.data_root, config.task_selection())
+        instruction = None if model.is_sentence_transformer else model.instructions.get(name)
+        inputs[name] = {"instruction": instruction, "dataset": dict(task.metadata.dataset),
+                        "subsets": list(task.hf_subsets), "splits": list(task.eval_splits)}
+    return inputs
+
+
+def guard_results(run_dir: Path, settings: dict[str, Any], tasks: dict[str, dict[str, Any]],
+                  finished: list[str]) -> None:
+    """Refuse (LayercutError) to reuse results of other settings or task inputs, then record
+    ``settings`` and ``tasks`` in run_dir/fingerprint.json (before any task runs, so every
+    result in the directory has its record). A directory with no results guards nothing.
+
+    Raises when results exist and the record is missing or holds other settings, or when a
+    finished task's recorded inputs differ from ``tasks``."""
+    path = run_dir / FINGERPRINT_FILE
+    record = json.loads(path.read_text()) if path.exists() else None
+    has_results = bool(finished) or any((run_dir / "results").rglob("*.json"))
+    fix = f"use another --name (or none: each model and setting gets its own directory) or delete {run_dir}"
+    if has_results and record is None:
+        raise LayercutError(f"run directory {run_dir} holds results without a fingerprint of "
+                            f"what computed them; {fix}")
+    if record is not None and has_results and record["settings"] != settings:
+        raise LayercutError(
+            f"run directory {run_dir} holds results of another model or settings (fingerprint "
+            f"{record['fingerprint']}, here {digest(settings)}: "
+            f"{describe_difference(record['settings'], settings)}); {fix}")
+    recorded = record["tasks"] if record is not None and record["settings"] == settings else {}
+    for name in finished:
+        if recorded.get(name) != tasks[name]:
+            raise LayercutError(
+                f"the result of {name} in {run_dir} was computed with other task inputs "
+                f"({describe_difference(recorded.get(name) or {}, tasks[name])}); {fix}")
+    write_json(path, {"fingerprint": digest(settings), "settings": settings,
+                      "tasks": {**recorded, **tasks}})
+
+
 def run(config: EvaluateConfig) -> dict[str, Any]:
+    """Evaluate (or resume) and write the run's outputs; returns the summary, with ``run_dir``
+    and ``fingerprint``. Raises LayercutError on bad input or results of other inputs."""
     import mteb
 
     names = check_tasks(config)
     model = _evaluation_model(config)
     facts = _model_facts(model)
-    run_dir = config.run_dir()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_atomic(run_dir / "config.yaml", dump_config(config))
+    settings = settings_fingerprint(config, model)
+    tasks = task_inputs(config, model, names)
+    run_dir = config.run_dir(digest(settings))
     cache = mteb.ResultCache(cache_path=run_dir)
     meta = model_meta(model.name, model.revision)
 
     def result_path(name: str) -> Path:
         return cache.get_task_result_path(name, meta.name, meta.revision)
 
-    pending = [name for name in names if not result_path(name).exists()]
+    finished = [name for name in names if result_path(name).exists()]
+    guard_results(run_dir, settings, tasks, finished)
+    write_atomic(run_dir / "config.yaml", dump_config(config))
+    for name in finished:
+        score = mteb.TaskResult.from_disk(result_path(name)).get_score()
+        log(f"{name}: main score {score:.4f}, reused from {run_dir} "
+            "(same model, settings and task inputs)")
+    pending = [name for name in names if name not in finished]
     # Encode throughput per task, kept beside the results: a resumed run's summary still
     # covers the tasks an earlier invocation ran.
     throughput_path = run_dir / "throughput.json"
@@ -160,8 +246,13 @@ def run(config: EvaluateConfig) -> dict[str, Any]:
         write_json(throughput_path, throughput)
     results = {name: mteb.TaskResult.from_disk(result_path(name)) for name in names}
     summary = _summary(results, facts, {name: throughput[name] for name in names if name in throughput})
+    summary.update(run_dir=str(run_dir), fingerprint=digest(settings), model_identity=settings["model"])
     _write_summary(run_dir, model, summary)
     return summary
+
+
+def log(line: str) -> None:
+    print(f"layercut: {line}", file=sys.stderr, flush=True)
 
 
 def _evaluate_tasks(config: EvaluateConfig, model, pending: list[str]):
@@ -173,7 +264,8 @@ def _evaluate_tasks(config: EvaluateConfig, model, pending: list[str]):
     if workers.executor == "local":
         evaluator = Evaluator(model, config.data_root,
                               max_samples_per_split=config.max_samples_per_split,
-                              selection=config.task_selection())
+                              selection=config.task_selection(),
+                              show_progress=config.show_progress)
         for name in pending:
             yield evaluator.evaluate(name)
         return
@@ -182,7 +274,7 @@ def _evaluate_tasks(config: EvaluateConfig, model, pending: list[str]):
     plan = plan_workers(workers, len(pending))
     actor = EvaluationWorker.options(**plan.resources)
     pool = ActorPool([actor.remote(model, config.data_root, plan.threads, config.max_samples_per_split,
-                                   config.task_selection())
+                                   config.task_selection(), config.show_progress)
                       for _ in range(plan.count)])
     with user_errors_from_ray():
         yield from pool.map_unordered(lambda worker, name: worker.evaluate.remote(name), pending)
@@ -216,7 +308,8 @@ def _write_summary(run_dir: Path, model, summary: dict[str, Any]) -> None:
     write_csv(run_dir / "summary.csv", ["task", "type", "main_score", "splits", "subsets"],
               [[r["task"], r["type"], f"{r['main_score']:.6f}", " ".join(r["splits"]), " ".join(r["subsets"])]
                for r in summary["tasks"]])
-    lines = [f"# MTEB evaluation of {model.name} ({model.revision})", ""]
+    lines = [f"# MTEB evaluation of {model.name} ({model.revision})", "",
+             f"Fingerprint: {summary['fingerprint']} (model {summary['model_identity']})"]
     if summary["layers"] is not None:
         lines.append(f"Layers: {summary['layers']} of {summary['layers_total']}; "
                      f"parameters: {summary['parameters']:,}")

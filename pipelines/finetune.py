@@ -15,7 +15,6 @@ latest checkpoint; a finished run is not trained again.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import sys
@@ -26,6 +25,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from pipelines.config import DepthSetting, StrictModel, dump_config
+from pipelines.fingerprints import digest
 from pipelines.outputs import write_atomic, write_csv, write_json
 from pipelines.plots import plot_training_loss
 from pipelines.ray_runtime import ensure_ray, plan_workers, user_errors_from_ray
@@ -136,7 +136,7 @@ def _fingerprint(config: FinetuneConfig, model_path: str, data_path: str, kept: 
             exclude={"checkpoint_every", "keep_checkpoints", "max_failures"}),
         "deepspeed": config.deepspeed.model_dump(), "workers": workers,
     }
-    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
+    return digest(relevant)
 
 
 def _guard_fingerprint(run_dir: Path, fingerprint: str, force: bool) -> None:

@@ -11,7 +11,6 @@ and writes the outputs: layer_losses.{json,csv}, selection.json, layer_loss.png.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import sys
@@ -22,6 +21,7 @@ import numpy as np
 from pydantic import Field
 
 from pipelines.config import StrictModel, dump_config
+from pipelines.fingerprints import digest
 from pipelines.outputs import write_atomic, write_csv, write_json
 from pipelines.plots import plot_layer_losses
 from pipelines.ray_runtime import ensure_ray, plan_workers, user_errors_from_ray
@@ -59,7 +59,7 @@ def _fingerprint(config: LayerLossConfig, source: ModelSource, data_path: str) -
                  config.data.num_batches, config.data.batch_size, config.data.seed],
         "loss": config.loss.model_dump(),
     }
-    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
+    return digest(relevant)
 
 
 class _BatchStore:

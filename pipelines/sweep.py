@@ -30,6 +30,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from pipelines.config import DepthSetting, StrictModel, dump_config, find_config, load_config
+from pipelines.fingerprints import digest
 from pipelines.outputs import write_atomic, write_json
 from pipelines.ray_runtime import ensure_ray, layercut_cause, plan_workers, user_errors_from_ray
 from tasks.depth import Depth
@@ -290,7 +291,8 @@ def resolve_models(config: SweepConfig) -> list[ModelPlan]:
                  "workers": common}])
             plan.evaluate = _stage_config(EvaluateConfig, entry.evaluate or entry.config, "evaluate", [
                 config.overrides.evaluate, entry.overrides.evaluate, wait,
-                {"output_dir": str(run_dir / "trials"), "layers": None, "workers": common, **data}])
+                {"output_dir": str(run_dir / "trials"), "layers": None, "workers": common,
+                 "show_progress": config.show_progress, **data}])
             check_tasks(plan.evaluate)  # a task typo fails now, not after hours of fine-tuning
             if plan.evaluate.workers.executor != "ray":
                 raise LayercutError(f"model {label}: a sweep evaluates on Ray workers "
@@ -413,10 +415,11 @@ def _fingerprint(plan: ModelPlan) -> str:
     relevant = [dump(plan.layer_loss),
                 dump(plan.finetune, {"show_progress", "force"}),
                 plan.finetune.workers.num_workers,
-                dump(plan.evaluate, {"corpus_workers", "corpus_min_texts"}), plan.probe_tasks,
+                dump(plan.evaluate, {"corpus_workers", "corpus_min_texts", "show_progress"}),
+                plan.probe_tasks,
                 {name: dump(c, {"show_progress", "force"}) for name, c in plan.classifiers.items()},
                 {name: dump(c, {"show_progress"}) for name, c in plan.classify.items()}]
-    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
+    return digest(relevant)
 
 
 def _has_results(run_dir: Path, plan: ModelPlan) -> bool:

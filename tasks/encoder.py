@@ -9,7 +9,7 @@ kept, never L full (B, S, H) hidden-state tensors.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -75,11 +75,12 @@ class Encoder:
 
     @torch.inference_mode()
     def encode(self, texts: Sequence[str], instructions: Sequence[str | None] | None = None,
-               *, all_layers: bool = False) -> torch.Tensor:
+               *, all_layers: bool = False, on_batch: Callable[[], None] | None = None) -> torch.Tensor:
         """Embeddings of ``texts`` in input order: (N, H), or (L, N, H) with ``all_layers``.
 
         Texts are run in chunks of ``batch_size`` sorted by length (less padding); since position
         ids ignore padding, the grouping does not change any embedding beyond float noise.
+        ``on_batch`` is called after each chunk (a progress bar's tick).
         """
         if instructions is None:
             instructions = [None] * len(texts)
@@ -91,6 +92,8 @@ class Encoder:
             features = self.formatter([texts[k] for k in idx], [instructions[k] for k in idx])
             run = self.embed_features_all_layers if all_layers else self.embed_features
             chunks.append(run(features))
+            if on_batch is not None:
+                on_batch()
         stacked = torch.cat(chunks, dim=-2)
         inverse = torch.empty(len(order), dtype=torch.long)
         inverse[torch.tensor(order)] = torch.arange(len(order))

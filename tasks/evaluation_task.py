@@ -6,6 +6,8 @@ actor, so a pool of them spreads tasks over GPUs (or CPU slots), each loading th
 
 from __future__ import annotations
 
+import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,9 +53,14 @@ class EvaluationModel:
 
 class Evaluator:
     def __init__(self, model: EvaluationModel, data_root: str | None, threads: int = 0,
-                 max_samples_per_split: int | None = None, selection: TaskSelection | None = None):
+                 max_samples_per_split: int | None = None, selection: TaskSelection | None = None,
+                 show_progress: bool = False):
         if threads:
             torch.set_num_threads(threads)
+        if not show_progress:  # datasets' own bars (preparing a task's data) go too
+            import datasets
+
+            datasets.disable_progress_bars()
         self.data_root = data_root
         self.selection = selection
         self.max_samples_per_split = max_samples_per_split
@@ -62,7 +69,8 @@ class Evaluator:
 
             embed = sentence_transformer_embed(model.spec.source.path,
                                                device=str(resolve_device(model.spec.device)),
-                                               batch_size=model.batch_size)
+                                               batch_size=model.batch_size,
+                                               show_progress=show_progress)
             large_embed = None
         else:
             factory = EncoderFactory(model.spec, model.prompt, model.pooling, model.batch_size)
@@ -79,11 +87,16 @@ class Evaluator:
         self.model = LayercutMTEBModel(
             embed, name=model.name, revision=model.revision, instructions=instructions,
             batch_size=model.batch_size, large_embed=large_embed,
-            large_min_texts=model.corpus.min_texts if model.corpus else 0)
+            large_min_texts=model.corpus.min_texts if model.corpus else 0,
+            progress=show_progress and not model.is_sentence_transformer)
 
     def evaluate(self, task_name: str) -> dict[str, Any]:
+        """Run one task; one line on stderr when it starts and one when it ends (main score and
+        time). Returns {task, result (mteb TaskResult), texts, encode_seconds}."""
         import mteb
 
+        began = time.perf_counter()
+        print(f"layercut: {task_name}: started", file=sys.stderr, flush=True)
         task = load_task(task_name, self.data_root, self.selection)
         if self.max_samples_per_split:
             task = subsample_task(task, self.max_samples_per_split)
@@ -96,7 +109,11 @@ class Evaluator:
         except Exception as exc:  # noqa: BLE001 - mteb and datasets raise many kinds
             text = str(exc).strip().splitlines()
             raise LayercutError(f"task {task_name} failed: {text[0] if text else type(exc).__name__}") from exc
-        return {"task": task_name, "result": result.task_results[0],
+        outcome = result.task_results[0]
+        print(f"layercut: {task_name}: main score {outcome.get_score():.4f} "
+              f"({task.metadata.main_score}) in {time.perf_counter() - began:.1f} s",
+              file=sys.stderr, flush=True)
+        return {"task": task_name, "result": outcome,
                 "texts": self.model.texts_encoded - texts,
                 "encode_seconds": self.model.encode_seconds - seconds}
 

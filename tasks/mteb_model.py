@@ -7,6 +7,8 @@ error naming the task and batch, never a silently wrong score.
 
 from __future__ import annotations
 
+import math
+import sys
 import time
 from typing import Any, Callable, Sequence
 
@@ -19,7 +21,22 @@ from mteb.types import PromptType
 
 from tasks.errors import LayercutError
 
+# (texts, instructions) -> (N, H); layercut's encoders also take on_batch=, a per-batch callback.
 EmbedFn = Callable[[Sequence[str], Sequence[str | None]], torch.Tensor]
+
+
+def progress_bar(total: int, desc: str):
+    """A bar over ``total`` batches with rate and ETA, on stderr; inside a Ray worker a Ray tqdm,
+    which the driver draws (a plain tqdm's carriage returns turn into log lines there)."""
+    import ray
+
+    if ray.is_initialized() and ray.get_runtime_context().worker.mode == ray.WORKER_MODE:
+        from ray.experimental.tqdm_ray import tqdm as ray_tqdm
+
+        return ray_tqdm(total=total, desc=desc, unit="batch")
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="batch", file=sys.stderr, leave=False)
 
 
 def model_meta(name: str, revision: str, **extra: Any) -> ModelMeta:
@@ -33,8 +50,12 @@ class LayercutMTEBModel(AbsEncoder):
     def __init__(self, embed: EmbedFn, *, name: str, revision: str | None = None,
                  instructions: dict[str, str] | None = None, batch_size: int = 32,
                  extra_meta: dict[str, Any] | None = None,
-                 large_embed: EmbedFn | None = None, large_min_texts: int = 0):
+                 large_embed: EmbedFn | None = None, large_min_texts: int = 0,
+                 progress: bool = False):
         self.embed = embed
+        # A bar per encoded input set, ticked by ``embed``'s on_batch (the large path has Ray
+        # Data's own progress bars).
+        self.progress = progress
         # For input sets of at least large_min_texts (retrieval corpora): e.g. a Ray Data pool.
         self.large_embed = large_embed
         self.large_min_texts = large_min_texts
@@ -54,8 +75,18 @@ class LayercutMTEBModel(AbsEncoder):
         texts = [text for batch in inputs for text in batch["text"]]
         instruction = self.instruction_for(task_metadata.name, prompt_type)
         began = time.perf_counter()
-        embed = self.large_embed if self.large_embed and len(texts) >= self.large_min_texts else self.embed
-        embeddings = embed(texts, [instruction] * len(texts)).float().cpu()
+        if self.large_embed and len(texts) >= self.large_min_texts:
+            embeddings = self.large_embed(texts, [instruction] * len(texts))
+        elif self.progress:
+            bar = progress_bar(math.ceil(len(texts) / self.batch_size),
+                               f"{task_metadata.name} {hf_subset}/{hf_split}")
+            try:
+                embeddings = self.embed(texts, [instruction] * len(texts), on_batch=bar.update)
+            finally:
+                bar.close()
+        else:
+            embeddings = self.embed(texts, [instruction] * len(texts))
+        embeddings = embeddings.float().cpu()
         self.encode_seconds += time.perf_counter() - began
         self.texts_encoded += len(texts)
         finite = torch.isfinite(embeddings).all(dim=1)
@@ -67,8 +98,10 @@ class LayercutMTEBModel(AbsEncoder):
         return embeddings.numpy()
 
 
-def sentence_transformer_embed(model_dir: str, device: str = "cpu", batch_size: int = 32) -> EmbedFn:
-    """Embedding function of a sentence-transformers directory (reference encoders)."""
+def sentence_transformer_embed(model_dir: str, device: str = "cpu", batch_size: int = 32,
+                               show_progress: bool = False) -> EmbedFn:
+    """Embedding function of a sentence-transformers directory (reference encoders); with
+    ``show_progress``, sentence-transformers' own bar over its batches."""
     from sentence_transformers import SentenceTransformer
 
     model = SentenceTransformer(model_dir, device=device)
@@ -76,6 +109,6 @@ def sentence_transformer_embed(model_dir: str, device: str = "cpu", batch_size: 
     def embed(texts, instructions):
         # Reference encoders are scored as their authors publish them: without instructions.
         return model.encode(list(texts), batch_size=batch_size, convert_to_tensor=True,
-                            show_progress_bar=False)
+                            show_progress_bar=show_progress)
 
     return embed

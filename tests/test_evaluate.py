@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 import mteb
@@ -48,8 +49,8 @@ def test_reference_encoder_scores_what_mteb_published(tmp_path):
     score = summary["tasks"][0]["main_score"]
     assert abs(score - PUBLISHED_STSB_MINILM) <= 0.005
     assert summary["tasks"][0]["splits"] == ["test"] and summary["tasks"][0]["subsets"] == ["default"]
-    assert "| STSBenchmark | STS | " in (config.run_dir() / "summary.md").read_text()
-    assert "test,default" in (config.run_dir() / "summary.csv").read_text()
+    assert "| STSBenchmark | STS | " in (Path(summary["run_dir"]) / "summary.md").read_text()
+    assert "test,default" in (Path(summary["run_dir"]) / "summary.csv").read_text()
     # And exactly what mteb's own sentence-transformers wrapper gives on the same data.
     from sentence_transformers import SentenceTransformer
 
@@ -58,12 +59,12 @@ def test_reference_encoder_scores_what_mteb_published(tmp_path):
                              show_progress_bar=False).task_results[0].get_score()
     assert score == pytest.approx(expected, abs=1e-6)
     # The result files are mteb's own: its cache reads them back.
-    results = mteb.ResultCache(cache_path=config.run_dir()).load_results(
+    results = mteb.ResultCache(cache_path=summary["run_dir"]).load_results(
         models=["layercut/model"], require_model_meta=False, validate_and_filter=False)
     loaded = [r for model in results.model_results for r in model.task_results]
     assert [r.task_name for r in loaded] == ["STSBenchmark"]
     assert loaded[0].get_score() == pytest.approx(score, abs=1e-9)
-    assert "STSBenchmark" in (config.run_dir() / "summary.md").read_text()
+    assert "STSBenchmark" in (Path(summary["run_dir"]) / "summary.md").read_text()
 
 
 @pytest.mark.slow
@@ -86,16 +87,25 @@ def test_ray_workers_equal_single_process_mteb(tmp_path, mini_mirror, ray_cluste
         assert summary["layers"] == (layers or 30) and summary["texts_per_second"] > 0
 
 
-def test_finished_tasks_are_not_run_again(tmp_path, mini_mirror, tiny_model_dirs):
+def test_finished_tasks_are_not_run_again(tmp_path, mini_mirror, tiny_model_dirs, capsys):
     config = _config(tmp_path, model={"name_or_path": tiny_model_dirs["llama"]},
                      tasks=["STSBenchmark"], data_root=str(mini_mirror), workers={"executor": "local"})
     first = run(config)
-    path = next(config.run_dir().rglob("STSBenchmark.json"))
+    path = next(Path(first["run_dir"]).rglob("STSBenchmark.json"))
     stamp = path.stat().st_mtime_ns
+    capsys.readouterr()
     second = run(config)
     assert path.stat().st_mtime_ns == stamp and second["tasks"] == first["tasks"]
+    assert second["run_dir"] == first["run_dir"]
+    err = capsys.readouterr().err
+    assert "STSBenchmark: started" not in err and "STSBenchmark: main score" in err and "reused" in err
     # The resumed run's summary still reports the throughput its first invocation measured.
     assert second["texts_per_second"] == first["texts_per_second"] > 0
+    # Adding a task to the same model and settings keeps the finished one and runs only the new.
+    third = run(config.model_copy(update={"tasks": ["STSBenchmark", "SICK-R"]}))
+    assert third["run_dir"] == first["run_dir"] and path.stat().st_mtime_ns == stamp
+    assert third["tasks"][0] == first["tasks"][0] and third["tasks"][1]["task"] == "SICK-R"
+    assert "SICK-R: started" in capsys.readouterr().err
 
 
 def test_task_names_and_presets():
@@ -204,3 +214,126 @@ def test_corpus_split_gives_the_same_scores(tmp_path, mini_mirror, tiny_model_di
     plain = run(_config(tmp_path / "plain", **base))
     split = run(_config(tmp_path / "split", corpus_workers=2, corpus_min_texts=50, **base))
     assert split["tasks"][0]["main_score"] == pytest.approx(plain["tasks"][0]["main_score"], abs=1e-5)
+
+
+@pytest.fixture(scope="module")
+def two_models_named_model(tmp_path_factory, tiny_model_dirs) -> tuple[str, str]:
+    """Two different models in folders both named ``model`` (as two fine-tuned artifacts are):
+    the tiny llama, and the same architecture with other random weights."""
+    from transformers import AutoModel, AutoTokenizer
+
+    root = tmp_path_factory.mktemp("artifacts")
+    first, second = root / "a" / "model", root / "b" / "model"
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dirs["llama"])
+    AutoModel.from_pretrained(tiny_model_dirs["llama"]).save_pretrained(first)
+    torch.manual_seed(1)
+    AutoModel.from_config(AutoModel.from_pretrained(tiny_model_dirs["llama"]).config).save_pretrained(second)
+    for folder in (first, second):
+        tokenizer.save_pretrained(folder)
+    return str(first), str(second)
+
+
+def _quick(tmp_path, model: str, **tree) -> EvaluateConfig:
+    return _config(tmp_path, **{"model": {"name_or_path": model}, "tasks": ["STSBenchmark"],
+                                "data_root": str(SHARED_DATA), "max_samples_per_split": 16,
+                                "workers": {"executor": "local"}, **tree})
+
+
+def test_two_models_in_folders_of_one_name_never_share_scores(tmp_path, two_models_named_model):
+    """Issue 13: the second model evaluated into the same output dir got the first's scores."""
+    first, second = two_models_named_model
+    out = tmp_path / "out"
+    a = run(_quick(out, first))
+    b = run(_quick(out, second))
+    fresh = run(_quick(tmp_path / "fresh", second))
+    assert a["run_dir"] != b["run_dir"] and a["fingerprint"] != b["fingerprint"]
+    assert b["tasks"][0]["main_score"] != a["tasks"][0]["main_score"]
+    assert b["tasks"][0]["main_score"] == fresh["tasks"][0]["main_score"]
+    assert Path(b["run_dir"]).name == f"eval-model-{b['fingerprint'][:8]}" == Path(fresh["run_dir"]).name
+    # The first's directory named for the second: refused in one line naming what differs.
+    with pytest.raises(LayercutError, match=r"holds results of another model or settings .*"
+                       r"model: sha256:\w+… -> sha256:\w+….*use another --name") as refused:
+        run(_quick(out, second, name=Path(a["run_dir"]).name))
+    assert "\n" not in str(refused.value) and a["fingerprint"] in str(refused.value)
+
+
+def test_other_subsample_or_task_inputs_are_not_reused(tmp_path, two_models_named_model, capsys):
+    first, _ = two_models_named_model
+    sixteen = run(_quick(tmp_path, first))
+    # Another subsample: its own directory by default, a refusal under a shared name.
+    twenty = run(_quick(tmp_path, first, max_samples_per_split=20))
+    assert twenty["run_dir"] != sixteen["run_dir"]
+    assert twenty["tasks"][0]["main_score"] != sixteen["tasks"][0]["main_score"]
+    with pytest.raises(LayercutError, match=r"another model or settings .*subsample: .*16.* -> .*20"):
+        run(_quick(tmp_path, first, name=Path(sixteen["run_dir"]).name, max_samples_per_split=20))
+    # Another instruction for a finished task: that task's result is not reused.
+    with pytest.raises(LayercutError, match=r"result of STSBenchmark .* other task inputs "
+                       r"\(instruction: .* -> Another instruction\)"):
+        run(_quick(tmp_path, first, instructions={"STSBenchmark": "Another instruction"}))
+    # A run dir written before fingerprints existed (results, no record) is refused too.
+    Path(sixteen["run_dir"], "fingerprint.json").unlink()
+    with pytest.raises(LayercutError, match="results without a fingerprint"):
+        run(_quick(tmp_path, first))
+
+
+def test_progress_lines_and_no_progress(tmp_path, mini_mirror, tiny_model_dirs, capsys):
+    argv = ["evaluate", "--model", tiny_model_dirs["llama"], "--tasks", "STSBenchmark",
+            "--data-root", str(mini_mirror), "workers.executor=local"]
+    assert main([*argv, "--output-dir", str(tmp_path / "bar")]) == 0
+    err = capsys.readouterr().err
+    score = float((next((tmp_path / "bar").glob("eval-*")) / "summary.csv").read_text().split(",")[-1])
+    lines = [line for line in err.splitlines() if line.startswith("layercut: STSBenchmark")]
+    assert lines[0] == "layercut: STSBenchmark: started"
+    assert lines[1].startswith(f"layercut: STSBenchmark: main score {score:.4f} (cosine_spearman) in ")
+    assert lines[1].endswith(" s") and len(lines) == 2
+    # The bar: one per encoded input set, over batches of 32 (120 pairs: 4 batches), with the
+    # elapsed time, ETA (after "<") and rate.
+    assert "STSBenchmark default/test:" in err and re.search(r"/4 \[\d\d:\d\d<", err)
+    assert re.search(r"batch/s|s/batch", err)
+    assert main([*argv, "--output-dir", str(tmp_path / "quiet"), "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "layercut: STSBenchmark: started" in err and "layercut: STSBenchmark: main score" in err
+    assert "default/test" not in err and not re.search(r"batch/s|s/batch|it/s", err)
+
+
+def test_model_identity_is_content_not_folder_name(tmp_path, monkeypatch):
+    """Same files under another name: same identity; one changed weight byte, or another
+    tokenizer file: another identity (the digest cache never hides a change)."""
+    import hashlib
+    import shutil
+
+    from tasks.model_identity import model_identity
+
+    monkeypatch.setenv("LAYERCUT_CACHE", str(tmp_path / "cache"))
+    first = tmp_path / "a" / "model"
+    first.mkdir(parents=True)
+    (first / "config.json").write_text('{"model_type": "llama"}')
+    (first / "model.safetensors").write_bytes(bytes(range(256)) * 8192)  # 2 MiB: two chunks
+    (first / "README.md").write_text("a model card")  # not part of what the model computes
+    identity = model_identity(ModelSource(str(first), True))
+    listing = "\n".join(f"{name}:{hashlib.sha256((first / name).read_bytes()).hexdigest()}"
+                        for name in ("config.json", "model.safetensors"))
+    assert identity == "sha256:" + hashlib.sha256(listing.encode()).hexdigest()
+    second = tmp_path / "b" / "model"
+    shutil.copytree(first, second)
+    (second / "README.md").write_text("another card")
+    assert model_identity(ModelSource(str(second), True)) == identity
+    weights = bytearray((second / "model.safetensors").read_bytes())
+    weights[-1] ^= 1
+    (second / "model.safetensors").write_bytes(bytes(weights))
+    changed = model_identity(ModelSource(str(second), True))
+    assert changed != identity
+    (second / "tokenizer.json").write_text("{}")
+    assert model_identity(ModelSource(str(second), True)) not in (identity, changed)
+
+
+def test_default_run_dir_names_an_artifact_by_base_model_and_depth(tmp_path):
+    artifact = tmp_path / "trials" / "smollm2-135m-l6" / "finetune" / "model"
+    artifact.mkdir(parents=True)
+    (artifact / "layercut.json").write_text(json.dumps({"base_model": "smollm2-135m", "layers": 6}))
+    config = _config(tmp_path / "out", model={"name_or_path": str(artifact)})
+    assert config.run_dir("0123456789abcdef") == tmp_path / "out" / "eval-smollm2-135m-l6-01234567"
+    plain = _config(tmp_path / "out", model={"name_or_path": "org/Some Model"}, layers=8)
+    assert plain.run_dir("fedcba9876543210") == tmp_path / "out" / "eval-Some-Model-8l-fedcba98"
+    named = _config(tmp_path / "out", model={"name_or_path": str(artifact)}, name="mine")
+    assert named.run_dir("0123456789abcdef") == tmp_path / "out" / "mine"
