@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from conftest import SHARED_DATA
+from conftest import SHARED_CASES, SHARED_DATA
 from pipelines.cli import main
 from pipelines.config import load_config
 from pipelines.evaluate import EvaluateConfig, packaged_instructions, run
@@ -129,6 +129,19 @@ def test_non_finite_embeddings_fail_loudly(mini_mirror, tiny_model_dirs, tmp_pat
                      data_root=str(mini_mirror), workers={"executor": "local"})
     with pytest.raises(LayercutError, match=r"non-finite embedding in task STSBenchmark .*batch 0"):
         run(config)
+
+
+def test_an_empty_text_is_scored_not_fatal(tmp_path, capsys):
+    """The empty-text case: 20 STSBenchmark pairs, pair 4 with an empty sentence1. The run scores
+    the task (the empty text is pooled from its last prompt token), through the CLI."""
+    cases = SHARED_CASES / "empty-text"
+    assert pq.read_table(cases / "STSBenchmark" / "test.parquet").column("sentence1")[3].as_py() == ""
+    code = main(["evaluate", "--model", "smollm2-135m", "--layers", "2", "--tasks", "STSBenchmark",
+                 "--data-root", str(cases), "--output-dir", str(tmp_path), "workers.executor=local"])
+    assert code == 0, capsys.readouterr().err
+    result = json.loads(next(tmp_path.rglob("STSBenchmark.json")).read_text())
+    score = result["scores"]["test"][0]["main_score"]
+    assert -1.0 <= score <= 1.0
 
 
 def test_cli_bad_input(tmp_path, capsys, mini_mirror):
