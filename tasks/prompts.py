@@ -152,6 +152,17 @@ class PromptFormatter:
             text_mask = empty_text_mask(offsets, start)
         return ids, text_mask
 
+    def closing_tokens(self) -> int:
+        """Tokens the closing template (``suffix``) takes after a text: what max_length reserves
+        for it beyond the prompt and the text (the exported artifact's ``max_seq_length`` is
+        ``max_length`` minus this, so both keep the same text tokens)."""
+        full, start, end = self.render("x")
+        encoded = self.tokenizer(full, add_special_tokens=not self.config.use_chat_template,
+                                 return_offsets_mapping=True)
+        # Only tokens of the rendered suffix; special tokens the tokenizer adds itself (an EOS,
+        # offsets (0, 0)) are added within the limit by sentence-transformers too.
+        return sum(1 for s, e in encoded["offset_mapping"] if s >= end and e > s)
+
 
 def empty_text_mask(offsets, start: int) -> list[bool]:
     """The pool mask of an empty text: the last token before the first token that reaches past

@@ -13,8 +13,11 @@ Two differences from sentence-transformers' own modules would change the embeddi
   the start of the input, prompt included; layercut (and LLM2Vec, whose pooling the paper uses)
   weights the i-th token OF THE TEXT by i. ``TextTokenPooling`` pools the text tokens only.
 
-Two more of layercut's input rules are applied here as well: texts are stripped of surrounding
-whitespace, and an empty text is pooled from the last prompt token (``tasks.prompts``).
+Three more of layercut's input rules are applied here as well: texts are stripped of surrounding
+whitespace; an empty text is pooled from the last prompt token (``tasks.prompts``); and the
+artifact's ``max_seq_length`` is layercut's ``max_length`` less the closing template tokens
+layercut adds after the text (and sentence-transformers does not), so a long text keeps the same
+tokens in both.
 
 So a layercut artifact gives the same embeddings in sentence-transformers as in layercut, for
 documents and for queries with an instruction. The file is self-contained (torch and

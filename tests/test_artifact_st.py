@@ -15,9 +15,11 @@ from tests.conftest import FAMILIES
 INSTRUCTION = "Given a query, retrieve relevant passages"
 # First words the tokenizer merges with the space before them (" guitar", " 123", " (") and ones it
 # may not; a text with inner newlines; a one-token text; an empty and a whitespace-only text (pooled
-# from the last prompt token).
+# from the last prompt token); a text of about 160 tokens, past the export's max_length of 64
+# (truncation must keep the same text tokens in both).
+LONG = " ".join(f"The {n}th guitar player, tuning string {n % 6}, plays chord {chr(65 + n % 7)}." for n in range(10))
 TEXTS = ["guitar player", "123 apples on the table", "(a note) in parentheses",
-         "-- dashes first", "Two lines\nof text", "x", "", "  \n "]
+         "-- dashes first", "Two lines\nof text", "x", "", "  \n ", LONG]
 
 
 def _attention(model_dir: str) -> str:
