@@ -55,7 +55,10 @@ class LayercutMTEBModel(AbsEncoder):
         instruction = self.instruction_for(task_metadata.name, prompt_type)
         began = time.perf_counter()
         embed = self.large_embed if self.large_embed and len(texts) >= self.large_min_texts else self.embed
-        embeddings = embed(texts, [instruction] * len(texts)).float().cpu()
+        try:
+            embeddings = embed(texts, [instruction] * len(texts)).float().cpu()
+        except LayercutError as exc:  # say where: the formatter knows only the text
+            raise LayercutError(f"task {task_metadata.name} ({hf_split}/{hf_subset}): {exc}") from None
         self.encode_seconds += time.perf_counter() - began
         self.texts_encoded += len(texts)
         finite = torch.isfinite(embeddings).all(dim=1)

@@ -144,6 +144,18 @@ def test_an_empty_text_is_scored_not_fatal(tmp_path, capsys):
     assert -1.0 <= score <= 1.0
 
 
+def test_an_empty_text_without_a_prompt_names_task_split_and_text(tmp_path, tiny_model_dirs):
+    """With no chat template, no instruction and a tokenizer that adds no BOS, an empty text is
+    no input at all: a one-line error naming where it is."""
+    config = _config(tmp_path, model={"name_or_path": tiny_model_dirs["qwen2"]}, tasks=["STSBenchmark"],
+                     encoder={"use_chat_template": False}, instructions={"STSBenchmark": ""},
+                     data_root=str(SHARED_CASES / "empty-text"),
+                     workers={"executor": "local"})
+    with pytest.raises(LayercutError, match=r"^task STSBenchmark \(test/default\): text \d+ of the "
+                                            r"batch \(''\): the text is empty and has no prompt token"):
+        run(config)
+
+
 def test_cli_bad_input(tmp_path, capsys, mini_mirror):
     no_weights = tmp_path / "no-weights"
     no_weights.mkdir()
