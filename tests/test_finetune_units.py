@@ -153,9 +153,11 @@ def test_gathered_negatives_equal_one_worker_with_double_batch(tmp_path, tiny_mo
     triplets = list(triplet_rows[240:248])  # straddles the SICK/TREC boundary: varied lengths
     # Duplicates across the two workers' shards (rank 0: rows 0-3, rank 1: rows 4-7): row 5 asks
     # row 0's query, row 6 has row 1's positive. The gathered text ids must mask them as one
-    # process does on the whole batch.
+    # process does on the whole batch. Row 7's negative is blank: it trains, pooled from its last
+    # prompt token (tasks.prompts), as in evaluation.
     triplets[5] = {**triplets[5], "query": triplets[0]["query"], "instruction": triplets[0]["instruction"]}
     triplets[6] = {**triplets[6], "positive": triplets[1]["positive"]}
+    triplets[7] = {**triplets[7], "negative": " "}
     mp.start_processes(_worker, args=(2, free_port(), model_dir, triplets, str(tmp_path)),
                        nprocs=2, join=True, start_method="spawn")
     # The reference: one process, plain PyTorch autograd on the whole batch of 8.
