@@ -241,7 +241,8 @@ def _objective(config: FinetuneConfig, tokenizer):
     if config.objective == "contrastive":
         path = resolve_source(config.data.source, config.data.local_source, config.data.data_root)
         return (ContrastiveObjective(config.encoder.prompt(), config.encoder.pooling,
-                                     config.loss.scale), path, None, config.data.columns)
+                                     config.loss.scale, config.loss.mask_duplicate_positives),
+                path, None, config.data.columns)
     task = config.classification
     if task.data_root is None and config.data.data_root is not None:  # --data-root sets data.*
         task = task.model_copy(update={"data_root": config.data.data_root})
@@ -378,10 +379,11 @@ def run(config: FinetuneConfig) -> dict[str, Any]:
     with user_errors_from_ray():
         ray.get(export.remote(spec, checkpoint, (run_dir / MODEL_DIR).resolve(), info))
 
-    write_csv(run_dir / "training_log.csv", ["step", "loss", "learning_rate", "tokens",
-                                            "tokens_per_second", "seconds"],
-              [[entry[k] for k in ("step", "loss", "learning_rate", "tokens",
-                                   "tokens_per_second", "seconds")] for entry in history])
+    log_columns = ["step", "loss", "learning_rate", "tokens", "tokens_per_second", "seconds"]
+    if any("masked_pairs" in entry for entry in history):  # contrastive: false negatives masked
+        log_columns.append("masked_pairs")
+    write_csv(run_dir / "training_log.csv", log_columns,
+              [[entry.get(k, "") for k in log_columns] for entry in history])
     plot_training_loss([h["step"] for h in history], [h["loss"] for h in history],
                        f"{config.model.name_or_path} cut to {kept}/{total_layers} layers",
                        run_dir / "loss_curve.png",
@@ -395,6 +397,7 @@ def run(config: FinetuneConfig) -> dict[str, Any]:
         "final_loss": history[-1]["loss"] if history else None,
         "mean_tokens_per_second": (sum(h["tokens"] for h in history)
                                    / max(sum(h["seconds"] for h in history), 1e-9)) if history else None,
+        "masked_pairs": sum(h.get("masked_pairs", 0) for h in history),
         "artifact": str((run_dir / MODEL_DIR).resolve()), "data": data_report,
         "fingerprint": fingerprint,
     }

@@ -103,7 +103,8 @@ def _scan_with_ray(config: LayerLossConfig, spec, pending: list[tuple[int, dict]
     task = layer_loss_task.options(**plan.resources)
     generators = [
         task.remote(spec, config.encoder.prompt(), config.encoder.pooling,
-                    _forward_batch_size(config), config.loss.scale, pending[k::plan.count], plan.threads)
+                    _forward_batch_size(config), config.loss.scale, pending[k::plan.count], plan.threads,
+                    config.loss.mask_duplicate_positives)
         for k in range(plan.count)
     ]
     try:
@@ -135,7 +136,8 @@ def _scan_in_process(config: LayerLossConfig, spec, pending: list[tuple[int, dic
 
     encoder = build_encoder(spec, config.encoder.prompt(), pooling=config.encoder.pooling,
                             batch_size=_forward_batch_size(config))
-    for index, losses in scan_batches(encoder, pending, config.loss.scale):
+    for index, losses in scan_batches(encoder, pending, config.loss.scale,
+                                      config.loss.mask_duplicate_positives):
         on_result(index, losses)
 
 
@@ -188,11 +190,22 @@ def run(config: LayerLossConfig, *, show_progress: bool = True) -> dict[str, Any
         raise LayercutError(f"the loss is not finite at layers {bad}: check the model's dtype")
     small, large = choose_depths(losses.tolist())
     summary = _summary(config, source, total_layers, params, losses, small, large, data_report)
+    summary["duplicates"] = _duplicate_report(config, batches)
     _write_outputs(run_dir, summary, losses, params)
     plot_layer_losses(losses.tolist(), small, large,
                       f"{config.model.name_or_path}: loss of the model cut to l layers",
                       run_dir / "layer_loss.png")
     return summary
+
+
+def _duplicate_report(config: LayerLossConfig, batches: list[dict]) -> dict[str, Any]:
+    """How many (query, candidate) pairs of the sample are false negatives (a duplicate of the
+    query's positive, or another answer of the same query) and whether the loss masked them."""
+    from tasks.layer_scan import duplicate_mask
+
+    counts = [int(duplicate_mask(batch).sum()) for batch in batches]
+    return {"masked": config.loss.mask_duplicate_positives, "pairs": sum(counts),
+            "batches_with_duplicates": sum(1 for c in counts if c)}
 
 
 def _depth_entry(depth: int, params: list[int], loss: float) -> dict[str, Any]:

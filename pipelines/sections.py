@@ -80,6 +80,11 @@ class TripletDataSection(TripletSourceSection):
 
 class LossSection(StrictModel):
     scale: float = Field(50.0, gt=0)  # cosine x scale; 50 as the official training script
+    # Leave a query's false negatives out of its softmax: in-batch candidates with the same text as
+    # its own positive, and positives of rows with the same query (tasks.loss). The count is
+    # logged (training log `masked_pairs`, stage 1 selection.json `duplicates`). The paper's
+    # recipe (its configs set false) scores them as negatives.
+    mask_duplicate_positives: bool = True
 
 
 class RayWorkersSection(StrictModel):

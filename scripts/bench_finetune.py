@@ -82,7 +82,7 @@ def plain_loop(args, layers: int | None, steps: list[dict]) -> list[tuple[float,
     timings = []
     for rows in steps:
         start = time.perf_counter()
-        loss, tokens = contrastive_loss(model, formatter, rows, "weighted_mean", 50.0, torch.device("cpu"))
+        loss, tokens, _ = contrastive_loss(model, formatter, rows, "weighted_mean", 50.0, torch.device("cpu"))
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
         optimizer.step()

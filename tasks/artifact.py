@@ -74,7 +74,9 @@ def _sentence_transformers_files(staging: Path, formatter: PromptFormatter, info
     ], indent=2))
     (staging / "sentence_bert_config.json").write_text(json.dumps({
         "transformer_task": "feature-extraction",
-        "max_seq_length": info.prompt.max_length,
+        # sentence-transformers adds no closing template: the tokens it would take stay text-free,
+        # so a long text keeps exactly layercut's text tokens (tasks.prompts truncation).
+        "max_seq_length": info.prompt.max_length - formatter.closing_tokens(),
         "do_lower_case": False,
         "unpad_inputs": False,
         # The chat template's own special tokens are in the prompt; add none of the tokenizer's.

@@ -14,8 +14,9 @@ from tasks.layer_scan import scan_batches
 
 
 @ray.remote
-def layer_loss_task(spec, prompt, pooling, encode_batch_size, scale, batches, threads):
+def layer_loss_task(spec, prompt, pooling, encode_batch_size, scale, batches, threads,
+                    mask_duplicates=True):
     if threads:
         torch.set_num_threads(threads)
     encoder = build_encoder(spec, prompt, pooling=pooling, batch_size=encode_batch_size)
-    yield from scan_batches(encoder, batches, scale)
+    yield from scan_batches(encoder, batches, scale, mask_duplicates)

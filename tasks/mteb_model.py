@@ -75,17 +75,20 @@ class LayercutMTEBModel(AbsEncoder):
         texts = [text for batch in inputs for text in batch["text"]]
         instruction = self.instruction_for(task_metadata.name, prompt_type)
         began = time.perf_counter()
-        if self.large_embed and len(texts) >= self.large_min_texts:
-            embeddings = self.large_embed(texts, [instruction] * len(texts))
-        elif self.progress:
-            bar = progress_bar(math.ceil(len(texts) / self.batch_size),
-                               f"{task_metadata.name} {hf_subset}/{hf_split}")
-            try:
-                embeddings = self.embed(texts, [instruction] * len(texts), on_batch=bar.update)
-            finally:
-                bar.close()
-        else:
-            embeddings = self.embed(texts, [instruction] * len(texts))
+        try:
+            if self.large_embed and len(texts) >= self.large_min_texts:
+                embeddings = self.large_embed(texts, [instruction] * len(texts))
+            elif self.progress:
+                bar = progress_bar(math.ceil(len(texts) / self.batch_size),
+                                   f"{task_metadata.name} {hf_subset}/{hf_split}")
+                try:
+                    embeddings = self.embed(texts, [instruction] * len(texts), on_batch=bar.update)
+                finally:
+                    bar.close()
+            else:
+                embeddings = self.embed(texts, [instruction] * len(texts))
+        except LayercutError as exc:  # say where: the formatter knows only the text
+            raise LayercutError(f"task {task_metadata.name} ({hf_split}/{hf_subset}): {exc}") from None
         embeddings = embeddings.float().cpu()
         self.encode_seconds += time.perf_counter() - began
         self.texts_encoded += len(texts)

@@ -1,11 +1,13 @@
 """Stage 2's pluggable training objectives: what a batch of rows costs, for the training loop.
 
 An objective says which row fields it reads, whether the model keeps its LM head, and, bound to
-a tokenizer, turns (model, rows) into (loss, non-padding tokens). The loop (``tasks.training``)
-does the rest the same way for every objective: DeepSpeed, checkpoints, resume, logging.
+a tokenizer, turns (model, rows) into (loss, non-padding tokens, extra entries for the step's
+log). The loop (``tasks.training``) does the rest the same way for every objective: DeepSpeed,
+checkpoints, resume, logging.
 
 - ``ContrastiveObjective`` (L3Prune): hard-negative InfoNCE over the GLOBAL batch; every worker
-  holds the same global loss (``loss_is_global``).
+  holds the same global loss (``loss_is_global``). Duplicate positives are masked out of the
+  negatives unless switched off; each step logs ``masked_pairs`` (global batch).
 - ``ClassificationObjective`` ("Why Lift so Heavy?"): prompt-based fine-tuning; the cross-entropy
   of the verbalizer scores over this worker's rows; DeepSpeed's gradient averaging makes it the
   global batch's mean.
@@ -19,31 +21,42 @@ from typing import Callable
 import torch
 
 from tasks.encoder import position_ids_for
-from tasks.loss import distributed_hard_negative_infonce
+from tasks.loss import distributed_hard_negative_infonce, global_false_negative_mask, text_ids
 from tasks.pooling import pool
 from tasks.prompts import PromptConfig, PromptFormatter
 from tasks.verbalizer import ClassificationPrompt, VerbalizerScorer, classification_loss
 
-StepLoss = Callable[[torch.nn.Module, dict, torch.device], tuple[torch.Tensor, int]]
+# (model, rows, device) -> (loss, non-padding tokens, extra entries for the step's log)
+StepLoss = Callable[[torch.nn.Module, dict, torch.device], tuple[torch.Tensor, int, dict[str, float]]]
 
 
 def contrastive_loss(model, formatter: PromptFormatter, rows: dict[str, list], pooling: str,
-                     scale: float, device: torch.device) -> tuple[torch.Tensor, int]:
-    """(global-batch InfoNCE loss, this worker's non-padding tokens) for one step's rows.
+                     scale: float, device: torch.device, mask_duplicates: bool = True
+                     ) -> tuple[torch.Tensor, int, dict[str, float]]:
+    """(global-batch InfoNCE loss, this worker's non-padding tokens, {"masked_pairs": n}) for
+    one step's rows.
 
     Queries carry their task instruction; positives and negatives (documents) none. All 3b
-    texts run through the model in one forward pass.
+    texts run through the model in one forward pass. With ``mask_duplicates``, candidates that
+    are another correct answer of a query (``tasks.loss.false_negative_mask``, decided on the
+    global batch) are left out of its negatives; n counts them (0 without the mask).
     """
     b = len(rows["query"])
     texts = [*rows["query"], *rows["positive"], *rows["negative"]]
     instructions = [*rows.get("instruction", [None] * b), *[None] * (2 * b)]
+    exclude = None
+    if mask_duplicates:
+        ids = text_ids(texts, instructions).to(device)
+        exclude = global_false_negative_mask(*ids.split(b))
     features = formatter(texts, instructions)
     attention_mask = features["attention_mask"].to(device)
     hidden = model(input_ids=features["input_ids"].to(device), attention_mask=attention_mask,
                    position_ids=position_ids_for(attention_mask), use_cache=False).last_hidden_state
     embeddings = pool(hidden, features["pool_mask"].to(device), pooling)
     queries, positives, negatives = embeddings.split(b)
-    return distributed_hard_negative_infonce(queries, positives, negatives, scale), int(attention_mask.sum())
+    loss = distributed_hard_negative_infonce(queries, positives, negatives, scale, exclude)
+    masked = int(exclude.sum()) if exclude is not None else 0
+    return loss, int(attention_mask.sum()), {"masked_pairs": masked}
 
 
 @dataclass(frozen=True)
@@ -51,6 +64,7 @@ class ContrastiveObjective:
     prompt: PromptConfig
     pooling: str
     scale: float
+    mask_duplicates: bool = True  # loss.mask_duplicate_positives
 
     name = "contrastive"
     fields = ("query", "positive", "negative", "instruction")
@@ -61,7 +75,8 @@ class ContrastiveObjective:
         formatter = PromptFormatter(tokenizer, self.prompt)
 
         def step_loss(model, rows, device):
-            return contrastive_loss(model, formatter, rows, self.pooling, self.scale, device)
+            return contrastive_loss(model, formatter, rows, self.pooling, self.scale, device,
+                                    self.mask_duplicates)
         return step_loss
 
 
@@ -87,5 +102,6 @@ class ClassificationObjective:
         scorer = VerbalizerScorer(tokenizer, self.prompt)
 
         def step_loss(model, rows, device):
-            return verbalizer_loss(model, scorer, rows, self.loss, device)
+            loss, tokens = verbalizer_loss(model, scorer, rows, self.loss, device)
+            return loss, tokens, {}
         return step_loss

@@ -3,6 +3,11 @@
 The wrapper comes from the tokenizer's own chat template, never from matching model names, so any
 instruct model works. Only the tokens of the text itself are pooled: template tokens, the
 instruction and padding are masked out (``pool_mask``). Sequences are left-padded.
+
+An empty (or whitespace-only) text still gets an embedding: with no text token to pool, the pool
+mask holds the last token before where the text would start (the end of the chat-template prefix,
+or of the instruction and separator). This is the same rule for evaluation, stage 1 and stage 2,
+and the exported sentence-transformers modules (``tasks.st_modules``) apply it too.
 """
 
 from __future__ import annotations
@@ -98,6 +103,11 @@ class PromptFormatter:
 
     def __call__(self, texts: Sequence[str], instructions: Sequence[str | None] | None = None
                  ) -> dict[str, torch.Tensor]:
+        """Left-padded ``input_ids``, ``attention_mask`` and ``pool_mask``, each (B, S).
+
+        Raises ``LayercutError`` naming the text when its prompt leaves no room within max_length,
+        or when an empty text has no prompt token at all to stand for it.
+        """
         if instructions is None:
             instructions = [None] * len(texts)
         rendered = [self.render(t, i) for t, i in zip(texts, instructions)]
@@ -106,8 +116,13 @@ class PromptFormatter:
             add_special_tokens=not self.config.use_chat_template,  # the template has its own
             return_offsets_mapping=True,
         )
-        rows = [self._truncate(ids, offsets, start, end) for ids, offsets, (_, start, end)
-                in zip(encoded["input_ids"], encoded["offset_mapping"], rendered)]
+        rows = []
+        for k, (ids, offsets, (_, start, end)) in enumerate(
+                zip(encoded["input_ids"], encoded["offset_mapping"], rendered)):
+            try:
+                rows.append(self._truncate(ids, offsets, start, end))
+            except LayercutError as exc:
+                raise LayercutError(f"text {k} of the batch ({texts[k][:40]!r}): {exc}") from None
         width = max(len(ids) for ids, _ in rows)
         input_ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
         attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
@@ -121,8 +136,6 @@ class PromptFormatter:
     def _truncate(self, ids: list[int], offsets, start: int, end: int) -> tuple[list[int], list[bool]]:
         # A token belongs to the text when its character span overlaps the text's span.
         text_mask = [s < end and e > start and e > s for s, e in offsets]
-        if not any(text_mask):
-            raise LayercutError("a text is empty after tokenization")
         excess = len(ids) - self.config.max_length
         if excess > 0:
             # Drop text tokens from the end of the text; keep the template around it intact.
@@ -133,5 +146,33 @@ class PromptFormatter:
                     f"{len(ids) - len(text_positions)} prompt tokens")
             drop = set(text_positions[-excess:])
             ids = [t for i, t in enumerate(ids) if i not in drop]
+            offsets = [o for i, o in enumerate(offsets) if i not in drop]
             text_mask = [m for i, m in enumerate(text_mask) if i not in drop]
+        if not any(text_mask):
+            text_mask = empty_text_mask(offsets, start)
         return ids, text_mask
+
+    def closing_tokens(self) -> int:
+        """Tokens the closing template (``suffix``) takes after a text: what max_length reserves
+        for it beyond the prompt and the text (the exported artifact's ``max_seq_length`` is
+        ``max_length`` minus this, so both keep the same text tokens)."""
+        full, start, end = self.render("x")
+        encoded = self.tokenizer(full, add_special_tokens=not self.config.use_chat_template,
+                                 return_offsets_mapping=True)
+        # Only tokens of the rendered suffix; special tokens the tokenizer adds itself (an EOS,
+        # offsets (0, 0)) are added within the limit by sentence-transformers too.
+        return sum(1 for s, e in encoded["offset_mapping"] if s >= end and e > s)
+
+
+def empty_text_mask(offsets, start: int) -> list[bool]:
+    """The pool mask of an empty text: the last token before the first token that reaches past
+    ``start`` (the prompt's last token; the closing template is not part of it).
+
+    Raises ``LayercutError`` when there is no such token (no chat template, no instruction and a
+    tokenizer that adds no BOS: an empty text is then no input at all).
+    """
+    prompt_tokens = next((i for i, (s, e) in enumerate(offsets) if e > start and e > s), len(offsets))
+    if prompt_tokens == 0:
+        raise LayercutError("the text is empty and has no prompt token to stand for it "
+                            "(set encoder.use_chat_template: true, or give an instruction)")
+    return [i == prompt_tokens - 1 for i in range(len(offsets))]

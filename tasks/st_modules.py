@@ -13,6 +13,12 @@ Two differences from sentence-transformers' own modules would change the embeddi
   the start of the input, prompt included; layercut (and LLM2Vec, whose pooling the paper uses)
   weights the i-th token OF THE TEXT by i. ``TextTokenPooling`` pools the text tokens only.
 
+Three more of layercut's input rules are applied here as well: texts are stripped of surrounding
+whitespace; an empty text is pooled from the last prompt token (``tasks.prompts``); and the
+artifact's ``max_seq_length`` is layercut's ``max_length`` less the closing template tokens
+layercut adds after the text (and sentence-transformers does not), so a long text keeps the same
+tokens in both.
+
 So a layercut artifact gives the same embeddings in sentence-transformers as in layercut, for
 documents and for queries with an instruction. The file is self-contained (torch and
 sentence-transformers only) and is loaded from the model directory, which sentence-transformers
@@ -32,6 +38,8 @@ class TextSpanTransformer(Transformer):
     """sentence-transformers' Transformer; ``prompt_length`` is counted per input, exactly."""
 
     def preprocess(self, inputs, prompt: str | None = None, processing_kwargs=None, **kwargs) -> dict[str, Any]:
+        # Stripped, as layercut renders texts: a whitespace-only text is an empty one.
+        inputs = [text.strip() if isinstance(text, str) else text for text in inputs]
         features = super().preprocess(inputs, prompt=prompt, processing_kwargs=processing_kwargs, **kwargs)
         if prompt and "prompt_length" in features and all(isinstance(text, str) for text in inputs):
             features["prompt_length"] = self._prompt_tokens(list(inputs), prompt)
@@ -77,6 +85,9 @@ class TextTokenPooling(Module):
         # Count real tokens from the left, so left and right padding both work.
         real_index = attention.long().cumsum(dim=1)
         text = attention & (real_index > prompt)
+        # An empty text: the last real token (the prompt's last) stands for it, as in layercut.
+        last_real = attention & (real_index == attention.long().sum(dim=1, keepdim=True))
+        text = torch.where(text.any(dim=1, keepdim=True), text, last_real)
         if self.pooling_mode == "last_token":
             positions = torch.arange(text.shape[1], device=text.device).expand_as(text)
             last = torch.where(text, positions, -1).max(dim=1).values.clamp(min=0)

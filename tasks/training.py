@@ -234,7 +234,7 @@ def train_worker(job: TrainingJob) -> None:
         if step >= job.steps:
             break
         learning_rate = engine.get_lr()[0]
-        loss, tokens = step_loss(engine, rows, device)
+        loss, tokens, extra = step_loss(engine, rows, device)
         if job.objective.loss_is_global:
             # Every worker holds the global loss; data-parallel averaging divides by world_size.
             engine.backward(loss * world_size)
@@ -247,7 +247,7 @@ def train_worker(job: TrainingJob) -> None:
         now = time.perf_counter()
         entry = {"step": step + 1, "loss": logged_loss, "learning_rate": learning_rate,
                  "tokens": tokens, "tokens_per_second": tokens / max(now - started, 1e-9),
-                 "seconds": now - started}
+                 "seconds": now - started, **extra}
         started = now
         history.append(entry)
         if metrics is not None:

@@ -14,9 +14,12 @@ from tests.conftest import FAMILIES
 
 INSTRUCTION = "Given a query, retrieve relevant passages"
 # First words the tokenizer merges with the space before them (" guitar", " 123", " (") and ones it
-# may not; a text with inner newlines; a one-token text.
+# may not; a text with inner newlines; a one-token text; an empty and a whitespace-only text (pooled
+# from the last prompt token); a text of about 160 tokens, past the export's max_length of 64
+# (truncation must keep the same text tokens in both).
+LONG = " ".join(f"The {n}th guitar player, tuning string {n % 6}, plays chord {chr(65 + n % 7)}." for n in range(10))
 TEXTS = ["guitar player", "123 apples on the table", "(a note) in parentheses",
-         "-- dashes first", "Two lines\nof text", "x"]
+         "-- dashes first", "Two lines\nof text", "x", "", "  \n ", LONG]
 
 
 def _attention(model_dir: str) -> str:
@@ -79,10 +82,11 @@ def test_sentence_transformers_equals_layercut_smollm2(tmp_path, smollm2_dir, po
     assert torch.allclose(ours_d, st_d, atol=1e-4, rtol=1e-4), (ours_d - st_d).abs().max()
     assert torch.allclose(ours_q, st_q, atol=1e-4, rtol=1e-4), (ours_q - st_q).abs().max()
     # The case the per-input count is for: sentence-transformers' own count of the query prompt
-    # (tokenized alone, it ends in a lone space token) is one more than the tokens before
-    # " guitar" in the query, so its own count would drop the text's first word.
+    # (the prompt tokenized alone, ending in a lone space token) is one more than the tokens
+    # before " guitar" in the query, so its own count would drop the text's first word.
     features = st[0].preprocess(["guitar player"], prompt=query_prompt)
-    assert st[0]._get_prompt_length(query_prompt) == int(features["prompt_length"][0]) + 1
+    alone = st.tokenizer(query_prompt, add_special_tokens=False)["input_ids"]
+    assert len(alone) == int(features["prompt_length"][0]) + 1
 
 
 @pytest.mark.parametrize("family", FAMILIES)

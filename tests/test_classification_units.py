@@ -253,7 +253,7 @@ def test_gpt2_and_opt_prune_save_reload_and_train(family, tmp_path, base_tokeniz
     trained = {n: p.detach().clone() for n, p in peft_model.named_parameters() if p.requires_grad}
     optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=1e-2)
     step_loss = ClassificationObjective(prompt).bind(tokenizer)
-    loss, tokens = step_loss(peft_model, {"text": TEXTS[:2], "label": [1, 0]}, CPU)
+    loss, tokens, _ = step_loss(peft_model, {"text": TEXTS[:2], "label": [1, 0]}, CPU)
     loss.backward()
     optimizer.step()
     assert torch.isfinite(loss) and tokens > 0

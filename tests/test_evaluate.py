@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from conftest import SHARED_DATA
+from conftest import SHARED_CASES, SHARED_DATA
 from pipelines.cli import main
 from pipelines.config import load_config
 from pipelines.evaluate import EvaluateConfig, packaged_instructions, run
@@ -163,6 +163,31 @@ def test_non_finite_embeddings_fail_loudly(mini_mirror, tiny_model_dirs, tmp_pat
     config = _config(tmp_path / "runs", model={"name_or_path": str(broken)}, tasks=["STSBenchmark"],
                      data_root=str(mini_mirror), workers={"executor": "local"})
     with pytest.raises(LayercutError, match=r"non-finite embedding in task STSBenchmark .*batch 0"):
+        run(config)
+
+
+def test_an_empty_text_is_scored_not_fatal(tmp_path, capsys):
+    """The empty-text case: 20 STSBenchmark pairs, pair 4 with an empty sentence1. The run scores
+    the task (the empty text is pooled from its last prompt token), through the CLI."""
+    cases = SHARED_CASES / "empty-text"
+    assert pq.read_table(cases / "STSBenchmark" / "test.parquet").column("sentence1")[3].as_py() == ""
+    code = main(["evaluate", "--model", "smollm2-135m", "--layers", "2", "--tasks", "STSBenchmark",
+                 "--data-root", str(cases), "--output-dir", str(tmp_path), "workers.executor=local"])
+    assert code == 0, capsys.readouterr().err
+    result = json.loads(next(tmp_path.rglob("STSBenchmark.json")).read_text())
+    score = result["scores"]["test"][0]["main_score"]
+    assert -1.0 <= score <= 1.0
+
+
+def test_an_empty_text_without_a_prompt_names_task_split_and_text(tmp_path, tiny_model_dirs):
+    """With no chat template, no instruction and a tokenizer that adds no BOS, an empty text is
+    no input at all: a one-line error naming where it is."""
+    config = _config(tmp_path, model={"name_or_path": tiny_model_dirs["qwen2"]}, tasks=["STSBenchmark"],
+                     encoder={"use_chat_template": False}, instructions={"STSBenchmark": ""},
+                     data_root=str(SHARED_CASES / "empty-text"),
+                     workers={"executor": "local"})
+    with pytest.raises(LayercutError, match=r"^task STSBenchmark \(test/default\): text \d+ of the "
+                                            r"batch \(''\): the text is empty and has no prompt token"):
         run(config)
 
 

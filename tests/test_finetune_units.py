@@ -1,5 +1,5 @@
 """Stage 2's parts without a cluster: LoRA placement, batch plan, DeepSpeed config, and the
-gathered-negatives loss against a single worker on the doubled batch (2 real gloo processes)."""
+gathered-negatives loss (duplicates masked) against a single worker on the doubled batch (2 real gloo processes)."""
 
 from __future__ import annotations
 
@@ -136,10 +136,11 @@ def _worker(rank: int, world: int, port: int, model_dir: str, triplets, out: str
     job = _job(model_dir, b)
     model, tokenizer = build_trainable(job)
     engine = initialize_engine(model, job, world)
-    loss, _ = job.objective.bind(tokenizer)(engine, _rows(triplets, rank * b, (rank + 1) * b),
-                                            torch.device("cpu"))
+    loss, _, log = job.objective.bind(tokenizer)(engine, _rows(triplets, rank * b, (rank + 1) * b),
+                                                 torch.device("cpu"))
     engine.backward(loss * world)  # DeepSpeed averages the workers' gradients
-    torch.save({"loss": float(loss), "grads": _lora_grads(engine.module)}, f"{out}/rank{rank}.pt")
+    torch.save({"loss": float(loss.detach()), "grads": _lora_grads(engine.module), "log": log},
+               f"{out}/rank{rank}.pt")
     dist.destroy_process_group()
 
 
@@ -149,21 +150,33 @@ def test_gathered_negatives_equal_one_worker_with_double_batch(tmp_path, tiny_mo
     from tasks.training import build_trainable
 
     model_dir = tiny_model_dirs["llama"]
-    triplets = triplet_rows[240:248]  # straddles the SICK/TREC boundary: varied lengths
+    triplets = list(triplet_rows[240:248])  # straddles the SICK/TREC boundary: varied lengths
+    # Duplicates across the two workers' shards (rank 0: rows 0-3, rank 1: rows 4-7): row 5 asks
+    # row 0's query, row 6 has row 1's positive. The gathered text ids must mask them as one
+    # process does on the whole batch. Row 7's negative is blank: it trains, pooled from its last
+    # prompt token (tasks.prompts), as in evaluation.
+    triplets[5] = {**triplets[5], "query": triplets[0]["query"], "instruction": triplets[0]["instruction"]}
+    triplets[6] = {**triplets[6], "positive": triplets[1]["positive"]}
+    triplets[7] = {**triplets[7], "negative": " "}
     mp.start_processes(_worker, args=(2, free_port(), model_dir, triplets, str(tmp_path)),
                        nprocs=2, join=True, start_method="spawn")
     # The reference: one process, plain PyTorch autograd on the whole batch of 8.
     job = _job(model_dir, 8)
     model, tokenizer = build_trainable(job)
-    loss, _ = job.objective.bind(tokenizer)(model, _rows(triplets, 0, 8), torch.device("cpu"))
+    loss, _, log = job.objective.bind(tokenizer)(model, _rows(triplets, 0, 8), torch.device("cpu"))
     loss.backward()
     reference = _lora_grads(model)
+    assert log == {"masked_pairs": 4}  # (0, 5), (5, 0), (1, 6), (6, 1)
     for rank in range(2):
         result = torch.load(tmp_path / f"rank{rank}.pt")
+        assert result["log"] == log
         assert result["loss"] == pytest.approx(loss.item(), rel=1e-5, abs=1e-6)
         assert set(result["grads"]) == set(reference)
         for name, grad in reference.items():
-            assert torch.allclose(result["grads"][name], grad, rtol=1e-4, atol=1e-6), name
+            # float32 noise of a different forward shape (4 vs 8 rows): ~1e-6 of the largest entry.
+            scale = float(grad.abs().max())
+            assert torch.allclose(result["grads"][name], grad, rtol=1e-4, atol=1e-5 * scale), \
+                (name, (result["grads"][name] - grad).abs().max(), scale)
     assert any(g.abs().sum() > 0 for g in reference.values())
 
 
@@ -237,6 +250,13 @@ def test_packaged_finetune_configs_validate():
     paper = load_config(finetune.FinetuneConfig, CONFIG_DIR / "finetune" / "llama3-8b.yaml")
     assert (paper.training.steps, paper.training.warmup_steps, paper.training.batch_size,
             paper.encoder.max_length, paper.training.seed) == (1000, 300, 64, 512, 42)
+    # The paper's recipe scores duplicate positives as negatives; the local configs mask them.
+    from pipelines.layer_loss import LayerLossConfig
+
+    for stage, model in ((finetune.FinetuneConfig, "finetune"), (LayerLossConfig, "layer_loss")):
+        for path in sorted((CONFIG_DIR / model).glob("*.yaml")):
+            paper_recipe = path.stem in ("llama3-8b", "mistral-7b", "qwen2-7b", "phi3-mini")
+            assert load_config(stage, path).loss.mask_duplicate_positives is not paper_recipe, path
 
 
 def test_finetune_cli_bad_input(tmp_path, capsys, tiny_model_dirs, ray_cluster, monkeypatch):

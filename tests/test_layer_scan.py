@@ -54,6 +54,32 @@ def test_one_pass_other_poolings(pooling, tiny_model_dirs, triplet_rows):
         assert losses[kept - 1] == pytest.approx(expected, rel=1e-5, abs=1e-5)
 
 
+def test_one_pass_masks_duplicates_and_pools_an_empty_text(tiny_model_dirs):
+    """The duplicates case (one query twice, one positive twice), with row 3's query blank: the
+    stage-1 loss leaves the false negatives out (or not, when switched off) and stays finite."""
+    import json
+
+    from conftest import SHARED_CASES
+
+    rows = [json.loads(line) for line in
+            (SHARED_CASES / "duplicates" / "train" / "triplets.jsonl").read_text().splitlines()]
+    rows[3]["query"] = "  "
+    batch = _batch(rows, 4)
+    encoder = build_encoder(ModelSpec(source=ModelSource(tiny_model_dirs["llama"], True)), PromptConfig(),
+                            batch_size=12)
+    masked = batch_layer_losses(encoder, batch, scale=50.0)
+    plain = batch_layer_losses(encoder, batch, scale=50.0, mask_duplicates=False)
+    q = encoder.encode(batch["query"], batch["instruction"], all_layers=True)
+    p, n = encoder.encode(batch["positive"], all_layers=True), encoder.encode(batch["negative"], all_layers=True)
+    exclude = torch.zeros(4, 8, dtype=torch.bool)
+    exclude[[0, 0, 1, 2], [1, 2, 0, 0]] = True  # (query, candidate) pairs of the case, by hand
+    torch.testing.assert_close(torch.from_numpy(masked).float(), hard_negative_infonce(q, p, n, 50.0, exclude),
+                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(torch.from_numpy(plain).float(), hard_negative_infonce(q, p, n, 50.0),
+                               rtol=1e-5, atol=1e-5)
+    assert torch.isfinite(torch.from_numpy(masked)).all() and (masked <= plain).all() and (masked < plain).any()
+
+
 def test_embeddings_do_not_depend_on_batching(tiny_model_dirs, triplet_rows):
     """Position ids ignore left padding, so grouping texts differently changes nothing."""
     spec = ModelSpec(source=ModelSource(tiny_model_dirs["gemma3"], True))

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from conftest import FAMILIES, family_tokenizer
+from tasks.errors import LayercutError
 from tasks.pooling import pool
 from tasks.prompts import PromptConfig, PromptFormatter
 
@@ -62,6 +63,32 @@ def test_truncation_keeps_the_template(smollm2_dir):
     assert len(ids) == 16
     assert tokenizer.decode(ids).endswith("<|eot_id|>")
     assert features["pool_mask"][0].sum() > 0
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_an_empty_text_is_pooled_from_the_last_prompt_token(family, smollm2_dir):
+    tokenizer = family_tokenizer(smollm2_dir, family)
+    formatter = PromptFormatter(tokenizer, PromptConfig())
+    instruction = "Retrieve semantically similar text"
+    features = formatter(["", " \n ", "x"], [None, instruction, None])
+    for row, prompt in ((0, formatter.prefix), (1, f"{formatter.prefix}{instruction}; ")):
+        real = features["attention_mask"][row].bool()
+        ids, pooled = features["input_ids"][row][real].tolist(), features["pool_mask"][row][real]
+        assert int(pooled.sum()) == 1
+        last = int(pooled.nonzero()[0])
+        # Everything up to the pooled token is the prompt; what follows is the closing template.
+        assert tokenizer.decode(ids[:last + 1]) == prompt
+        assert tokenizer.decode(ids[last + 1:]) == formatter.suffix
+
+
+def test_an_empty_text_without_any_prompt_token_is_a_clear_error(smollm2_dir):
+    tokenizer = family_tokenizer(smollm2_dir, "qwen2")
+    raw = PromptFormatter(tokenizer, PromptConfig(use_chat_template=False))
+    assert tokenizer("")["input_ids"] == []  # this tokenizer adds no BOS: nothing to pool
+    with pytest.raises(LayercutError, match=r"text 1 of the batch \(' '\): the text is empty and has no prompt"):
+        raw(["a text", " "])
+    # With an instruction there is a prompt token to stand for the empty text.
+    assert int(raw([""], ["Retrieve"])["pool_mask"].sum()) == 1
 
 
 HIDDEN = torch.tensor([[[9.0, 9.0], [1.0, 2.0], [3.0, 4.0], [5.0, 6.0], [7.0, 7.0]]])

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import REPO, SHARED_DATA, TRIPLETS
+from conftest import REPO, SHARED_CASES, SHARED_DATA, TRIPLETS
 from pipelines.cli import main
 from pipelines.config import load_config
 from pipelines.layer_loss import LayerLossConfig, run
@@ -110,6 +110,26 @@ def test_data_root_switches_to_the_local_mirror(tmp_path, monkeypatch):
     assert resolve_source(hub, "train/triplets.jsonl", None) == str(TRIPLETS)
     with pytest.raises(LayercutError, match="not a directory"):
         resolve_source(hub, "train/triplets.jsonl", str(tmp_path / "nowhere"))
+
+
+def test_duplicates_are_masked_and_counted(tmp_path, tiny_model_dirs, ray_cluster):
+    """The duplicates case (one query twice, one positive twice): selection.json counts the 4
+    false-negative pairs; masking them (the local default) lowers the loss at every depth."""
+    results = {}
+    for masked in (True, False):
+        config = LayerLossConfig.model_validate({
+            "output_dir": str(tmp_path / str(masked)), "name": "run",
+            "model": {"name_or_path": tiny_model_dirs["llama"]},
+            "data": {"source": str(SHARED_CASES / "duplicates" / "train" / "triplets.jsonl"),
+                     "num_batches": 1, "batch_size": 4},
+            "loss": {"mask_duplicate_positives": masked}, "workers": {"executor": "local"}})
+        summary = run(config, show_progress=False)
+        assert summary["duplicates"] == {"masked": masked, "pairs": 4, "batches_with_duplicates": 1}
+        saved = json.loads((tmp_path / str(masked) / "run" / "selection.json").read_text())
+        assert saved["duplicates"] == summary["duplicates"]
+        results[masked] = _losses(tmp_path / str(masked) / "run")
+    assert np.all(results[True] <= results[False]) and np.any(results[True] < results[False])
+    assert LayerLossConfig().loss.mask_duplicate_positives
 
 
 def test_resume_reuses_finished_batches(tmp_path, tiny_model_dirs, ray_cluster):
