@@ -22,7 +22,6 @@ def _pruned_loss(spec: ModelSpec, batch, kept: int, pooling: str, scale: float):
     """Independent path: load the model cut to ``kept`` layers and encode normally."""
     pruned = build_encoder(ModelSpec(source=spec.source, layers=kept, attn_implementation=spec.attn_implementation),
                            PromptConfig(), pooling=pooling, batch_size=4)
-    size = len(batch["query"])
     q = pruned.encode(batch["query"], batch["instruction"])
     p = pruned.encode(batch["positive"])
     n = pruned.encode(batch["negative"])
