@@ -138,16 +138,6 @@ def _sweep(args: argparse.Namespace) -> int:
     return 0
 
 
-def _depth(value: str):
-    """``--layers``: one depth (tasks/depth.py); a bad one is argparse's one-line usage error."""
-    from tasks.depth import Depth
-
-    try:
-        return Depth.parse(value)
-    except LayercutError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="layercut", description="Turn decoder LLMs into pruned text encoders (L3Prune) on Ray.")
@@ -159,8 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     stage2 = _stage_parser(subparsers, "finetune",
                            "stage 2: fine-tune a truncation with Ray Train + DeepSpeed + LoRA",
                            "smollm2-135m")
-    stage2.add_argument("--layers", type=_depth,
-                        help="layers to keep: a count (8), prune:0.3 (the paper's p: fraction of the last layers removed) or keep:0.7")
+    stage2.add_argument("--layers", help="layers to keep: a count (8), prune:0.3 (the paper's p: the "
+                        "fraction of the last layers removed) or keep:0.7")
     stage2.add_argument("--force", action="store_true",
                         help="resume a checkpoint even though the config changed")
     stage2.set_defaults(handler=_finetune)
@@ -169,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
                            "smollm2-135m")
     stage3.add_argument("--model", help="artifact dir, hub id, built-in name or .gguf")
     stage3.add_argument("--tasks", nargs="+", help="mteb task names or presets (paper, quick)")
-    stage3.add_argument("--layers", type=_depth, help="evaluate the model cut to this depth")
+    stage3.add_argument("--layers", help="evaluate the model cut to this depth")
     stage3.add_argument("--list", action="store_true",
                         help="print each task's type, splits and subsets scored, and exit (no model loaded)")
     stage3.set_defaults(handler=_evaluate)
@@ -178,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
                                "of a prompt-based classifier (or a base model, zero-shot)",
                                "smollm2-135m")
     classifier.add_argument("--model", help="artifact dir, hub id, built-in name or .gguf")
-    classifier.add_argument("--layers", type=_depth, help="score the base model cut to this depth")
+    classifier.add_argument("--layers", help="score the base model cut to this depth")
     classifier.set_defaults(handler=_classify)
     main_job = _stage_parser(subparsers, "run",
                              "the whole pipeline: stage 1, a Ray Tune sweep of depths (fine-tune + "

@@ -355,7 +355,7 @@ def _full_fine_tuning_worker(rank: int, port: int, base_dir: str, out: str) -> N
     model, tokenizer = build_trainable(job)
     engine = initialize_engine(model, job, 1)
     before = {n: p.detach().clone() for n, p in engine.module.named_parameters()}
-    loss, _ = job.objective.bind(tokenizer)(engine, {"text": TEXTS[:2], "label": [1, 0]}, CPU)
+    loss, _, _ = job.objective.bind(tokenizer)(engine, {"text": TEXTS[:2], "label": [1, 0]}, CPU)
     engine.backward(loss)
     engine.step()
     trained = {n: p.detach().clone() for n, p in engine.module.named_parameters()}
