@@ -312,7 +312,7 @@ def run(config: FinetuneConfig) -> dict[str, Any]:
             columns=config.data.columns)
     if data_report["skipped_rows"]:
         print(f"layercut: skipped {data_report['skipped_rows']} of {data_report['rows']} rows "
-              f"with a missing or empty field; first: {data_report.get('first_problem')}",
+              f"(a field missing, empty or not text); first: {data_report.get('first_problem')}",
               file=sys.stderr)
     batch_plan = _plan(annotated, config, global_batch)
     datasets = _worker_datasets(annotated, batch_plan, plan.count, config.training.batch_size,

@@ -161,7 +161,7 @@ def run(config: LayerLossConfig, *, show_progress: bool = True) -> dict[str, Any
         seed=config.data.seed, invalid_rows=config.data.invalid_rows, columns=config.data.columns)
     if data_report["skipped_rows"]:
         print(f"layercut: skipped {data_report['skipped_rows']} of {data_report['rows']} rows "
-              f"with a missing or empty field; first: {data_report['first_problem']}", file=sys.stderr)
+              f"(a field missing, empty or not text); first: {data_report['first_problem']}", file=sys.stderr)
 
     per_batch = store.load(total_layers)
     pending = [(i, batch) for i, batch in enumerate(batches) if i not in per_batch]
