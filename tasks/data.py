@@ -101,7 +101,16 @@ def read_rows(path: str, what: str = "training data"):
         raise LayercutError(f"cannot read {what} {path}: {short_error(exc)}") from exc
     if schema is None:
         raise LayercutError(f"{what} {path} holds no rows")
-    return dataset, [n for n in schema.names if n != "path" and n not in INTERNAL_COLUMNS]
+    names = [n for n in schema.names if n != "path" and n not in INTERNAL_COLUMNS]
+    if not names and UNPARSABLE in schema.names:  # JSON lines, none of them an object
+        try:
+            first = dataset.take(1)[0]
+        except Exception as exc:  # noqa: BLE001
+            raise LayercutError(f"cannot read {what} {path}: {short_error(exc)}") from exc
+        place = " ".join(str(p) for p in (first.get("path"), f"line {first[LINE]}") if p)
+        raise LayercutError(f"{what} {path} has no usable rows; first problem: {place}: "
+                            f"{first[UNPARSABLE]}")
+    return dataset, names
 
 
 def take_summaries(annotated, summarize, path: str, what: str = "training data") -> list[dict]:
