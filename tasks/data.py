@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 
 from tasks.errors import LayercutError
-from tasks.json_lines import LINE, NOT_TEXT, UNPARSABLE, read_json_lines
+from tasks.json_lines import LINE, NOT_TEXT, UNPARSABLE, json_type, read_json_lines
 
 REQUIRED_FIELDS = ("query", "positive", "negative")
 OPTIONAL_FIELDS = ("instruction", "source")
@@ -188,7 +188,7 @@ def text_problems(table: pa.Table, fields: dict[str, str], optional: tuple[str, 
             if value is None:
                 problem = f"{field!r} is missing"
             elif column in flagged or not isinstance(value, str):
-                kind = flagged.get(column) or type(value).__name__
+                kind = flagged.get(column) or json_type(value)
                 problem = f"{field!r} is a {kind} ({str(value)[:40]}), not text"
             elif not value.strip():
                 problem = f"{field!r} is empty"

@@ -79,7 +79,7 @@ def test_parquet_numbers_and_optional_fields(tmp_path):
                                      "path": "/d/ints.parquet"}])
     annotated = annotate(parquet, {"query": "query", "positive": "positive",
                                    "negative": "negative"}, seed=0)
-    assert annotated["_problem"].to_pylist() == ["/d/ints.parquet: 'positive' is a int (0), not text"]
+    assert annotated["_problem"].to_pylist() == ["/d/ints.parquet: 'positive' is a number (0), not text"]
     lines = [json.dumps({"query": f"q{i}", "positive": f"p{i}", "negative": f"n{i}", "source": 7,
                          **({"instruction": ""} if i % 2 else {})}).encode() for i in range(2)]
     lines.append(b'{"query": "q", "positive": "p", "negative": "n", "instruction": 3}')
