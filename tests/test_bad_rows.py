@@ -103,7 +103,8 @@ def test_classification_rows_are_skipped_or_named(tmp_path, ray_cluster):
     assert report["skipped_rows"] == 1 and report["per_class"] == {"neg": 1, "pos": 2}
     assert report["first_problem"] == f"{path} line 2: 'text' is a number (1945), not text"
     assert sorted((r["text"], r["label"]) for r in valid_rows(annotated)) == [("fine", 0), ("great", 1)]
-    with pytest.raises(LayercutError, match=rf"1 of 3 rows in .* no usable text; first: {path} line 2: 'text'"):
+    with pytest.raises(LayercutError,
+                       match=rf"1 of 3 rows in .* no usable text; first: {path} line 2: 'text'"):
         annotated_labeled(str(path), label_names=["neg", "pos"], columns={}, seed=0, invalid_rows="fail")
 
 

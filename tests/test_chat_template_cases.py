@@ -155,7 +155,8 @@ def test_artifact_records_the_wrapper_and_evaluation_uses_it(tmp_path, tiny_mode
 
     formatter = PromptFormatter(AutoTokenizer.from_pretrained(artifact), evaluation.prompt)
     assert (formatter.prefix, formatter.suffix) == (recorded["prefix"], recorded["suffix"])
-    assert PromptFormatter(AutoTokenizer.from_pretrained(artifact), PromptConfig()).prefix != recorded["prefix"]
+    rendered_again = PromptFormatter(AutoTokenizer.from_pretrained(artifact), PromptConfig())
+    assert rendered_again.prefix != recorded["prefix"]  # so the recorded one is what was used
 
 
 def test_the_rendered_wrapper_is_part_of_the_run_fingerprint(tiny_model_dirs):

@@ -12,7 +12,6 @@ from pipelines.evaluate import EvaluateConfig
 from pipelines.finetune import FinetuneConfig
 from pipelines.layer_loss import LayerLossConfig
 from pipelines.sweep import SweepConfig, resolve_models
-from tasks.errors import LayercutError
 
 # The case's two values, and more that YAML would read as something other than this text.
 TEXTS = ["Task: represent the text", "[draft] represent the text", "{x}", "yes", "1945",
