@@ -57,13 +57,15 @@ def test_a_template_that_drops_the_system_turn_refuses_a_system_prompt(smollm2_d
     assert dated.prefix.endswith(f"\n\n{SYSTEM}<|eot_id|><|start_header_id|>user<|end_header_id|>\n\n")
 
 
-def test_cli_refuses_before_recording_anything(tmp_path, capsys, tiny_model_dirs):
+@pytest.mark.parametrize("stage", ["layer-loss", "evaluate"])
+def test_cli_refuses_before_recording_anything(tmp_path, capsys, tiny_model_dirs, stage):
     model = _model_with_template(tmp_path, tiny_model_dirs["llama"], "no_system_role")
-    code = main(["layer-loss", "--output-dir", str(tmp_path / "runs"), "--name", "r", "--no-progress",
-                 f"model.name_or_path={model}", f"encoder.system_prompt={SYSTEM}",
-                 "workers.executor=local"])
+    extra = ["--data-root", str(SHARED_CASES.parent / "data"), "--tasks", "STS12"] \
+        if stage == "evaluate" else []
+    code = main([stage, "--output-dir", str(tmp_path / "runs"), "--name", "r", "--no-progress",
+                 *extra, f"model.name_or_path={model}", f"encoder.system_prompt={SYSTEM}"])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and "drops the system turn" in err[0]
+    assert code == 2 and len(err) == 1 and "drops the system turn" in err[0], err
     assert not (tmp_path / "runs" / "r" / "config.yaml").exists()
 
 
