@@ -13,7 +13,7 @@ cause, for the whole file. Here every line is parsed by itself and every column 
 - ``_line`` is the 1-based line number in its file (the item number for a file holding one JSON
   array), so a bad row is named by file and line.
 
-Blank lines are ignored. ``.gz`` files are decompressed by Ray Data.
+Blank lines are ignored; a line that is not UTF-8 is a bad row too. ``.gz`` files are decompressed by Ray Data.
 """
 
 from __future__ import annotations
@@ -85,13 +85,20 @@ def parse_lines(lines: Iterator[bytes]) -> Iterator[pa.Table]:
     rows: list[tuple[int, Any, str]] = []
     first = True
     for number, raw in enumerate(lines, start=1):
-        text = raw.decode("utf-8", errors="replace").strip()
+        try:
+            text = raw.decode("utf-8").strip()
+        except UnicodeDecodeError as exc:  # a bad row, never text with replaced characters
+            first = False
+            rows.append((number, None, f"not UTF-8 ({exc.reason} at byte {exc.start})"))
+            continue
         if not text:
             continue
         if first and text.startswith("["):
             # A file holding one JSON array (which read_json accepted too): items by number.
-            whole = "\n".join([text, *(r.decode("utf-8", errors="replace") for r in lines)])
-            items, error = _parse(whole)
+            try:
+                items, error = _parse("\n".join([text, *(r.decode("utf-8") for r in lines)]))
+            except UnicodeDecodeError as exc:
+                items, error = None, f"not UTF-8 ({exc.reason})"
             if error or not isinstance(items, list):
                 yield rows_to_table([(number, None, error or "not a JSON array or JSON lines")])
                 return

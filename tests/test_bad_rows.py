@@ -28,15 +28,16 @@ def _case_rows() -> list[dict]:
 
 def test_json_lines_keep_every_line_and_flag_values_that_are_not_text():
     lines = [b'{"a": "x", "b": 1945}', b"", b'{"a": true, "c": [1, "y"]}', b"not json",
-             b'"just a string"', b'{"a": null, "b": {"k": "v"}}']
+             b'"just a string"', b'{"a": null, "b": {"k": "v"}}', b'{"a": "caf\xe9"}']
     table = pa.concat_tables(parse_lines(iter(lines)))
     assert table.to_pydict() == {
-        "a": ["x", "true", None, None, None],
-        "b": ["1945", None, None, None, '{"k": "v"}'],
-        "c": [None, '[1, "y"]', None, None, None],
-        "_not_text": ['{"b": "number"}', '{"a": "boolean", "c": "array"}', "", "", '{"b": "object"}'],
-        "_unparsable": ["", "", table["_unparsable"][2].as_py(), "a JSON string, not an object", ""],
-        "_line": [1, 3, 4, 5, 6],
+        "a": ["x", "true", None, None, None, None],
+        "b": ["1945", None, None, None, '{"k": "v"}', None],
+        "c": [None, '[1, "y"]', None, None, None, None],
+        "_not_text": ['{"b": "number"}', '{"a": "boolean", "c": "array"}', "", "", '{"b": "object"}', ""],
+        "_unparsable": ["", "", table["_unparsable"][2].as_py(), "a JSON string, not an object", "",
+                        "not UTF-8 (invalid continuation byte at byte 10)"],
+        "_line": [1, 3, 4, 5, 6, 7],
     }
     assert table["_unparsable"][2].as_py().startswith("not valid JSON (Expecting value")
     # A file holding one JSON array: items numbered from 1.
