@@ -54,7 +54,7 @@ def annotate_labeled(table: pa.Table, text_column: str, label_column: str, num_l
             label = int(raw)
         outside = label is None or not 0 <= label < num_labels
         # A line that is not JSON at all is a bad row (counted above), not a bad label.
-        bad.append(f"{raw!r} at {place or 'a row'}" if outside and not broken else None)
+        bad.append(f"{str(raw)!r} at {place or 'a row'}" if outside and not broken else None)
         labels.append(-1 if outside else int(label))
         digest = hashlib.blake2b(f"{seed}\0{text}\0{label}".encode(), digest_size=8).digest()
         keys.append(int.from_bytes(digest, "big"))
