@@ -144,6 +144,10 @@ def column_mapping(available: list[str], overrides: dict[str, str]) -> dict[str,
         found = next((c for c in candidates if c in available), None)
         if found is not None:
             mapping[field] = found
+        elif field in OPTIONAL_FIELDS:
+            # The schema is the first block's: an optional key that appears only in later rows
+            # (blocks of JSON lines each have their own keys) is still read where it is.
+            mapping[field] = candidates[0]
         elif field in REQUIRED_FIELDS:
             raise LayercutError(
                 f"training data has no {field!r} column (looked for {list(candidates)}; "

@@ -15,7 +15,7 @@ import pytest
 from conftest import SHARED_CASES
 from pipelines.cli import main
 from tasks.batch_plan import place_rows, plan_global_batches, worker_slots
-from tasks.data import annotate, annotated_triplets, sample_triplet_batches
+from tasks.data import annotate, annotated_triplets, column_mapping, sample_triplet_batches
 from tasks.errors import LayercutError
 from tasks.json_lines import parse_lines
 
@@ -123,3 +123,15 @@ def test_cli_reports_the_skip_or_one_line(tmp_path, capsys, tiny_model_dirs, ray
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"layercut: error: 1 of 3 rows in {MIXED} are unusable; first: {MIXED} line 2: "
                    "'positive' is a number (1945), not text"]
+
+
+def test_an_optional_key_first_seen_in_a_later_block_is_read():
+    """The column mapping comes from the first block's schema; JSON-lines blocks each have their
+    own keys, so an instruction that appears only in later rows must still be read."""
+    mapping = column_mapping(["query", "positive", "negative"], {})
+    early = pa.concat_tables(parse_lines(iter([b'{"query": "q", "positive": "p", "negative": "n"}'])))
+    later = pa.concat_tables(parse_lines(iter(
+        [b'{"query": "q", "positive": "p", "negative": "n", "instruction": "Retrieve", "source": "s"}'])))
+    assert annotate(early, mapping, seed=0)["instruction"].to_pylist() == [None]
+    assert annotate(later, mapping, seed=0)["instruction"].to_pylist() == ["Retrieve"]
+    assert annotate(later, mapping, seed=0)["source"].to_pylist() == ["s"]
