@@ -89,8 +89,11 @@ def _test_rows(config: ClassifyConfig, label_names: list[str]) -> tuple[list[dic
 
     task = config.classification
     path, columns = task.split_path(task.test_split)
-    annotated, _ = annotated_labeled(path, label_names=label_names, columns=columns,
-                                     seed=config.seed, invalid_rows=task.invalid_rows)
+    annotated, report = annotated_labeled(path, label_names=label_names, columns=columns,
+                                          seed=config.seed, invalid_rows=task.invalid_rows)
+    if report["skipped_rows"]:
+        print(f"layercut: skipped {report['skipped_rows']} of {report['rows']} test rows without "
+              f"usable text; first: {report['first_problem']}", file=sys.stderr)
     rows = valid_rows(annotated)  # key order: a seeded shuffle
     return (rows[:config.max_test_rows] if config.max_test_rows else rows), path
 

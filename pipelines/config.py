@@ -6,7 +6,8 @@ Every config model forbids unknown keys, so a typo is an error, never a silent d
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from types import UnionType
+from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, PlainSerializer, PlainValidator, ValidationError
@@ -46,22 +47,98 @@ def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
     node[leaf] = value
 
 
-def parse_overrides(items: list[str]) -> dict[str, Any]:
+_NULLS = ("", "null", "Null", "NULL", "~")  # YAML's spellings of null
+
+
+def _annotation_at(model: type[BaseModel] | None, parts: list[str]) -> Any:
+    """The type annotation of the config key ``parts`` in ``model``, or None when unknown.
+
+    Walks nested config sections, ``dict[str, V]`` values, and trees that a section says are
+    laid over another config (``override_tree_model``, as the sweep's per-stage overrides).
+    """
+    annotation: Any = model
+    for depth, part in enumerate(parts):
+        annotation = _without_none(annotation)
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            field = annotation.model_fields.get(part)
+            if field is None:
+                return None
+            hook = getattr(annotation, "override_tree_model", None)
+            annotation = (hook(part) if hook else None) or field.annotation
+        elif get_origin(annotation) is dict:
+            annotation = get_args(annotation)[1]
+        elif _takes_text(annotation)[0] or annotation in (int, float, bool):
+            raise LayercutError(f"override key {'.'.join(parts)!r}: "
+                                f"{'.'.join(parts[:depth])!r} is a value, not a section")
+        else:
+            return None
+    return annotation
+
+
+def _without_none(annotation: Any) -> Any:
+    if get_origin(annotation) in (Union, UnionType):
+        rest = [a for a in get_args(annotation) if a is not type(None)]
+        return rest[0] if len(rest) == 1 else annotation
+    return annotation
+
+
+def _takes_text(annotation: Any) -> tuple[bool, bool]:
+    """(the key holds plain text, it may also be null) for an annotation."""
+    options = get_args(annotation) if get_origin(annotation) in (Union, UnionType) else (annotation,)
+    nullable = type(None) in options
+    rest = [a for a in options if a is not type(None)]
+
+    def text(option: Any) -> bool:
+        if option is str:
+            return True
+        return get_origin(option) is Literal and all(isinstance(v, str) for v in get_args(option))
+
+    return bool(rest) and all(text(a) for a in rest), nullable
+
+
+def parse_override(item: str, model: type[BaseModel] | None = None) -> tuple[str, Any]:
+    """(dotted key, value) of one ``key.sub=value`` override, or a one-line error naming it.
+
+    A key whose config field holds text takes the value as it is written (``Task: x`` and
+    ``[draft] x`` are text, not YAML); its YAML null spellings still mean null when the field
+    may be null. Other values are YAML (numbers, booleans, lists, mappings).
+    """
+    key, sep, raw = item.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise LayercutError(f"override {item!r} is not of the form key.sub=value")
+    is_text, nullable = _takes_text(_annotation_at(model, key.split(".")))
+    if is_text and not (nullable and raw.strip() in _NULLS):
+        return key, raw
+    if not raw.strip():
+        return key, None
+    try:
+        return key, yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        reason = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise LayercutError(f"override {item!r}: the value is not valid YAML ({reason}); "
+                            "quote it if it is text") from None
+
+
+def parse_overrides(items: list[str], model: type[BaseModel] | None = None) -> dict[str, Any]:
+    """A config tree from ``key.sub=value`` overrides, typed by ``model``'s fields."""
     tree: dict[str, Any] = {}
     for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise LayercutError(f"override {item!r} is not of the form key.sub=value")
-        _set_dotted(tree, key.strip(), yaml.safe_load(raw) if raw.strip() else None)
+        key, value = parse_override(item, model)
+        _set_dotted(tree, key, value)
     return tree
 
 
-def describe_validation_error(error: ValidationError) -> str:
+def describe_validation_error(error: ValidationError, overrides: list[str] = ()) -> str:
+    """One line for all problems; a problem in an overridden key names the override."""
+    by_key = {item.partition("=")[0].strip(): item for item in overrides}
     parts = []
     for item in error.errors():
         where = ".".join(str(p) for p in item["loc"]) or "config"
         message = "unknown key" if item["type"] == "extra_forbidden" else item["msg"]
-        parts.append(f"{where}: {message}")
+        source = next((by_key[k] for k in by_key if where == k or where.startswith(k + ".")
+                       or k.startswith(where + ".")), None)
+        parts.append(f"{where}: {message}" + (f" (from override {source!r})" if source else ""))
     return "; ".join(parts)
 
 
@@ -78,12 +155,14 @@ def load_config(model: type[Config], path: Path | None, overrides: list[str] = (
             raise LayercutError(f"config {path} is not a mapping of keys to values")
         tree = loaded
     tree = merge_trees(tree, extra or {})
-    tree = merge_trees(tree, parse_overrides(list(overrides)))
+    tree = merge_trees(tree, parse_overrides(list(overrides), model))
     try:
         return model.model_validate(tree)
     except ValidationError as exc:
-        source = f" in {path}" if path else ""
-        raise LayercutError(f"invalid config{source}: {describe_validation_error(exc)}") from exc
+        described = describe_validation_error(exc, list(overrides))
+        # The file is named only when it, not a command-line override, holds the bad value.
+        source = f" in {path}" if path and "(from override" not in described else ""
+        raise LayercutError(f"invalid config{source}: {described}") from exc
 
 
 def dump_config(config: BaseModel) -> str:

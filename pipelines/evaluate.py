@@ -118,11 +118,20 @@ def _evaluation_model(config: EvaluateConfig):
     if artifact is not None:
         # A fine-tuned artifact was trained with its own input format and pooling: use them.
         prompt, pooling = PromptConfig(**artifact["prompt"]), artifact["pooling"]
-    return EvaluationModel(
+    model = EvaluationModel(
         name=f"layercut/{config.model.slug()}", revision=revision, spec=config.model.spec(source, config.layers),
         prompt=prompt, pooling=pooling,
         batch_size=config.encoder.forward_batch_size or 32,
         instructions={**packaged_instructions(), **config.instructions}, corpus=corpus)
+    if not model.is_sentence_transformer:
+        # Render the wrapper once, here: a prompt setup the template cannot serve (a system
+        # prompt it drops) fails before anything is recorded, and every worker uses this one.
+        from dataclasses import replace
+
+        from tasks.prompts import PromptFormatter
+
+        model = replace(model, prompt=PromptFormatter(model.spec.load_tokenizer(), prompt).recorded())
+    return model
 
 
 def _model_facts(model) -> dict[str, Any]:

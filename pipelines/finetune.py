@@ -120,13 +120,16 @@ class FinetuneConfig(StrictModel):
 
 
 def _fingerprint(config: FinetuneConfig, model_path: str, data_path: str, kept: int,
-                 workers: int, dtype: str, label_names: list[str] | None = None) -> str:
+                 workers: int, dtype: str, label_names: list[str] | None = None,
+                 wrapper: tuple[str, str] | None = None) -> str:
     """What determines the trained weights: a run only resumes a checkpoint of the same."""
     if config.objective == "classification":
         task = {"classification": [config.classification.model_dump(
             exclude={"data_root", "test_split", "source", "local_source"}), label_names, data_path]}
     else:
+        # The rendered wrapper too: the same config on another tokenizer revision is another run.
         task = {"encoder": config.encoder.model_dump(exclude={"forward_batch_size"}),
+                "wrapper": list(wrapper) if wrapper else None,
                 "data": [data_path, config.data.columns, config.data.invalid_rows],
                 "loss": config.loss.model_dump()}
     relevant = {
@@ -290,8 +293,10 @@ def run(config: FinetuneConfig) -> dict[str, Any]:
     kept = resolve_depth(config.layers, total_layers)
     tokenizer = load_tokenizer(source, trust_remote_code=config.model.trust_remote_code,
                                revision=config.model.revision)
+    wrapper = None
     if config.objective == "contrastive":
-        PromptFormatter(tokenizer, config.encoder.prompt())  # fail on a bad prompt setup now
+        formatter = PromptFormatter(tokenizer, config.encoder.prompt())  # a bad setup fails now
+        wrapper = (formatter.prefix, formatter.suffix)
     unknown = [t for t in (config.lora.target_modules or []) if t not in PROJECTIONS]
     if unknown:
         print(f"layercut: note: lora.target_modules {unknown} are not standard projections",
@@ -313,7 +318,8 @@ def run(config: FinetuneConfig) -> dict[str, Any]:
     objective, data_path, label_names, data_columns = _objective(config, tokenizer)
     run_dir = config.run_dir(kept)
     run_dir.mkdir(parents=True, exist_ok=True)
-    fingerprint = _fingerprint(config, source.path, data_path, kept, plan.count, dtype, label_names)
+    fingerprint = _fingerprint(config, source.path, data_path, kept, plan.count, dtype, label_names,
+                               wrapper)
     summary_path = run_dir / "summary.json"
     if summary_path.exists() and (run_dir / MODEL_DIR / "layercut.json").exists():
         summary = json.loads(summary_path.read_text())
@@ -334,7 +340,7 @@ def run(config: FinetuneConfig) -> dict[str, Any]:
             columns=config.data.columns)
     if data_report["skipped_rows"]:
         print(f"layercut: skipped {data_report['skipped_rows']} of {data_report['rows']} rows "
-              f"with a missing or empty field; first: {data_report.get('first_problem')}",
+              f"(a field missing, empty or not text); first: {data_report.get('first_problem')}",
               file=sys.stderr)
     batch_plan, epoch_steps = _plan(annotated, config, global_batch)
     datasets = _worker_datasets(annotated, batch_plan, plan.count, config.training.batch_size,

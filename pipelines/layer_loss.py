@@ -50,11 +50,13 @@ class LayerLossConfig(StrictModel):
         return Path(self.output_dir) / (self.name or f"layer-loss-{self.model.slug()}")
 
 
-def _fingerprint(config: LayerLossConfig, source: ModelSource, data_path: str) -> str:
+def _fingerprint(config: LayerLossConfig, source: ModelSource, data_path: str,
+                 wrapper: tuple[str, str]) -> str:
     """What determines the numbers: a run dir only resumes batches of the same fingerprint."""
     relevant = {
         "model": [source.path, config.model.revision, config.model.dtype],
         "encoder": config.encoder.model_dump(exclude={"forward_batch_size"}),
+        "wrapper": list(wrapper),  # the rendered chat-template prefix and suffix
         "data": [data_path, config.data.columns, config.data.invalid_rows,
                  config.data.num_batches, config.data.batch_size, config.data.seed],
         "loss": config.loss.model_dump(),
@@ -149,12 +151,13 @@ def run(config: LayerLossConfig, *, show_progress: bool = True) -> dict[str, Any
     total_layers, params = parameters_per_depth(
         source, trust_remote_code=config.model.trust_remote_code, revision=config.model.revision)
     # Fail on a prompt setup the tokenizer cannot serve here, before any data or worker starts.
-    PromptFormatter(load_tokenizer(source, trust_remote_code=config.model.trust_remote_code,
-                                   revision=config.model.revision), config.encoder.prompt())
+    formatter = PromptFormatter(load_tokenizer(source, trust_remote_code=config.model.trust_remote_code,
+                                               revision=config.model.revision), config.encoder.prompt())
+    wrapper = (formatter.prefix, formatter.suffix)
     data_path = resolve_source(config.data.source, config.data.local_source, config.data.data_root)
     run_dir = config.run_dir()
     run_dir.mkdir(parents=True, exist_ok=True)
-    store = _BatchStore(run_dir, _fingerprint(config, source, data_path))
+    store = _BatchStore(run_dir, _fingerprint(config, source, data_path, wrapper))
     write_atomic(run_dir / "config.yaml", dump_config(config))
 
     ensure_ray(config.workers.address)
@@ -163,7 +166,7 @@ def run(config: LayerLossConfig, *, show_progress: bool = True) -> dict[str, Any
         seed=config.data.seed, invalid_rows=config.data.invalid_rows, columns=config.data.columns)
     if data_report["skipped_rows"]:
         print(f"layercut: skipped {data_report['skipped_rows']} of {data_report['rows']} rows "
-              f"with a missing or empty field; first: {data_report['first_problem']}", file=sys.stderr)
+              f"(a field missing, empty or not text); first: {data_report['first_problem']}", file=sys.stderr)
 
     per_batch = store.load(total_layers)
     pending = [(i, batch) for i, batch in enumerate(batches) if i not in per_batch]
@@ -191,6 +194,7 @@ def run(config: LayerLossConfig, *, show_progress: bool = True) -> dict[str, Any
     small, large = choose_depths(losses.tolist())
     summary = _summary(config, source, total_layers, params, losses, small, large, data_report)
     summary["duplicates"] = _duplicate_report(config, batches)
+    summary["prompt"] = {"prefix": wrapper[0], "suffix": wrapper[1]}  # exactly what wrapped texts
     _write_outputs(run_dir, summary, losses, params)
     plot_layer_losses(losses.tolist(), small, large,
                       f"{config.model.name_or_path}: loss of the model cut to l layers",

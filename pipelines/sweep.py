@@ -50,6 +50,17 @@ class StageOverrides(StrictModel):
     evaluate: dict[str, Any] = Field(default_factory=dict)
     classify: dict[str, Any] = Field(default_factory=dict)  # stage 3 of the classification route
 
+    @classmethod
+    def override_tree_model(cls, field: str):
+        """The stage config a tree is laid over: it types ``overrides.<stage>.key=value``."""
+        from pipelines.classify import ClassifyConfig
+        from pipelines.evaluate import EvaluateConfig
+        from pipelines.finetune import FinetuneConfig
+        from pipelines.layer_loss import LayerLossConfig
+
+        return {"layer_loss": LayerLossConfig, "finetune": FinetuneConfig,
+                "evaluate": EvaluateConfig, "classify": ClassifyConfig}.get(field)
+
 
 class ModelEntry(StrictModel):
     config: str  # packaged per-model config name (e.g. llama3-8b) or a YAML path, for each stage

@@ -231,7 +231,9 @@ def export_artifact(spec, trained_dir: Path, target: Path, info: ArtifactInfo) -
             tokenizer.padding_side = "right"
             tokenizer.save_pretrained(staging)
             _sentence_transformers_files(staging, formatter, info, merged.config.hidden_size)
-            layercut.update(pooling=info.pooling, prompt=asdict(info.prompt))
+            # The wrapper as rendered now: evaluation uses it instead of rendering the template
+            # again (a dated template, or a later tokenizer revision, would render another).
+            layercut.update(pooling=info.pooling, prompt=asdict(formatter.recorded()))
             (staging / "README.md").write_text(_model_card(info, formatter.prefix))
         (staging / LAYERCUT_FILE).write_text(json.dumps(layercut, indent=2))
         if target.exists():  # a previous export of the same run: replace it whole

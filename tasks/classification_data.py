@@ -2,9 +2,10 @@
 
 A split is read through Ray Data like the training triplets (local folder, cloud URI or hf://).
 Rows get a content key hashed from the seed, the text and the label, so the batch plan
-(``tasks.batch_plan``) is the same whatever the file layout. A row with an empty text is
-skipped (or fails, as configured); a label outside the label list is always an error: it means
-the label list or the column is wrong, and training on it would be silently wrong.
+(``tasks.batch_plan``) is the same whatever the file layout. A row whose text is missing, empty
+or not text is skipped and counted (or fails naming its file and line, as configured); a label
+outside the label list is always an error: it means the label list or the column is wrong, and
+training on it would be silently wrong.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from tasks.data import read_rows, take_summaries
+from tasks.data import read_rows, row_places, take_summaries, text_problems
 from tasks.errors import LayercutError
+from tasks.json_lines import UNPARSABLE
 
 FIELDS = ("text", "label")
 
@@ -38,24 +40,26 @@ def annotate_labeled(table: pa.Table, text_column: str, label_column: str, num_l
                      source: str, seed: int) -> pa.Table:
     """Columns text, label (int), source, ``_problem`` ('' for a usable row), ``_key``,
     ``_bad_label`` (the raw label when it is outside 0..num_labels-1, else null)."""
-    texts = table[text_column].to_pylist()
+    # The same text checks as the triplets (a JSON number as text is a bad row, named by line).
+    problems, rows = text_problems(table, {"text": text_column})
+    texts = [r["text"] for r in rows]
     raw_labels = table[label_column].to_pylist()
-    labels, problems, keys, bad = [], [], [], []
-    for text, raw in zip(texts, raw_labels):
+    unparsable = table[UNPARSABLE].to_pylist() if UNPARSABLE in table.column_names else [""] * len(texts)
+    places = row_places(table)
+    labels, keys, bad = [], [], []
+    for text, raw, broken, place in zip(texts, raw_labels, unparsable, places):
+        # JSON lines give every value as text: the label 3 arrives as "3".
         label = raw if isinstance(raw, (int, np.integer)) and not isinstance(raw, bool) else None
         if label is None and isinstance(raw, str) and raw.strip().lstrip("-").isdigit():
             label = int(raw)
         outside = label is None or not 0 <= label < num_labels
-        bad.append(None if not outside else str(raw))
+        # A line that is not JSON at all is a bad row (counted above), not a bad label.
+        bad.append(f"{str(raw)!r} at {place or 'a row'}" if outside and not broken else None)
         labels.append(-1 if outside else int(label))
-        problem = ""
-        if text is None or not isinstance(text, str) or not text.strip():
-            problem = "'text' is missing or empty"
-        problems.append(problem)
         digest = hashlib.blake2b(f"{seed}\0{text}\0{label}".encode(), digest_size=8).digest()
         keys.append(int.from_bytes(digest, "big"))
     return pa.table({
-        "text": pa.array([t if isinstance(t, str) else None for t in texts], type=pa.string()),
+        "text": pa.array(texts, type=pa.string()),
         "label": pa.array(labels, type=pa.int64()),
         "source": pa.array([source] * table.num_rows, type=pa.string()),
         "_problem": pa.array(problems, type=pa.string()),
@@ -70,6 +74,7 @@ def _summarize(table: pa.Table, num_labels: int) -> pa.Table:
     labels = np.asarray(table["label"].to_pylist(), dtype=np.int64)
     counts = np.bincount(labels[labels >= 0], minlength=num_labels).tolist()
     return pa.table({"rows": [table.num_rows], "bad": [sum(1 for p in problems if p)],
+                     "first_problem": [next((p for p in problems if p), "")],
                      "bad_labels": [len(bad_labels)],
                      "first_bad_label": [bad_labels[0] if bad_labels else ""],
                      "counts": pa.array([counts], type=pa.list_(pa.int64()))})
@@ -94,13 +99,15 @@ def annotated_labeled(path: str, *, label_names: list[str], columns: dict[str, s
         first = next(s["first_bad_label"] for s in summaries if s["first_bad_label"])
         raise LayercutError(
             f"{bad_labels} rows of {path} have labels outside the label list "
-            f"0..{len(label_names) - 1} ({', '.join(label_names)}); first: {first!r}")
+            f"0..{len(label_names) - 1} ({', '.join(label_names)}); first: {first}")
     if bad and invalid_rows == "fail":
-        raise LayercutError(f"{bad} of {rows} rows in {path} have no text")
+        first = next(s["first_problem"] for s in summaries if s["first_problem"])
+        raise LayercutError(f"{bad} of {rows} rows in {path} have no usable text; first: {first}")
     if rows == bad:
         raise LayercutError(f"classification data {path} has no usable rows ({rows} read)")
     per_class = np.sum([s["counts"] for s in summaries], axis=0, dtype=np.int64)
-    report = {"path": path, "rows": rows, "skipped_rows": bad,
+    first = next((s["first_problem"] for s in summaries if s["first_problem"]), "")
+    report = {"path": path, "rows": rows, "skipped_rows": bad, "first_problem": first,
               "per_class": dict(zip(label_names, per_class.tolist()))}
     return annotated, report
 
@@ -113,8 +120,13 @@ def label_names_from_data(path: str, columns: dict[str, str]) -> list[str]:
     if text_column not in available:
         raise LayercutError(f"{path} has no label_text column to name the labels; set "
                             "classification.label_names")
-    pairs = {(int(r[label_column]), str(r[text_column]))
-             for r in dataset.select_columns([label_column, text_column]).take_all()}
+    try:
+        pairs = {(int(r[label_column]), str(r[text_column]))
+                 for r in dataset.select_columns([label_column, text_column]).take_all()
+                 if r[label_column] is not None}
+    except (TypeError, ValueError) as exc:  # a label that is not a whole number
+        raise LayercutError(f"a label in {path} is not a label id ({exc}); set "
+                            "classification.label_names") from exc
     by_id: dict[int, set[str]] = {}
     for label, name in pairs:
         by_id.setdefault(label, set()).add(name)

@@ -9,6 +9,7 @@ keys are taken, in key order.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 
 from tasks.errors import LayercutError
+from tasks.json_lines import LINE, NOT_TEXT, UNPARSABLE, json_type, read_json_lines
 
 REQUIRED_FIELDS = ("query", "positive", "negative")
 OPTIONAL_FIELDS = ("instruction", "source")
@@ -26,6 +28,7 @@ FIELD_ALIASES = {"query": ("query", "anchor"), "positive": ("positive", "pos"),
                  "negative": ("negative", "neg"), "instruction": ("instruction",),
                  "source": ("source",)}
 DATA_ROOT_ENV = "LAYERCUT_DATA_ROOT"
+INTERNAL_COLUMNS = (LINE, NOT_TEXT, UNPARSABLE)  # added by the JSON-lines reader
 
 
 def resolve_source(source: str, local_source: str | None, data_root: str | None) -> str:
@@ -80,8 +83,9 @@ def read_triplets(path: str):
     kwargs = {"filesystem": filesystem} if filesystem is not None else {}
     try:
         if _format_of(path, filesystem) == "json":
-            return ray.data.read_json(fs_path, file_extensions=["json", "jsonl", "gz"],
-                                      include_paths=True, **kwargs)
+            # Line by line, every column text: one bad line is one bad row (tasks.json_lines).
+            return read_json_lines(fs_path, file_extensions=["json", "jsonl", "gz"],
+                                   include_paths=True, **kwargs)
         return ray.data.read_parquet(fs_path, file_extensions=["parquet"], include_paths=True,
                                      **kwargs)
     except Exception as exc:  # noqa: BLE001
@@ -97,7 +101,16 @@ def read_rows(path: str, what: str = "training data"):
         raise LayercutError(f"cannot read {what} {path}: {short_error(exc)}") from exc
     if schema is None:
         raise LayercutError(f"{what} {path} holds no rows")
-    return dataset, [n for n in schema.names if n != "path"]
+    names = [n for n in schema.names if n != "path" and n not in INTERNAL_COLUMNS]
+    if not names and UNPARSABLE in schema.names:  # JSON lines, none of them an object
+        try:
+            first = dataset.take(1)[0]
+        except Exception as exc:  # noqa: BLE001
+            raise LayercutError(f"cannot read {what} {path}: {short_error(exc)}") from exc
+        place = " ".join(str(p) for p in (first.get("path"), f"line {first[LINE]}") if p)
+        raise LayercutError(f"{what} {path} has no usable rows; first problem: {place}: "
+                            f"{first[UNPARSABLE]}")
+    return dataset, names
 
 
 def take_summaries(annotated, summarize, path: str, what: str = "training data") -> list[dict]:
@@ -131,6 +144,10 @@ def column_mapping(available: list[str], overrides: dict[str, str]) -> dict[str,
         found = next((c for c in candidates if c in available), None)
         if found is not None:
             mapping[field] = found
+        elif field in OPTIONAL_FIELDS:
+            # The schema is the first block's: an optional key that appears only in later rows
+            # (blocks of JSON lines each have their own keys) is still read where it is.
+            mapping[field] = candidates[0]
         elif field in REQUIRED_FIELDS:
             raise LayercutError(
                 f"training data has no {field!r} column (looked for {list(candidates)}; "
@@ -138,31 +155,70 @@ def column_mapping(available: list[str], overrides: dict[str, str]) -> dict[str,
     return mapping
 
 
-def annotate(table: pa.Table, mapping: dict[str, str], seed: int) -> pa.Table:
-    """Canonical columns plus ``_problem`` ('' for a usable row) and ``_key`` (sampling order)."""
-    out: dict[str, list[Any]] = {}
-    for field in (*REQUIRED_FIELDS, *OPTIONAL_FIELDS):
-        column = mapping.get(field)
-        out[field] = table[column].to_pylist() if column in table.column_names else [None] * table.num_rows
-    if "source" not in mapping and "path" in table.column_names:
-        # No source column: each file is one source (a folder of per-dataset files, as E5's).
-        out["source"] = [Path(p).name.split(".")[0] for p in table["path"].to_pylist()]
-    problems, keys = [], []
-    for row in range(table.num_rows):
-        problem = ""
-        for field in REQUIRED_FIELDS:
-            value = out[field][row]
+def row_places(table: pa.Table) -> list[str]:
+    """Where each row is: 'file line N' for JSON lines, 'file' for Parquet (no row numbers)."""
+    paths = table["path"].to_pylist() if "path" in table.column_names else [None] * table.num_rows
+    lines = table[LINE].to_pylist() if LINE in table.column_names else [None] * table.num_rows
+    return [" ".join(p for p in (path, None if line is None else f"line {line}") if p)
+            for path, line in zip(paths, lines)]
+
+
+def text_problems(table: pa.Table, fields: dict[str, str], optional: tuple[str, ...] = ()
+                  ) -> tuple[list[str], list[dict]]:
+    """(per row: '' or why the row cannot be used, per row: {field: text or None}) for the text
+    ``fields`` (our field name -> the table's column; an absent column reads as missing).
+
+    A value that is missing, blank or not text (a JSON number, a Parquet int column) makes the
+    row unusable, except that ``optional`` fields may be missing or blank; the reason names the
+    file, the line where known, and the field. Values that are not text come back as None.
+    """
+    n = table.num_rows
+    values = {f: table[c].to_pylist() if c in table.column_names else [None] * n
+              for f, c in fields.items()}
+    not_text = table[NOT_TEXT].to_pylist() if NOT_TEXT in table.column_names else [""] * n
+    unparsable = table[UNPARSABLE].to_pylist() if UNPARSABLE in table.column_names else [""] * n
+    places = row_places(table)
+    problems, rows = [], []
+    for row in range(n):
+        flagged = json.loads(not_text[row]) if not_text[row] else {}
+        problem = unparsable[row] or ""
+        for field, column in fields.items():
+            if problem:
+                break
+            value = values[field][row]
+            if field in optional and (value is None or (isinstance(value, str) and not value.strip())
+                                      ) and column not in flagged:
+                continue
             if value is None:
                 problem = f"{field!r} is missing"
-                break
-            if not isinstance(value, str) or not value.strip():
-                problem = f"{field!r} is empty or not text"
-                break
-        for field in OPTIONAL_FIELDS:
-            value = out[field][row]
-            if value is not None and not isinstance(value, str):
-                out[field][row] = str(value)
-        problems.append(problem)
+            elif column in flagged or not isinstance(value, str):
+                kind = flagged.get(column) or json_type(value)
+                problem = f"{field!r} is a {kind} ({str(value)[:40]}), not text"
+            elif not value.strip():
+                problem = f"{field!r} is empty"
+        problems.append(f"{places[row] or 'row'}: {problem}" if problem else "")
+        rows.append({f: v if isinstance(v := values[f][row], str) and c not in flagged else None
+                     for f, c in fields.items()})
+    return problems, rows
+
+
+def annotate(table: pa.Table, mapping: dict[str, str], seed: int) -> pa.Table:
+    """Canonical columns plus ``_problem`` ('' for a usable row, else where and why it is not)
+    and ``_key`` (sampling order)."""
+    text_fields = {f: mapping[f] for f in (*REQUIRED_FIELDS, "instruction") if f in mapping}
+    problems, rows = text_problems(table, text_fields, optional=("instruction",))
+    out: dict[str, list[Any]] = {f: [r.get(f) for r in rows] for f in (*REQUIRED_FIELDS, "instruction")}
+    column = mapping.get("source")
+    if column in table.column_names:
+        # A label, not model input: any JSON value is kept as its text.
+        out["source"] = [None if v is None else str(v) for v in table[column].to_pylist()]
+    elif "path" in table.column_names:
+        # No source column: each file is one source (a folder of per-dataset files, as E5's).
+        out["source"] = [Path(p).name.split(".")[0] for p in table["path"].to_pylist()]
+    else:
+        out["source"] = [None] * table.num_rows
+    keys = []
+    for row in range(table.num_rows):
         content = "\0".join(str(out[f][row]) for f in (*REQUIRED_FIELDS, "instruction"))
         digest = hashlib.blake2b(f"{seed}\0{content}".encode(), digest_size=8).digest()
         keys.append(int.from_bytes(digest, "big"))
@@ -177,8 +233,10 @@ def _summarize(table: pa.Table) -> pa.Table:
     bad = np.flatnonzero(problem != "")
     example = ""
     if len(bad):
-        query = table["query"][int(bad[0])].as_py()
-        example = f"{problem[bad[0]]} (row with query {str(query)[:60]!r})"
+        example = problem[bad[0]]
+        if " line " not in example.split(":")[0]:  # Parquet: no line number, show the row
+            query = table["query"][int(bad[0])].as_py()
+            example = f"{example} (row with query {str(query)[:60]!r})"
     return pa.table({"rows": [table.num_rows], "bad": [len(bad)], "example": [example]})
 
 
@@ -196,8 +254,9 @@ def annotated_triplets(path: str, *, seed: int, invalid_rows: str = "skip",
                        columns: dict[str, str] | None = None):
     """(Ray Dataset of annotated rows, report of what was read) for the triplets at ``path``.
 
-    ``invalid_rows``: 'skip' drops rows with a missing or empty field and counts them; 'fail'
-    stops with an error naming the first one. No usable row at all is always an error.
+    ``invalid_rows``: 'skip' drops unusable rows (a field missing, empty or not text, a line
+    that is not a JSON object) and counts them; 'fail' stops with an error naming the first one
+    by file, line (JSON lines) and field. No usable row at all is always an error.
     """
     dataset, available = read_rows(path)
     mapping = column_mapping(available, columns or {})

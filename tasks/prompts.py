@@ -8,11 +8,19 @@ An empty (or whitespace-only) text still gets an embedding: with no text token t
 mask holds the last token before where the text would start (the end of the chat-template prefix,
 or of the instruction and separator). This is the same rule for evaluation, stage 1 and stage 2,
 and the exported sentence-transformers modules (``tasks.st_modules``) apply it too.
+
+Inputs never depend on the calendar: templates that write today's date into a system turn
+(Llama 3.1/3.2 through ``strftime_now``) render with the fixed date ``FIXED_DATE``. A wrapper can
+also be given as recorded (``PromptConfig.prefix``/``suffix``, as an artifact stores it), and is
+then used as it is, without rendering the template again.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from datetime import datetime
 from typing import Sequence
 
 import torch
@@ -22,6 +30,37 @@ from tasks.errors import LayercutError
 # Private-use characters: never part of real content.
 _SLOT = "\uE000LAYERCUT-TEXT\uE001"
 _FIRST, _REPLY, _BOS = "\uE000FIRST\uE001", "\uE000REPLY\uE001", "\uE000BOS\uE001"
+_SYSTEM = "\uE000SYSTEM\uE001"
+# The date every template sees (Llama 3.1's own default when no clock is given to it).
+FIXED_DATE = datetime(2024, 7, 26)
+_CLOCK_LOCK = threading.Lock()
+
+
+class _FixedClock(datetime):
+    @classmethod
+    def now(cls, tz=None):
+        return FIXED_DATE if tz is None else FIXED_DATE.replace(tzinfo=tz)
+
+
+@contextmanager
+def fixed_template_clock():
+    """Chat templates rendered inside see ``FIXED_DATE`` as today.
+
+    transformers' ``strftime_now`` reads ``datetime.now()`` of its own module; a render keyword
+    cannot replace the function (transformers turns keyword values into plain data), so that
+    name points at a fixed clock while we render, a few times per formatter. The test with two
+    different todays (tests/test_chat_template_cases.py) fails if transformers reads time
+    another way.
+    """
+    from transformers.utils import chat_template_utils as utils
+
+    with _CLOCK_LOCK:
+        saved = getattr(utils, "datetime", datetime)
+        utils.datetime = _FixedClock
+        try:
+            yield
+        finally:
+            utils.datetime = saved
 
 
 @dataclass(frozen=True)
@@ -31,6 +70,9 @@ class PromptConfig:
     system_prompt: str | None = None
     instruction_separator: str = "; "  # between instruction and text, as in LLM2Vec's E5 data
     max_length: int = 512
+    # A recorded wrapper (an artifact's): used as is instead of rendering the chat template.
+    prefix: str | None = None
+    suffix: str | None = None
 
 
 class PromptFormatter:
@@ -44,22 +86,37 @@ class PromptFormatter:
         if self.pad_token_id is None:
             self.pad_token_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
 
+    def recorded(self) -> PromptConfig:
+        """This formatter's config with the wrapper it rendered: what an artifact records."""
+        return replace(self.config, prefix=self.prefix, suffix=self.suffix)
+
+    def _template_name(self) -> str:
+        return f"the chat template of {getattr(self.tokenizer, 'name_or_path', '') or 'the tokenizer'}"
+
     def _render(self, messages: list[dict[str, str]], **kwargs) -> str:
         try:
-            return self.tokenizer.apply_chat_template(
-                messages, tokenize=False, add_generation_prompt=False, **kwargs)
+            with fixed_template_clock():
+                return self.tokenizer.apply_chat_template(
+                    messages, tokenize=False, add_generation_prompt=False, **kwargs)
         except Exception as exc:  # noqa: BLE001 - templates raise arbitrary errors
             raise LayercutError(f"the chat template rejects this prompt setup: {exc}") from exc
 
     def _wrapper(self) -> tuple[str, str]:
-        """(prefix, suffix) around the user message, from the tokenizer's chat template."""
+        """(prefix, suffix) around the user message: as recorded, or from the chat template."""
+        if self.config.prefix is not None:
+            return self.config.prefix, self.config.suffix or ""
         if not self.config.use_chat_template:
+            if self.config.system_prompt is not None:
+                raise LayercutError("encoder.system_prompt needs the chat template (there is no "
+                                    "system turn without it); unset it or set "
+                                    "encoder.use_chat_template: true")
             return "", ""
         if not getattr(self.tokenizer, "chat_template", None):
             raise LayercutError(
                 "the tokenizer has no chat template; set encoder.use_chat_template: false")
         messages = [{"role": "user", "content": _SLOT}]
         if self.config.system_prompt is not None:
+            self._check_system_turn()
             messages.insert(0, {"role": "system", "content": self.config.system_prompt})
         rendered = self._render(messages)
         if rendered.count(_SLOT) != 1:
@@ -68,6 +125,16 @@ class PromptFormatter:
         if self.config.system_prompt is None:
             prefix = self._drop_default_system_turn(prefix, suffix)
         return prefix, suffix
+
+    def _check_system_turn(self) -> None:
+        """A template that drops the system message (early Phi-3 releases rendered only user and
+        assistant turns) would silently ignore encoder.system_prompt: refuse it."""
+        probe = self._render([{"role": "system", "content": _SYSTEM}, {"role": "user", "content": _SLOT}])
+        if _SYSTEM not in probe:
+            raise LayercutError(
+                f"{self._template_name()} drops the system turn, so encoder.system_prompt "
+                f"({self.config.system_prompt!r}) would never reach the model; unset it or use "
+                "a tokenizer whose template renders system messages")
 
     def _drop_default_system_turn(self, prefix: str, suffix: str) -> str:
         """``prefix`` without a system turn the template inserts by itself (Qwen2, SmolLM2).

@@ -12,7 +12,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("LAYERCUT_TEST_DATA", REPO.parent / "shared" / "data")).resolve()
 TRIPLETS = SHARED_DATA / "train" / "triplets.jsonl"
-SHARED_CASES = SHARED_DATA.parent / "cases"  # small failure cases (see its README.md)
+SHARED_CASES = SHARED_DATA.parent / "cases"  # failure cases from real-world reports (read-only)
 
 # Chat templates of the families (the wrapping part of each real template), so formatting is
 # tested against each family's conventions with a tokenizer we have offline.

@@ -177,7 +177,8 @@ def test_cli_bad_input(tmp_path, capsys, tiny_model_dirs, ray_cluster, monkeypat
     cases["unreadable model file"] = ([*common, f"model.name_or_path={broken}"], "cannot read GGUF model")
     garbled = tmp_path / "garbled.jsonl"
     garbled.write_text('{"query": "a", "positive": "b"\nnot json\n')
-    cases["unreadable data"] = ([*common, tiny, f"data.source={garbled}"], "cannot read training data")
+    cases["unreadable data"] = ([*common, tiny, f"data.source={garbled}"],
+                                f"has no usable rows; first problem: {garbled} line 1: not valid JSON")
     empty_dir = tmp_path / "empty-model"
     empty_dir.mkdir()
     cases["model dir without config"] = ([*common, f"model.name_or_path={empty_dir}"], "has no config.json")
