@@ -173,7 +173,7 @@ def settings_fingerprint(config: EvaluateConfig, model) -> dict[str, Any]:
     pooling and subsample (not where, on how many workers or in what batch size it runs)."""
     sample = config.max_samples_per_split
     return {"model": model_identity(model.spec.source, config.model.revision),
-            "layers": config.layers, "dtype": config.model.dtype,
+            "layers": config.model_dump(mode="json", include={"layers"})["layers"], "dtype": config.model.dtype,
             "prompt": asdict(model.prompt), "pooling": model.pooling,
             "subsample": {"max_samples_per_split": sample, "seed": SAMPLE_SEED} if sample else None}
 
