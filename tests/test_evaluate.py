@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import importlib.util
 import json
 import re
@@ -306,7 +307,8 @@ def test_progress_lines_and_no_progress(tmp_path, mini_mirror, tiny_model_dirs, 
             "--data-root", str(mini_mirror), "workers.executor=local"]
     assert main([*argv, "--output-dir", str(tmp_path / "bar")]) == 0
     err = capsys.readouterr().err
-    score = float((next((tmp_path / "bar").glob("eval-*")) / "summary.csv").read_text().split(",")[-1])
+    with open(next((tmp_path / "bar").glob("eval-*")) / "summary.csv") as handle:
+        score = float(next(csv.DictReader(handle))["main_score"])
     lines = [line for line in err.splitlines() if line.startswith("layercut: STSBenchmark")]
     assert lines[0] == "layercut: STSBenchmark: started"
     assert lines[1].startswith(f"layercut: STSBenchmark: main score {score:.4f} (cosine_spearman) in ")
