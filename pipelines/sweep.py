@@ -460,9 +460,8 @@ def guard_and_record(run_dir: Path, config: SweepConfig, plans: list[ModelPlan])
 def training_overlap(plan: ModelPlan) -> dict[str, dict[str, int]]:
     """For each evaluation task of the model: how many of its evaluated texts occur in the
     model's training triplets (query, positive or negative), compared through hashes."""
-    from pipelines.evaluate import check_tasks
     from tasks.data import annotated_triplets, resolve_source
-    from tasks.mteb_tasks import load_task
+    from tasks.mteb_tasks import load_task, resolve_task_names
     from tasks.overlap import task_overlap, text_hashes
 
     data = plan.finetune.data
@@ -474,7 +473,7 @@ def training_overlap(plan: ModelPlan) -> dict[str, dict[str, int]]:
             training |= text_hashes(batch[column])
     evaluate = plan.evaluate
     return {name: task_overlap(load_task(name, evaluate.data_root, evaluate.task_selection()), training)
-            for name in check_tasks(evaluate)}
+            for name in resolve_task_names(evaluate.tasks)}  # checked in resolve_models
 
 
 def latency_texts(plan: ModelPlan, count: int) -> list[str]:

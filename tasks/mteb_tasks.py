@@ -132,16 +132,17 @@ class TaskSelection:
         ``task.hf_subsets``). Raises LayercutError for a split or subset the task does not have."""
         import mteb
 
-        available = list(mteb.get_task(name).metadata.eval_splits)
+        task = mteb.get_task(name)
+        available = list(task.metadata.eval_splits)
         splits = list(self.task_splits.get(name) or [s for s in self.splits if s in available] or available)
         unknown = [split for split in splits if split not in available]
         if unknown:
             raise LayercutError(f"task {name} has no split {', '.join(unknown)} (it has {', '.join(available)})")
-        try:
+        task.filter_eval_splits(splits)
+        try:  # mteb's own filters, as mteb.get_task applies them
             if name in self.task_subsets:
-                return mteb.get_task(name, eval_splits=splits, hf_subsets=list(self.task_subsets[name]))
-            return mteb.get_task(name, eval_splits=splits, languages=list(self.languages),
-                                 exclusive_language_filter=True)
+                return task.filter_languages(None, hf_subsets=list(self.task_subsets[name]))
+            return task.filter_languages(list(self.languages), exclusive_language_filter=True)
         except ValueError as error:  # mteb: no subset passes the filters
             raise LayercutError(f"task {name}: {str(error).splitlines()[0]} (set evaluate.task_subsets."
                                 f"{name} or evaluate.languages)") from None
