@@ -116,9 +116,10 @@ def _classification_result(spec: TrialSpec, trained: dict[str, Any]) -> dict[str
 
 
 def training_progress(spec: TrialSpec) -> dict[str, Any] | None:
-    """The latest training step of the trial's Ray Train run ({"step", "loss"}), from its newest
-    checkpoint's trainer state (the run directory is on storage every node shares)."""
-    checkpoints = sorted((spec.finetune.run_dir(spec.layers) / "ray" / "train").glob("step-*/trainer_state.json"))
+    """The latest training step of the trial's Ray Train run ({"step", "training_loss"}), from its
+    newest checkpoint's trainer state (the run directory is on storage every node shares)."""
+    train_dir = spec.finetune.run_dir(spec.layers) / "ray" / "train"
+    checkpoints = sorted(train_dir.glob("step-*/trainer_state.json"))
     for path in reversed(checkpoints):  # the newest may be half-written: fall back to the one before
         try:
             history = json.loads(path.read_text())["history"]
