@@ -120,6 +120,21 @@ def tiny_model_dirs(tmp_path_factory, smollm2_dir) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
+def tiny_causal_lm(tmp_path_factory, smollm2_dir) -> str:
+    """A saved tiny random Llama with an LM head (6 layers, tied embeddings) and Llama-3's chat
+    template: a base model for both routes (the contrastive one loads its backbone)."""
+    import transformers as tf
+
+    tokenizer = family_tokenizer(smollm2_dir, "llama")
+    torch.manual_seed(0)
+    model = tf.LlamaForCausalLM(tf.LlamaConfig(vocab_size=len(tokenizer), tie_word_embeddings=True, **TINY))
+    target = tmp_path_factory.mktemp("tiny-causal-llama")
+    model.save_pretrained(target)
+    tokenizer.save_pretrained(target)
+    return str(target)
+
+
+@pytest.fixture(scope="session")
 def ray_cluster():
     """A local Ray instance for the session (2 CPUs, no dashboard), shut down at the end."""
     import ray

@@ -40,12 +40,16 @@ def _train_command(output: Path, name: str) -> list[str]:
             *TRAIN]
 
 
-def _classify(output: Path, model: str, *extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "pipelines.classify", "--model", model, "--output-dir", str(output),
-         "--data-root", str(SHARED_DATA), "--no-progress", "max_test_rows=300", "chunk_size=100",
-         "workers.num_workers=2", "workers.address=local", *extra],
-        cwd=REPO, env=_env(), capture_output=True, text=True, timeout=900)
+def _classify(capsys, output: Path, model: str, *extra: str) -> tuple[int, str]:
+    """``layercut evaluate-classifier`` in this process, on the session's Ray: (exit status,
+    stderr). The training above is the separate-process CLI run; these only read and score."""
+    from pipelines.cli import main
+
+    capsys.readouterr()
+    status = main(["evaluate-classifier", "--model", model, "--output-dir", str(output),
+                   "--data-root", str(SHARED_DATA), "--no-progress", "max_test_rows=300", "chunk_size=100",
+                   "workers.num_workers=2", "workers.address=local", *extra])
+    return status, capsys.readouterr().err
 
 
 def _losses(run_dir: Path) -> list[float]:
@@ -62,7 +66,7 @@ def trained(tmp_path_factory) -> Path:
     return output / "straight"
 
 
-def test_prompt_tuned_cut_model_beats_the_majority_class(trained, tmp_path):
+def test_prompt_tuned_cut_model_beats_the_majority_class(trained, tmp_path, ray_cluster, capsys):
     from transformers import AutoModelForCausalLM
 
     losses = _losses(trained)
@@ -75,8 +79,8 @@ def test_prompt_tuned_cut_model_beats_the_majority_class(trained, tmp_path):
     model = AutoModelForCausalLM.from_pretrained(artifact)  # plain transformers loads it
     assert model.config.num_hidden_layers == 4
 
-    result = _classify(tmp_path, str(artifact), "--name", "tuned")
-    assert result.returncode == 0, result.stderr[-4000:]
+    status, stderr = _classify(capsys, tmp_path, str(artifact), "--name", "tuned")
+    assert status == 0, stderr[-4000:]
     summary = json.loads((tmp_path / "tuned" / "summary.json").read_text())
     assert summary["examples"] == 300 and not summary["zero_shot"] and summary["layers"] == 4
     assert summary["accuracy"] >= summary["majority_rate"] + 0.08, summary
@@ -87,33 +91,36 @@ def test_prompt_tuned_cut_model_beats_the_majority_class(trained, tmp_path):
     assert sum(r["gold"] == r["predicted"] for r in rows) / 300 == pytest.approx(summary["accuracy"])
 
     # Resume: a finished run does nothing; a lost chunk is scored again, and only it.
-    again = _classify(tmp_path, str(artifact), "--name", "tuned")
-    assert again.returncode == 0 and "nothing to do" in again.stderr
+    status, stderr = _classify(capsys, tmp_path, str(artifact), "--name", "tuned")
+    assert status == 0 and "nothing to do" in stderr
     chunks = sorted((tmp_path / "tuned" / "chunks").glob("*/*.npz"))
     assert len(chunks) == 3
     kept = {c.name: c.stat().st_mtime_ns for c in chunks[1:]}
     chunks[0].unlink()
     (tmp_path / "tuned" / "summary.json").unlink()
-    again = _classify(tmp_path, str(artifact), "--name", "tuned")
-    assert again.returncode == 0, again.stderr[-4000:]
+    status, stderr = _classify(capsys, tmp_path, str(artifact), "--name", "tuned")
+    assert status == 0, stderr[-4000:]
     assert {c.name: c.stat().st_mtime_ns for c in chunks[1:]} == kept
     assert json.loads((tmp_path / "tuned" / "summary.json").read_text())["accuracy"] == summary["accuracy"]
 
     # The base model cut alike, zero-shot with the same prompt: the reference the tuning beat.
-    zero = _classify(tmp_path, "smollm2-135m", "--layers", "4", "--name", "zero")
-    assert zero.returncode == 0, zero.stderr[-4000:]
+    status, stderr = _classify(capsys, tmp_path, "smollm2-135m", "--layers", "4", "--name", "zero")
+    assert status == 0, stderr[-4000:]
     zero_shot = json.loads((tmp_path / "zero" / "summary.json").read_text())
     assert zero_shot["zero_shot"] and zero_shot["layers"] == 4
     assert summary["accuracy"] > zero_shot["accuracy"], (summary, zero_shot)
 
 
-def test_rerun_of_the_finished_classification_run_does_nothing(trained):
-    """The run's fingerprint (label names read from the data included) is stable across runs.
+def test_rerun_of_the_finished_classification_run_does_nothing(trained, ray_cluster, capsys):
+    """The run's fingerprint (label names read from the data included) is stable across runs
+    (asked again in this process, on the session's Ray).
 
     Kill-and-resume is the same training loop, checkpoint and batch plan for both objectives and
     is tested end to end in test_finetune.py; the classification model's DeepSpeed checkpoint and
     exact resume in test_classification_units.py."""
-    result = subprocess.run(_train_command(trained.parent, trained.name), cwd=REPO, env=_env(),
-                            capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0 and "nothing to do" in result.stderr, result.stderr[-4000:]
+    from pipelines.cli import main
+
+    capsys.readouterr()
+    assert main(["finetune", "--output-dir", str(trained.parent), "--name", trained.name, *TRAIN]) == 0
+    assert "nothing to do" in capsys.readouterr().err
     assert len(_losses(trained)) == 60

@@ -1,5 +1,5 @@
 """Stage 2 end to end: the real CLI, Ray Train with 2 CPU workers, DeepSpeed (gloo), SmolLM2 cut
-to 3 layers, the shared training triplets. A run killed mid-way (one worker, or the whole job)
+to 3 layers, the shared training triplets. A run that loses one worker and then the whole job
 finishes with the same per-step losses as an uninterrupted run of the same seed."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -58,18 +59,6 @@ def _wait_for_checkpoint(run_dir: Path, step: int, process: subprocess.Popen, ti
         if time.time() > deadline:
             raise AssertionError(f"no checkpoint {step} after {timeout} s")
         time.sleep(0.5)
-
-
-def kill_job_after_checkpoint(command: list[str], run_dir: Path, step: int) -> None:
-    """Start ``command`` (a stage's CLI) and kill it, the driver and the Ray it started, as soon
-    as its step-``step`` checkpoint exists."""
-    process = subprocess.Popen(command, cwd=REPO, env=_env(), stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        _wait_for_checkpoint(run_dir, step, process)
-    finally:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
 
 
 @pytest.fixture(scope="module")
@@ -148,30 +137,56 @@ def _descendants_named(pid: int, name: str):
             if name in " ".join(p.cmdline() or [])]
 
 
-def test_killed_worker_is_restarted_and_the_run_matches(uninterrupted, tmp_path):
-    process = subprocess.Popen(_command(tmp_path, "killed-worker"), cwd=REPO, env=_env(),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+@dataclass
+class Interrupted:
+    run_dir: Path
+    killed_worker: int  # pid of the training worker killed at checkpoint 4
+    workers_after: list[int]  # the training workers' pids at checkpoint 8
+    resumed: subprocess.CompletedProcess  # the same command, run again after the job died
+
+
+@pytest.fixture(scope="module")
+def interrupted(tmp_path_factory) -> Interrupted:
+    """One run that loses a training worker at checkpoint 4 (Ray Train restarts the worker group
+    from its checkpoint) and then, at checkpoint 8, the whole job: the driver and the Ray it
+    started, SIGKILL. The same command is then run again. (One run serves both failures: each
+    costs a full training run.)"""
+    output = tmp_path_factory.mktemp("interrupted")
+    run_dir = output / "killed"
+    process = subprocess.Popen(_command(output, "killed"), cwd=REPO, env=_env(), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
-        _wait_for_checkpoint(tmp_path / "killed-worker", 4, process)
+        _wait_for_checkpoint(run_dir, 4, process)
         workers = _descendants_named(process.pid, "RayTrainWorker")
         assert workers, "no Ray Train worker process found"
-        os.kill(workers[-1].pid, signal.SIGKILL)
-        _, stderr = process.communicate(timeout=900)
+        killed = workers[-1].pid
+        os.kill(killed, signal.SIGKILL)
+        _wait_for_checkpoint(run_dir, 8, process)
+        after = [worker.pid for worker in _descendants_named(process.pid, "RayTrainWorker")]
     finally:
-        if process.poll() is None:
-            process.kill()
-    assert process.returncode == 0, stderr[-4000:]
-    assert _losses(tmp_path / "killed-worker") == pytest.approx(_losses(uninterrupted), abs=1e-4)
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    return Interrupted(run_dir, killed, after, _run(output, "killed"))
 
 
-def test_rerun_after_the_job_died_resumes_and_matches(uninterrupted, tmp_path):
-    kill_job_after_checkpoint(_command(tmp_path, "killed-job"), tmp_path / "killed-job", 4)
-    result = _run(tmp_path, "killed-job")
-    assert result.returncode == 0, result.stderr[-4000:]
-    assert _losses(tmp_path / "killed-job") == pytest.approx(_losses(uninterrupted), abs=1e-4)
+def test_killed_worker_is_restarted_and_the_run_matches(uninterrupted, interrupted):
+    # The group was restarted without the killed worker and trained on to checkpoint 8.
+    assert interrupted.workers_after and interrupted.killed_worker not in interrupted.workers_after
+    assert interrupted.resumed.returncode == 0, interrupted.resumed.stderr[-4000:]
+    assert _losses(interrupted.run_dir) == pytest.approx(_losses(uninterrupted), abs=1e-4)
 
-    again = _run(tmp_path, "killed-job")
-    assert again.returncode == 0 and "nothing to do" in again.stderr
-    changed = _run(tmp_path, "killed-job", "training.learning_rate=5e-4")
-    assert changed.returncode == 2
-    assert "different configuration" in changed.stderr.strip().splitlines()[-1]
+
+def test_rerun_after_the_job_died_resumes_and_matches(uninterrupted, interrupted, ray_cluster, capsys):
+    from pipelines.cli import main
+
+    assert interrupted.resumed.returncode == 0, interrupted.resumed.stderr[-4000:]
+    assert _losses(interrupted.run_dir) == pytest.approx(_losses(uninterrupted), abs=1e-4)
+
+    # The finished run, asked again in-process on the session's Ray: nothing to do; asked with
+    # another configuration: a one-line refusal.
+    args = ["finetune", "--output-dir", str(interrupted.run_dir.parent), "--name", interrupted.run_dir.name, *RUN]
+    capsys.readouterr()
+    assert main(args) == 0
+    assert "nothing to do" in capsys.readouterr().err
+    assert main([*args, "training.learning_rate=5e-4"]) == 2
+    assert "different configuration" in capsys.readouterr().err.strip().splitlines()[-1]

@@ -92,16 +92,42 @@ def test_embeddings_do_not_depend_on_batching(tiny_model_dirs, triplet_rows):
     torch.testing.assert_close(together, one_by_one, rtol=1e-4, atol=1e-5)
 
 
+def _cut_by_hand(model, kept: int) -> None:
+    """Drop the decoder layers after the first ``kept``, in place, as one would by hand (the
+    per-layer attention types go with their layers). Independent of layercut's pruning, whose
+    loading path equals this for every family in test_pruning.py."""
+    model.layers = torch.nn.ModuleList(list(model.layers)[:kept])
+    model.config.num_hidden_layers = kept
+    if getattr(model.config, "layer_types", None):
+        model.config.layer_types = list(model.config.layer_types)[:kept]
+
+
+def _real_model_scan_equals_cut_models(spec: ModelSpec, prompt: PromptConfig, batch, depths,
+                                       layers: int) -> None:
+    """The one-pass losses of a real model against the same model cut by hand to each depth in
+    ``depths`` (descending: one load, cut further each time) and run normally."""
+    from tasks.prompts import PromptFormatter
+
+    model, tokenizer = spec.load()
+    formatter = PromptFormatter(tokenizer, prompt)
+    losses = batch_layer_losses(Encoder(model, formatter, batch_size=12), batch, scale=50.0)
+    assert losses.shape == (layers,)
+    exclude = torch.from_numpy(duplicate_mask(batch))  # the scan leaves duplicate positives out
+    for kept in sorted(depths, reverse=True):
+        _cut_by_hand(model, kept)
+        pruned = Encoder(model, formatter, batch_size=4)
+        q = pruned.encode(batch["query"], batch["instruction"])
+        p, n = pruned.encode(batch["positive"]), pruned.encode(batch["negative"])
+        expected = hard_negative_infonce(q, p, n, 50.0, exclude).item()
+        assert losses[kept - 1] == pytest.approx(expected, rel=1e-4, abs=1e-4), kept
+
+
 @pytest.mark.slow
 def test_one_pass_equals_truly_pruned_smollm2(smollm2_dir, triplet_rows):
-    spec = ModelSpec(source=ModelSource(smollm2_dir, True))
-    encoder = build_encoder(spec, PromptConfig(), batch_size=12)
     batch = _batch(triplet_rows[100:], 4)
-    losses = batch_layer_losses(encoder, batch, scale=50.0)
-    assert losses.shape == (30,)
-    for kept in (1, 7, 15, 29):
-        expected, _ = _pruned_loss(spec, batch, kept, "weighted_mean", 50.0)
-        assert losses[kept - 1] == pytest.approx(expected, rel=1e-4, abs=1e-4)
+    assert not duplicate_mask(batch).any()
+    _real_model_scan_equals_cut_models(ModelSpec(source=ModelSource(smollm2_dir, True)), PromptConfig(),
+                                       batch, (1, 7, 15, 29), 30)
 
 
 @pytest.mark.slow
@@ -110,17 +136,8 @@ def test_one_pass_equals_truly_pruned_gemma3_270m(triplet_rows):
     rows repeat a TRECQA query, so both sides leave the duplicate positives out of its negatives.)"""
     from tasks.models import resolve_model
 
-    spec = ModelSpec(source=resolve_model("gemma3-270m"))
-    prompt = PromptConfig(use_chat_template=False)  # a pretrained GGUF without a chat template
-    encoder = build_encoder(spec, prompt, batch_size=12)
     batch = _batch(triplet_rows[300:], 4)
-    losses = batch_layer_losses(encoder, batch, scale=50.0)
-    assert losses.shape == (18,)
-    for kept in (1, 6, 17):
-        pruned = build_encoder(ModelSpec(source=spec.source, layers=kept), prompt, batch_size=4)
-        q = pruned.encode(batch["query"], batch["instruction"])
-        p, n = pruned.encode(batch["positive"]), pruned.encode(batch["negative"])
-        exclude = torch.from_numpy(duplicate_mask(batch))
-        assert exclude.any()
-        assert losses[kept - 1] == pytest.approx(hard_negative_infonce(q, p, n, 50.0, exclude).item(),
-                                                 rel=1e-4, abs=1e-4)
+    assert duplicate_mask(batch).any()
+    # A pretrained GGUF without a chat template.
+    _real_model_scan_equals_cut_models(ModelSpec(source=resolve_model("gemma3-270m")),
+                                       PromptConfig(use_chat_template=False), batch, (1, 6, 17), 18)

@@ -1,6 +1,6 @@
 """Jobs submitted with `ray job submit` to a real local cluster started as the README says, with
 Ray's default token authentication: the README's stage-1 block as written, a refused token, and the
-main job (the sweep) with a stop midway and a resume."""
+main job (the sweep, both routes) with a stop midway and a resume."""
 
 from __future__ import annotations
 
@@ -169,33 +169,54 @@ def test_a_refused_token_is_one_line_naming_what_to_set(local_cluster, tmp_path)
 
 
 def _sweep_config(path: Path, model_dir: str) -> Path:
-    """The whole pipeline at toy size: a tiny random Llama (6 layers), the L3Prune picks and all
-    layers, 3 fine-tuning steps on 2 Ray Train workers, STSBenchmark cut to 16 pairs."""
+    """The whole pipeline at toy size, both routes: a tiny random Llama with an LM head (6 layers).
+    The contrastive route: the L3Prune picks and all layers, 3 fine-tuning steps on 2 Ray Train
+    workers, STSBenchmark cut to 16 pairs, mteb's logistic-regression probe on SST-2. The
+    classification route: SST-2 prompt-tuned at 1 and 6 layers, scored on 24 test rows, the
+    unpruned model's zero-shot reference. Tune's TensorBoard logger is on."""
+    model = {"model": {"name_or_path": model_dir}}
     path.write_text(yaml.safe_dump({
         "name": "sweep", "grid": ["keep:1.0"], "l3prune": True,
-        "models": [{"config": "smollm2-135m", "label": "tiny"}],
+        "models": [{"config": "smollm2-135m", "label": "tiny",
+                    "objectives": ["contrastive", "classification"]}],
+        "classification": {"datasets": ["sst2"], "layers": [1, 6], "zero_shot": True, "probe": True},
         "overrides": {
-            "layer_loss": {"model": {"name_or_path": model_dir},
-                           "data": {"num_batches": 2, "batch_size": 4}},
-            "finetune": {"model": {"name_or_path": model_dir}, "encoder": {"max_length": 48},
+            "layer_loss": {**model, "data": {"num_batches": 2, "batch_size": 4}},
+            "finetune": {**model, "encoder": {"max_length": 48}, "classification": {"max_length": 48},
                          "training": {"steps": 3, "warmup_steps": 0, "batch_size": 2,
                                       "checkpoint_every": 1, "learning_rate": 1e-3}},
             "evaluate": {"tasks": ["STSBenchmark"], "max_samples_per_split": 16,
-                         "workers": {"cpus_per_worker": 1}}},
+                         "workers": {"cpus_per_worker": 1}},
+            "classify": {**model, "max_test_rows": 24, "chunk_size": 8,
+                         "workers": {"num_workers": 1, "cpus_per_worker": 1}}},
+        "tune": {"max_concurrent_trials": 1, "loggers": ["tensorboard"]},
         "latency": {"texts": 8, "batch_size": 2},
         "budget": {"max_parameters": 10**9}}))
     return path
 
 
-@pytest.mark.slow
-def test_the_main_job_through_ray_job_submit_and_its_resume(tmp_path, tiny_model_dirs, local_cluster):
+@dataclass
+class MainJob:
+    """The main job submitted twice: stopped after its first trial, then resubmitted."""
+    run_dir: Path
+    model_dir: str
+    finished: dict[str, int]  # trial key -> result.json mtime when the first submission stopped
+    logs: dict[str, str]  # trial key -> its training log then
+    second: subprocess.CompletedProcess
+
+
+@pytest.fixture(scope="module")
+def main_job(tmp_path_factory, tiny_causal_lm, local_cluster) -> MainJob:
+    """One run of the main job at toy size, both routes, through `ray job submit`: the first
+    submission is stopped with `ray job stop` once a trial has finished, the same command is
+    submitted again and completes. The tests below read this one run (a sweep costs minutes)."""
+    tmp_path = tmp_path_factory.mktemp("main-job")
     out = tmp_path / "runs"
-    config = _sweep_config(tmp_path / "sweep.yaml", tiny_model_dirs["llama"])
+    config = _sweep_config(tmp_path / "sweep.yaml", tiny_causal_lm)
     entrypoint = ["python", "-m", "pipelines.sweep", "--config", str(config), "--no-progress",
                   "--data-root", str(SHARED_DATA), "--output-dir", str(out)]
     run_dir = out / "sweep"
 
-    # First submission: stopped with `ray job stop` once the first trial has finished.
     first = local_cluster.submit(*entrypoint, wait=False)
     assert first.returncode == 0, (first.stdout + first.stderr)[-3000:]
     job_id = re.search(r"raysubmit_\w+", first.stdout + first.stderr).group(0)
@@ -209,13 +230,19 @@ def test_the_main_job_through_ray_job_submit_and_its_resume(tmp_path, tiny_model
     assert stopped.returncode == 0, stopped.stderr
     finished = {path.parent.name: path.stat().st_mtime_ns for path in run_dir.glob("trials/*/result.json")}
     logs = {name: (run_dir / "trials" / name / "finetune" / "training_log.csv").read_text() for name in finished}
+    second = local_cluster.submit(*entrypoint)
+    return MainJob(run_dir, tiny_causal_lm, finished, logs, second)
+
+
+@pytest.mark.slow
+def test_the_main_job_through_ray_job_submit_and_its_resume(main_job):
+    run_dir, finished, logs, second = main_job.run_dir, main_job.finished, main_job.logs, main_job.second
     selection = json.loads((run_dir / "layer-loss" / "tiny" / "selection.json").read_text())
     depths = sorted({6, selection["small"]["layers"], selection["large"]["layers"]}, reverse=True)
     keys = [f"tiny-l{depth}" for depth in depths]
     assert len(depths) >= 2 and len(finished) < len(depths), "the sweep must stop midway"
 
     # Second submission: the same command resumes and completes.
-    second = local_cluster.submit(*entrypoint)
     assert second.returncode == 0 and "succeeded" in second.stdout, (second.stdout + second.stderr)[-4000:]
     assert "resuming the Tune experiment" in second.stdout + second.stderr
     for name, mtime in finished.items():  # finished trials were not run again
@@ -242,6 +269,73 @@ def test_the_main_job_through_ray_job_submit_and_its_resume(tmp_path, tiny_model
     assert [int(row["layers"]) for row in rows] == depths and {row["status"] for row in rows} == {"done"}
     for plot in ("layer_loss-tiny.png", "score_vs_parameters.png", "training_loss.png"):
         assert (run_dir / "plots" / plot).stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_both_routes_side_by_side_in_one_sweep(main_job):
+    """The classification route beside the contrastive one in the same run. The numbers of a
+    random model mean nothing; this checks that every part of the report is there and consistent.
+    (A finished stage 3 saying "nothing to do" is tested in test_classification_stage.py.)"""
+    run_dir = main_job.run_dir
+    assert main_job.second.returncode == 0, (main_job.second.stdout + main_job.second.stderr)[-4000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert not summary["failed"]
+
+    classified = summary["classification"]["trials"]
+    assert [row["key"] for row in classified] == ["tiny-sst2-l6", "tiny-sst2-l1"]
+    reference = summary["classification"]["zero_shot"]["tiny-sst2"]
+    for row in classified:
+        assert row["status"] == "done" and row["total_layers"] == 6 and 0 <= row["accuracy"] <= 1
+        assert row["change_vs_zero_shot"] == pytest.approx(row["accuracy"] - reference)
+        trial = json.loads((run_dir / "trials" / row["key"] / "result.json").read_text())
+        assert trial["objective"] == "classification" and trial["test_examples"] == 24
+        facts = json.loads((Path(trial["artifact"]) / "layercut.json").read_text())
+        assert facts["objective"] == "classification" and facts["layers"] == row["layers"]
+        scored = json.loads((run_dir / "trials" / row["key"] / "classify" / "summary.json").read_text())
+        assert scored["accuracy"] == row["accuracy"] and not scored["zero_shot"]
+    best = summary["classification"]["best_depth"]["tiny/sst2"]
+    assert best == max(classified, key=lambda r: (r["accuracy"], -r["layers"]))["layers"]
+    zero = json.loads((run_dir / "zero-shot" / "tiny" / "sst2" / "summary.json").read_text())
+    assert zero["zero_shot"] and zero["layers"] == 6 and zero["accuracy"] == reference
+
+    # The contrastive trials carry mteb's probe on the same dataset, outside the MTEB mean.
+    contrastive = summary["trials"]
+    assert contrastive and all(row["status"] == "done" for row in contrastive)
+    full = next(row for row in contrastive if row["layers"] == 6)
+    probe = full["probe_accuracy"]["LayercutSST2"]
+    assert 0 <= probe <= 1 and set(full["mteb_tasks"]) == {"STSBenchmark"}
+
+    report = (run_dir / "report.md").read_text()
+    assert "## Classification route" in report and "### The two routes side by side" in report
+    tuned_full = next(row for row in classified if row["layers"] == 6)["accuracy"]
+    assert f"| tiny | sst2 | 6 | {tuned_full:.4f} | {probe:.4f} |" in report
+    with open(run_dir / "classification.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [int(row["layers"]) for row in rows] == [6, 1]
+    for plot in ("accuracy_vs_layers-tiny.png", "classification_training_loss.png",
+                 "layer_loss-tiny.png", "score_vs_parameters.png"):
+        assert (run_dir / "plots" / plot).stat().st_size > 10_000, plot
+
+    # What Tune and its loggers see: each trial's real settings as its parameters, the training
+    # loss while the trial runs, then its scores; TensorBoard event files (tune.loggers). A trial
+    # the stop interrupted runs again on resume: its logs hold both attempts, the last one last.
+    (experiment,) = run_dir.glob("tune-*")
+    reported = {}
+    for row in [*classified, *contrastive]:
+        trial_dir = experiment / row["key"]
+        params = json.loads((trial_dir / "params.json").read_text())["trial"]
+        objective = "classification" if "-sst2-" in row["key"] else "contrastive"
+        assert params == {"key": row["key"], "model": "tiny", "base_model": main_job.model_dir,
+                          "layers": row["layers"], "origins": ", ".join(row["origins"]),
+                          "objective": objective, "dataset": "sst2" if objective == "classification" else ""}
+        results = [json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines()]
+        final = "accuracy" if objective == "classification" else "mteb_mean"
+        assert final in results[-1] and results[-1][final] == row.get(final, row.get("accuracy"))
+        reported[row["key"]] = [r for r in results[:-1] if "training_loss" in r and r["step"] == 3]
+        events = sorted(trial_dir.glob("events.out.tfevents.*"))
+        assert events and any(f"ray/tune/{final}".encode() in e.read_bytes() for e in events), row["key"]
+    # Training ends seconds before the trial's evaluation does, and the trial polls every 5 s.
+    assert any(reported.values()), reported
 
 
 def test_working_dir_upload_stays_small():
