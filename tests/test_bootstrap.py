@@ -135,3 +135,33 @@ def test_best_is_qualified_when_others_lie_inside_its_interval():
     assert best_wording(best, rows) == "best (within the interval of l30, l28)"
     assert best_wording(_row(6, 0.62, [0.61, 0.63]), rows) == "best"
     assert best_wording(_row(6, 0.62), rows) == "best"  # a full evaluation: no interval
+
+
+def test_report_table_best_line_and_error_bars(tmp_path):
+    """The sweep report from constructed trial results: intervals in the table, the qualified
+    "best", and error bars on the score-vs-parameters plot."""
+    from pipelines.plots import plot_score_vs_parameters
+    from pipelines.report import _markdown, _rows, best_within_budget
+    from pipelines.sweep import SweepConfig, Trial
+
+    trials = [Trial("tiny", layers, ("grid",)) for layers in (6, 4, 2)]
+    means = {6: (0.60, [0.52, 0.67]), 4: (0.62, [0.55, 0.69]), 2: (0.50, [0.41, 0.58])}
+    outcomes = {f"tiny-l{layers}": {
+        "total_layers": 6, "parameters": layers * 1e6, "parameters_removed_pct": 0.0,
+        "mteb_mean": mean, "mteb_mean_interval": interval, "mteb_per_type": {}, "mteb_tasks": {},
+        "training_log": "", "latency_ms": 1.0, "peak_memory_mib": 1.0, "final_loss": 1.0}
+        for layers, (mean, interval) in means.items()}
+    rows = _rows(trials, outcomes)
+    assert [(r["mteb_mean_ci95_low"], r["mteb_mean_ci95_high"]) for r in rows] == [
+        tuple(means[layers][1]) for layers in (6, 4, 2)]
+    best = best_within_budget(rows, None, None)
+    config = load_config(SweepConfig, None, [], {"output_dir": str(tmp_path), "models": [{"config": "smollm2-135m"}]})
+    text = _markdown(config, rows, best, [])
+    assert "| 0.6200 [0.5500, 0.6900] |" in text
+    assert "- **tiny**: best (within the interval of l6): keep 4 of 6 layers" in text
+    path = tmp_path / "plot.png"
+    points = [(r["parameters"], r["mteb_mean"], r["layers"]) for r in rows]
+    plot_score_vs_parameters({"tiny": (points, [0])}, path, {"tiny": [r["mteb_mean_interval"] for r in rows]})
+    plain = tmp_path / "plain.png"
+    plot_score_vs_parameters({"tiny": (points, [0])}, plain)
+    assert path.stat().st_size > 10_000 and path.read_bytes() != plain.read_bytes()
