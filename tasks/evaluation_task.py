@@ -138,7 +138,12 @@ def _items(task, outcome, folder: str) -> dict[str, Any] | None:
     path = Path(folder) / task.prediction_file_name
     if not path.exists():
         return None
-    items = evaluated_items(task, json.loads(path.read_text()))
+    try:
+        items = evaluated_items(task, json.loads(path.read_text()))
+    except (KeyError, TypeError, ValueError) as exc:  # predictions of another shape: no interval
+        print(f"layercut: {task.metadata.name}: no bootstrap interval ({type(exc).__name__}: {exc})",
+              file=sys.stderr, flush=True)
+        return None
     if items is None or abs(full_score(items) - float(outcome.get_score())) > 1e-6:
         return None
     return items

@@ -165,3 +165,22 @@ def test_report_table_best_line_and_error_bars(tmp_path):
     plain = tmp_path / "plain.png"
     plot_score_vs_parameters({"tiny": (points, [0])}, plain)
     assert path.stat().st_size > 10_000 and path.read_bytes() != plain.read_bytes()
+
+
+def test_classification_items_are_the_fraction_of_classifiers_right():
+    """mteb's saved predictions of a classification task (one label list per experiment) against
+    the subsampled test labels: each text's value is the share of experiments that got it right."""
+    from tasks.bootstrap import evaluated_items
+    from tasks.mteb_tasks import load_task, probe_task_name, subsample_task
+
+    task = subsample_task(load_task(probe_task_name("sst2"), str(SHARED_DATA)), 10)
+    rows = task.dataset["test"] if "test" in task.dataset else task.dataset["default"]["test"]
+    labels = list(rows[task.label_column_name])
+    wrong = [1 - label for label in labels]
+    runs = [labels, wrong, labels[:5] + wrong[5:], labels]  # 4 experiments
+    items = evaluated_items(task, {"mteb_model_meta": {}, "default": {"test": runs}})
+    assert items["statistic"] == "mean" and items["main_score"] == "accuracy"
+    assert items["parts"]["default/test"]["values"] == [0.75] * 5 + [0.5] * 5
+    assert full_score(items) == pytest.approx(np.mean([np.mean([p == y for p, y in zip(run, labels)])
+                                                        for run in runs]), abs=1e-12)
+    assert evaluated_items(task, {"default": {"test": [labels[:9]]}}) is None  # misaligned: no items
