@@ -33,7 +33,6 @@ FIELD_ALIASES = {"query": ("query", "anchor"), "positive": ("positive", "pos"),
                  "source": ("source",)}
 DATA_ROOT_ENV = "LAYERCUT_DATA_ROOT"
 INTERNAL_COLUMNS = (LINE, NOT_TEXT, UNPARSABLE)  # added by the JSON-lines reader
-LAYOUTS = ("triplets", "e5")
 
 
 def resolve_source(source: str, local_source: str | None, data_root: str | None) -> str:
