@@ -42,6 +42,7 @@ from tasks.mteb_tasks import (SAMPLE_SEED, TaskSelection, describe_task, load_ta
 
 STAGE = "evaluate"
 FINGERPRINT_FILE = "fingerprint.json"
+ITEMS_DIR = "items"  # per subsampled task: what its score is computed from (tasks/bootstrap.py)
 
 
 class EvaluateConfig(StrictModel):
@@ -250,11 +251,14 @@ def run(config: EvaluateConfig) -> dict[str, Any]:
     throughput_path = run_dir / "throughput.json"
     throughput = json.loads(throughput_path.read_text()) if throughput_path.exists() else {}
     for outcome in _evaluate_tasks(config, model, pending):
+        if outcome.get("items"):  # a subsampled task's items, for its bootstrap interval
+            write_json(run_dir / ITEMS_DIR / f"{outcome['task']}.json", outcome["items"])
         cache.save_to_cache(outcome["result"], meta)
         throughput[outcome["task"]] = [outcome["texts"], outcome["encode_seconds"]]
         write_json(throughput_path, throughput)
     results = {name: mteb.TaskResult.from_disk(result_path(name)) for name in names}
-    summary = _summary(results, facts, {name: throughput[name] for name in names if name in throughput})
+    summary = _summary(results, facts, {name: throughput[name] for name in names if name in throughput},
+                       _load_items(run_dir, names) if config.max_samples_per_split else None)
     summary.update(run_dir=str(run_dir), fingerprint=digest(settings), model_identity=settings["model"])
     _write_summary(run_dir, model, summary)
     return summary
@@ -289,7 +293,15 @@ def _evaluate_tasks(config: EvaluateConfig, model, pending: list[str]):
         yield from pool.map_unordered(lambda worker, name: worker.evaluate.remote(name), pending)
 
 
-def _summary(results, facts, throughput) -> dict[str, Any]:
+def _load_items(run_dir: Path, names: list[str]) -> dict[str, Any]:
+    paths = {name: run_dir / ITEMS_DIR / f"{name}.json" for name in names}
+    return {name: json.loads(path.read_text()) if path.exists() else None for name, path in paths.items()}
+
+
+def _summary(results, facts, throughput, items: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Scores per task, per type and overall. With ``items`` (a subsampled run), every row's
+    ``interval`` and the ``mean_interval`` are bootstrap 95% intervals (tasks/bootstrap.py;
+    None where a task's items are missing); without, both are None and nothing is resampled."""
     rows = []
     by_type: dict[str, list[float]] = defaultdict(list)
     for name, result in results.items():
@@ -304,18 +316,35 @@ def _summary(results, facts, throughput) -> dict[str, Any]:
         by_type[task_type].append(score)
     texts = sum(t for t, _ in throughput.values())
     seconds = sum(s for _, s in throughput.values())
+    per_task, mean_interval, bootstrap = {}, None, None
+    if items is not None:
+        from tasks.bootstrap import LEVEL, RESAMPLES, SEED, intervals
+
+        per_task, mean_interval = intervals({row["task"]: items.get(row["task"]) for row in rows})
+        bootstrap = {"resamples": RESAMPLES, "seed": SEED, "level": LEVEL,
+                     "resampled": "the evaluated pairs / test texts of each subsampled split"}
+    for row in rows:
+        row["interval"] = per_task.get(row["task"])
     return {
         "tasks": rows,
         "mean_per_type": {t: sum(v) / len(v) for t, v in by_type.items()},
         "mean": sum(r["main_score"] for r in rows) / len(rows),
+        "mean_interval": mean_interval,
+        "bootstrap": bootstrap,
         **facts,
         "texts_per_second": texts / seconds if seconds else None,
     }
 
 
+def _interval_text(interval) -> str:
+    return "" if not interval else f"[{interval[0]:.4f}, {interval[1]:.4f}]"
+
+
 def _write_summary(run_dir: Path, model, summary: dict[str, Any]) -> None:
-    write_csv(run_dir / "summary.csv", ["task", "type", "main_score", "splits", "subsets"],
-              [[r["task"], r["type"], f"{r['main_score']:.6f}", " ".join(r["splits"]), " ".join(r["subsets"])]
+    write_csv(run_dir / "summary.csv", ["task", "type", "main_score", "splits", "subsets",
+                                        "ci95_low", "ci95_high"],
+              [[r["task"], r["type"], f"{r['main_score']:.6f}", " ".join(r["splits"]), " ".join(r["subsets"]),
+                *([f"{v:.6f}" for v in r["interval"]] if r["interval"] else ["", ""])]
                for r in summary["tasks"]])
     lines = [f"# MTEB evaluation of {model.name} ({model.revision})", "",
              f"Fingerprint: {summary['fingerprint']} (model {summary['model_identity']})"]
@@ -324,12 +353,17 @@ def _write_summary(run_dir: Path, model, summary: dict[str, Any]) -> None:
                      f"parameters: {summary['parameters']:,}")
     if summary["texts_per_second"]:
         lines.append(f"Encode throughput: {summary['texts_per_second']:.1f} texts/s")
-    lines += ["", "| task | type | main score | splits | subsets |", "|---|---|---|---|---|"]
-    lines += [f"| {r['task']} | {r['type']} | {r['main_score']:.4f} | {', '.join(r['splits'])} "
-              f"| {', '.join(r['subsets'])} |" for r in summary["tasks"]]
+    bootstrap = summary["bootstrap"]
+    if bootstrap:
+        lines += ["", f"Subsampled tasks: 95% bootstrap intervals from {bootstrap['resamples']} "
+                  f"resamples of the evaluated items (seed {bootstrap['seed']})."]
+    lines += ["", "| task | type | main score | 95% interval | splits | subsets |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r['task']} | {r['type']} | {r['main_score']:.4f} | {_interval_text(r['interval']) or 'n/a'} "
+              f"| {', '.join(r['splits'])} | {', '.join(r['subsets'])} |" for r in summary["tasks"]]
     lines += ["", "| task type | mean |", "|---|---|"]
     lines += [f"| {t} | {m:.4f} |" for t, m in summary["mean_per_type"].items()]
-    lines += ["", f"**Overall mean: {summary['mean']:.4f}**", ""]
+    interval = _interval_text(summary["mean_interval"])
+    lines += ["", f"**Overall mean: {summary['mean']:.4f}**" + (f" (95% interval {interval})" if interval else ""), ""]
     write_atomic(run_dir / "summary.md", "\n".join(lines))
 
 

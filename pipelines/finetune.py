@@ -130,7 +130,7 @@ def _fingerprint(config: FinetuneConfig, model_path: str, data_path: str, kept: 
         # The rendered wrapper too: the same config on another tokenizer revision is another run.
         task = {"encoder": config.encoder.model_dump(exclude={"forward_batch_size"}),
                 "wrapper": list(wrapper) if wrapper else None,
-                "data": [data_path, config.data.columns, config.data.invalid_rows],
+                "data": [data_path, config.data.layout, config.data.columns, config.data.invalid_rows],
                 "loss": config.loss.model_dump()}
     relevant = {
         "model": [model_path, config.model.revision, dtype, kept], **task,
@@ -337,7 +337,7 @@ def run(config: FinetuneConfig) -> dict[str, Any]:
     else:
         annotated, data_report = annotated_triplets(
             data_path, seed=config.training.seed, invalid_rows=config.data.invalid_rows,
-            columns=config.data.columns)
+            columns=config.data.columns, layout=config.data.layout)
     if data_report["skipped_rows"]:
         print(f"layercut: skipped {data_report['skipped_rows']} of {data_report['rows']} rows "
               f"(a field missing, empty or not text); first: {data_report.get('first_problem')}",

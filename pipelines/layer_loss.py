@@ -57,7 +57,7 @@ def _fingerprint(config: LayerLossConfig, source: ModelSource, data_path: str,
         "model": [source.path, config.model.revision, config.model.dtype],
         "encoder": config.encoder.model_dump(exclude={"forward_batch_size"}),
         "wrapper": list(wrapper),  # the rendered chat-template prefix and suffix
-        "data": [data_path, config.data.columns, config.data.invalid_rows,
+        "data": [data_path, config.data.layout, config.data.columns, config.data.invalid_rows,
                  config.data.num_batches, config.data.batch_size, config.data.seed],
         "loss": config.loss.model_dump(),
     }
@@ -163,7 +163,8 @@ def run(config: LayerLossConfig, *, show_progress: bool = True) -> dict[str, Any
     ensure_ray(config.workers.address)
     batches, data_report = sample_triplet_batches(
         data_path, num_batches=config.data.num_batches, batch_size=config.data.batch_size,
-        seed=config.data.seed, invalid_rows=config.data.invalid_rows, columns=config.data.columns)
+        seed=config.data.seed, invalid_rows=config.data.invalid_rows, columns=config.data.columns,
+        layout=config.data.layout)
     if data_report["skipped_rows"]:
         print(f"layercut: skipped {data_report['skipped_rows']} of {data_report['rows']} rows "
               f"(a field missing, empty or not text); first: {data_report['first_problem']}", file=sys.stderr)

@@ -98,17 +98,28 @@ def plot_accuracy_vs_layers(series: dict[str, list[tuple[int, float]]], zero_sho
 
 
 def plot_score_vs_parameters(series: dict[str, tuple[list[tuple[float, float, int]], list[int]]],
-                             path: Path) -> None:
+                             path: Path,
+                             intervals: dict[str, list[list[float] | None]] | None = None) -> None:
     """MTEB mean against parameters, one colour per model, its Pareto front joined (paper,
-    Figure 5). ``series``: model -> ([(parameters, score, layers kept)], front indices)."""
+    Figure 5). ``series``: model -> ([(parameters, score, layers kept)], front indices).
+    ``intervals``: model -> per point its 95% interval [low, high] (or None), drawn as error bars
+    (a subsampled evaluation)."""
     plt = _pyplot()
 
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    drawn = False
     for index, (model, (points, front)) in enumerate(series.items()):
         color = colors[index % len(colors)]
         ax.scatter([p / 1e6 for p, _, _ in points], [s for _, s, _ in points], color=color,
                    alpha=0.6, label=model)
+        bars = [(p, s, iv) for (p, s, _), iv in zip(points, (intervals or {}).get(model, [])) if iv]
+        if bars:
+            ax.errorbar([p / 1e6 for p, _, _ in bars], [s for _, s, _ in bars],
+                        yerr=[[s - iv[0] for _, s, iv in bars], [iv[1] - s for _, s, iv in bars]],
+                        fmt="none", ecolor=color, elinewidth=1, capsize=3, alpha=0.8,
+                        label=None if drawn else "95% bootstrap interval")
+            drawn = True
         for parameters, score, layers in points:
             ax.annotate(str(layers), (parameters / 1e6, score), textcoords="offset points",
                         xytext=(4, 3), fontsize=7, color=color)

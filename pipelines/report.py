@@ -20,7 +20,7 @@ from pipelines.plots import (plot_accuracy_vs_layers, plot_layer_losses, plot_sc
                              plot_training_curves)
 
 COLUMNS = ["model", "layers", "total_layers", "origins", "parameters", "parameters_removed_pct",
-           "mteb_mean", "change_vs_full", "latency_ms", "latency_batch_size", "peak_memory_mib",
+           "mteb_mean", "mteb_mean_ci95_low", "mteb_mean_ci95_high", "change_vs_full", "latency_ms", "latency_batch_size", "peak_memory_mib",
            "final_loss", "status"]
 
 
@@ -68,7 +68,12 @@ def _rows(trials, outcomes: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
         if "error" in outcome:
             row.update(status="failed", error=outcome["error"])
         else:
+            interval = outcome.get("mteb_mean_interval")
             row.update({key: outcome.get(key) for key in COLUMNS if key not in row}, status="done",
+                       mteb_mean_interval=interval,
+                       mteb_mean_ci95_low=interval[0] if interval else None,
+                       mteb_mean_ci95_high=interval[1] if interval else None,
+                       mteb_task_intervals=outcome.get("mteb_task_intervals") or {},
                        mteb_per_type=outcome["mteb_per_type"], mteb_tasks=outcome["mteb_tasks"],
                        training_log=outcome["training_log"],
                        probe_accuracy=outcome.get("probe_accuracy", {}))
@@ -79,6 +84,29 @@ def _rows(trials, outcomes: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
         row["change_vs_full"] = (row["mteb_mean"] - full["mteb_mean"]
                                  if full is not None and row["status"] == "done" else None)
     return rows
+
+
+def within_interval(best: dict[str, Any], rows: list[dict[str, Any]]) -> list[int]:
+    """Layers of the other finished depths of ``best``'s model whose MTEB mean lies inside
+    ``best``'s 95% interval: the evaluation cannot tell them from it (empty without an interval)."""
+    interval = best.get("mteb_mean_interval")
+    if not interval:
+        return []
+    return sorted((row["layers"] for row in rows if row["layers"] != best["layers"] and row["status"] == "done"
+                   and row["model"] == best["model"] and interval[0] <= row["mteb_mean"] <= interval[1]),
+                  reverse=True)
+
+
+def best_wording(best: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+    """"best", or "best (within the interval of l28, l15)" when other depths score inside its
+    interval: a subsampled evaluation does not rank them."""
+    close = within_interval(best, rows)
+    return "best" if not close else f"best (within the interval of {', '.join(f'l{l}' for l in close)})"
+
+
+def _mean_text(row: dict[str, Any]) -> str:
+    interval = row.get("mteb_mean_interval")
+    return f"{row['mteb_mean']:.4f}" + (f" [{interval[0]:.4f}, {interval[1]:.4f}]" if interval else "")
 
 
 def _fmt(value: Any, spec: str = "") -> str:
@@ -98,7 +126,7 @@ def _markdown(config, rows, best, plans) -> str:
         lines.append(f"- **{plan.label}** ({stage1['model']}, {stage1['num_layers']} layers): "
                      f"L3Prune small = {stage1['small']['layers']}, large = {stage1['large']['layers']} "
                      f"layers (per-layer loss: plots/layer_loss-{plan.label}.png)")
-    lines += ["", "| model | layers kept | from | parameters | removed | MTEB mean | change vs full "
+    lines += ["", "| model | layers kept | from | parameters | removed | MTEB mean [95% interval] | change vs full "
               "| latency ms | peak MiB | final loss |", "|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         if row["status"] != "done":
@@ -109,7 +137,7 @@ def _markdown(config, rows, best, plans) -> str:
         lines.append(
             f"| {row['model']} | {row['layers']}/{row['total_layers']} | {', '.join(row['origins'])} "
             f"| {row['parameters'] / 1e6:,.1f}M | {row['parameters_removed_pct']:.1f}% "
-            f"| {row['mteb_mean']:.4f} | {'n/a' if change is None else f'{change:+.4f}'} "
+            f"| {_mean_text(row)} | {'n/a' if change is None else f'{change:+.4f}'} "
             f"| {_fmt(row['latency_ms'], '.1f')} | {_fmt(row['peak_memory_mib'], '.0f')} "
             f"| {_fmt(row['final_loss'], '.4f')} |")
     budget = config.budget
@@ -119,8 +147,13 @@ def _markdown(config, rows, best, plans) -> str:
     lines += ["", f"## Best depth per model within the budget: {limits}", ""]
     for model, row in best.items():
         lines.append(f"- **{model}**: " + ("no finished depth fits the budget" if row is None else
-                     f"keep {row['layers']} of {row['total_layers']} layers ({row['parameters'] / 1e6:,.1f}M "
-                     f"parameters, MTEB mean {row['mteb_mean']:.4f}, {_fmt(row['latency_ms'], '.1f')} ms)"))
+                     f"{best_wording(row, rows)}: keep {row['layers']} of {row['total_layers']} layers "
+                     f"({row['parameters'] / 1e6:,.1f}M parameters, MTEB mean {_mean_text(row)}, "
+                     f"{_fmt(row['latency_ms'], '.1f')} ms)"))
+    if any(row.get("mteb_mean_interval") for row in rows):
+        lines += ["", "MTEB means of subsampled evaluations carry their 95% bootstrap interval "
+                  "(resampled evaluated pairs / texts; tasks/bootstrap.py). A depth whose mean lies "
+                  "inside the best one's interval is not ranked below it by this evaluation."]
     lines += _overlap_markdown(plans)
     lines += ["", "Plots: plots/score_vs_parameters.png (score against parameters, Pareto front "
               "marked), plots/training_loss.png (training loss of every depth).", ""]
@@ -274,12 +307,13 @@ def write_report(run_dir: Path, config, plans, trials, outcomes,
                           f"{plan.label}: loss of the model cut to l layers",
                           plots / f"layer_loss-{plan.label}.png")
     done = [row for row in rows if row["status"] == "done"]
-    series = {}
+    series, intervals = {}, {}
     for model in dict.fromkeys(row["model"] for row in done):
         points = [(row["parameters"], row["mteb_mean"], row["layers"]) for row in done if row["model"] == model]
         series[model] = (points, pareto_front([(p, s) for p, s, _ in points]))
+        intervals[model] = [row.get("mteb_mean_interval") for row in done if row["model"] == model]
     if rows:
-        plot_score_vs_parameters(series, plots / "score_vs_parameters.png")
+        plot_score_vs_parameters(series, plots / "score_vs_parameters.png", intervals)
         plot_training_curves(_training_curves(rows), plots / "training_loss.png")
     classified = classification_rows(trials, outcomes, zero_shot)
     best_classified = best_accuracy(classified)
@@ -299,6 +333,9 @@ def write_report(run_dir: Path, config, plans, trials, outcomes,
                "pareto_front": {model: [series[model][0][k][2] for k in front]
                                 for model, (_, front) in series.items()},
                "best_within_budget": {model: (row["layers"] if row else None) for model, row in best.items()},
+               # Per model: the depths whose MTEB mean lies inside the best one's 95% interval.
+               "best_within_interval_of": {model: within_interval(row, rows) if row else []
+                                           for model, row in best.items()},
                "budget": config.budget.model_dump(),
                "stage1": {plan.label: {"small": plan.stage1["small"]["layers"],
                                        "large": plan.stage1["large"]["layers"],

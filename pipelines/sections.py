@@ -58,8 +58,16 @@ class TripletSourceSection(StrictModel):
     # Used instead of `source` when a data root (--data-root or LAYERCUT_DATA_ROOT) is set.
     local_source: str | None = "train/triplets.jsonl"
     data_root: str | None = None
+    # triplets: rows with query/positive/negative and their own instruction (optional).
+    # e5: a folder of <source>.jsonl files (the E5 mix as echo-embeddings lays it out); each
+    # source's query instruction comes from the E5 table (tasks/e5_data.py).
+    layout: Literal["triplets", "e5"] = "triplets"
     columns: dict[str, str] = Field(default_factory=dict)  # our field -> dataset column
     invalid_rows: Literal["skip", "fail"] = "skip"
+    # A run refuses training data without instructions when evaluation prepends task
+    # instructions to queries (inputs would differ between training and evaluation); true
+    # acknowledges a deliberate mismatch.
+    allow_instruction_mismatch: bool = False
 
     @field_validator("columns")
     @classmethod

@@ -420,8 +420,12 @@ def _largest(nodes: list[dict[str, float]], need: dict[str, float]) -> dict[str,
 def _fingerprint(plan: ModelPlan) -> str:
     """What determines a model's trial results: not the grid (adding depths keeps the others),
     nor where or on how many CPUs the work runs (only finetune's worker count: the global batch)."""
+    # The acknowledgement of an instruction mismatch changes no number.
+    acknowledged = {"data": {"allow_instruction_mismatch"}}
+
     def dump(stage, exclude=()):
-        return None if stage is None else stage.model_dump(mode="json", exclude={"workers", *exclude})
+        return None if stage is None else stage.model_dump(
+            mode="json", exclude={"workers": True, **dict.fromkeys(exclude, True), **acknowledged})
 
     relevant = [dump(plan.layer_loss),
                 dump(plan.finetune, {"show_progress", "force"}),
@@ -457,6 +461,44 @@ def guard_and_record(run_dir: Path, config: SweepConfig, plans: list[ModelPlan])
     write_atomic(run_dir / "config.yaml", dump_config(config))
 
 
+def query_instructions(evaluate) -> dict[str, str]:
+    """{task: instruction} of the tasks whose queries evaluation prepends an instruction to (a
+    sweep evaluates its own artifacts, never a sentence-transformers folder)."""
+    from pipelines.evaluate import packaged_instructions
+    from tasks.mteb_tasks import resolve_task_names
+
+    table = {**packaged_instructions(), **evaluate.instructions}
+    return {name: table[name] for name in resolve_task_names(evaluate.tasks) if table.get(name)}
+
+
+def check_instructions(plan: ModelPlan) -> None:
+    """Refuse (one line, naming the key) training data without instructions for a model whose
+    evaluation prepends task instructions to queries, unless the stage's
+    data.allow_instruction_mismatch acknowledges it. Stage 1 and stage 2 data are both checked:
+    the scan and the training see queries as evaluation will."""
+    from tasks.data import has_instructions, resolve_source
+
+    instructed = query_instructions(plan.evaluate)
+    if not instructed:
+        return
+    seen: dict[tuple, bool] = {}
+    for stage, config in (("layer_loss", plan.layer_loss), ("finetune", plan.finetune)):
+        data = config.data
+        if data.allow_instruction_mismatch:
+            continue
+        path = resolve_source(data.source, data.local_source, data.data_root)
+        key = (path, data.layout, tuple(sorted(data.columns.items())))
+        if key not in seen:
+            seen[key] = has_instructions(path, data.layout, data.columns)
+        if not seen[key]:
+            tasks = ", ".join(instructed)
+            raise LayercutError(
+                f"model {plan.label}: the {stage} training data {path} has no instructions, but "
+                f"evaluation prepends task instructions to the queries of {tasks}; train on "
+                "instructed data (data.layout: e5, or an instruction column) or set "
+                f"{stage} data.allow_instruction_mismatch: true to acknowledge the mismatch")
+
+
 def training_overlap(plan: ModelPlan) -> dict[str, dict[str, int]]:
     """For each evaluation task of the model: how many of its evaluated texts occur in the
     model's training triplets (query, positive or negative), compared through hashes."""
@@ -466,7 +508,8 @@ def training_overlap(plan: ModelPlan) -> dict[str, dict[str, int]]:
 
     data = plan.finetune.data
     path = resolve_source(data.source, data.local_source, data.data_root)
-    annotated, _ = annotated_triplets(path, seed=0, invalid_rows="skip", columns=data.columns)
+    annotated, _ = annotated_triplets(path, seed=0, invalid_rows="skip", columns=data.columns,
+                                      layout=data.layout)
     training: set[int] = set()
     for batch in annotated.select_columns(["query", "positive", "negative"]).iter_batches(batch_size=65536):
         for column in ("query", "positive", "negative"):
@@ -483,7 +526,8 @@ def latency_texts(plan: ModelPlan, count: int) -> list[str]:
     data = plan.finetune.data
     path = resolve_source(data.source, data.local_source, data.data_root)
     batches, _ = sample_triplet_batches(path, num_batches=1, batch_size=count, seed=0,
-                                        invalid_rows="skip", columns=data.columns)
+                                        invalid_rows="skip", columns=data.columns,
+                                        layout=data.layout)
     return list(batches[0]["positive"])
 
 
@@ -497,6 +541,8 @@ def run(config: SweepConfig) -> dict[str, Any]:
     plans = resolve_models(config)
     ensure_ray(config.address)
     concurrency = check_resources(plans, config.tune)
+    for plan in (p for p in plans if p.contrastive):
+        check_instructions(plan)  # before any work: training inputs as evaluation's
     guard_and_record(run_dir, config, plans)
 
     for plan in plans:

@@ -84,6 +84,9 @@ def execute(spec: TrialSpec) -> dict[str, Any]:
         "mteb_mean": scores["mean"],
         "mteb_per_type": scores["mean_per_type"],
         "mteb_tasks": {row["task"]: row["main_score"] for row in scores["tasks"]},
+        # Bootstrap 95% intervals of a subsampled evaluation (None when tasks run in full).
+        "mteb_mean_interval": scores.get("mean_interval"),
+        "mteb_task_intervals": {row["task"]: row.get("interval") for row in scores["tasks"]},
         "final_loss": trained["final_loss"], "first_loss": trained["first_loss"],
         "steps": trained["steps"], "encode_texts_per_second": scores["texts_per_second"],
         **footprint, "artifact": trained["artifact"],

@@ -1,6 +1,9 @@
 """Training triplets through Ray Data: resolve the source, validate rows, sample reproducibly.
 
 Rows have the fields query, positive, negative (required) and instruction, source (optional).
+Two layouts: ``triplets`` (rows carry their own instruction, if any) and ``e5`` (a folder of
+``<source>.jsonl`` files whose instructions come from the E5 table by source and line:
+tasks/e5_data.py).
 Sampling does not depend on file layout, block sizes or worker count: every valid row gets a key
 hashed from the seed and its content, and the ``num_batches x batch_size`` rows with the smallest
 keys are taken, in key order.
@@ -18,6 +21,7 @@ from urllib.parse import urlparse
 import numpy as np
 import pyarrow as pa
 
+from tasks.e5_data import E5_INSTRUCTIONS, e5_instruction, e5_source
 from tasks.errors import LayercutError
 from tasks.json_lines import LINE, NOT_TEXT, UNPARSABLE, json_type, read_json_lines
 
@@ -202,14 +206,25 @@ def text_problems(table: pa.Table, fields: dict[str, str], optional: tuple[str, 
     return problems, rows
 
 
-def annotate(table: pa.Table, mapping: dict[str, str], seed: int) -> pa.Table:
+def annotate(table: pa.Table, mapping: dict[str, str], seed: int, layout: str = "triplets"
+             ) -> pa.Table:
     """Canonical columns plus ``_problem`` ('' for a usable row, else where and why it is not)
-    and ``_key`` (sampling order)."""
-    text_fields = {f: mapping[f] for f in (*REQUIRED_FIELDS, "instruction") if f in mapping}
+    and ``_key`` (sampling order). Layout ``e5``: each file is a source and the instruction is
+    the E5 table's for its source and line (a row's own instruction field is not read)."""
+    own = ("instruction",) if layout == "triplets" else ()
+    text_fields = {f: mapping[f] for f in (*REQUIRED_FIELDS, *own) if f in mapping}
     problems, rows = text_problems(table, text_fields, optional=("instruction",))
     out: dict[str, list[Any]] = {f: [r.get(f) for r in rows] for f in (*REQUIRED_FIELDS, "instruction")}
+    if layout == "e5":
+        if LINE not in table.column_names or "path" not in table.column_names:
+            raise LayercutError("data.layout e5 reads JSON-lines files (<source>.jsonl), "
+                                "not Parquet")
+        out["instruction"] = [e5_instruction(e5_source(path), line, path) for path, line
+                              in zip(table["path"].to_pylist(), table[LINE].to_pylist())]
     column = mapping.get("source")
-    if column in table.column_names:
+    if layout == "e5":
+        out["source"] = [e5_source(path) for path in table["path"].to_pylist()]
+    elif column in table.column_names:
         # A label, not model input: any JSON value is kept as its text.
         out["source"] = [None if v is None else str(v) for v in table[column].to_pylist()]
     elif "path" in table.column_names:
@@ -251,17 +266,20 @@ def _smallest_valid(table: pa.Table, count: int) -> pa.Table:
 
 
 def annotated_triplets(path: str, *, seed: int, invalid_rows: str = "skip",
-                       columns: dict[str, str] | None = None):
+                       columns: dict[str, str] | None = None, layout: str = "triplets"):
     """(Ray Dataset of annotated rows, report of what was read) for the triplets at ``path``.
 
     ``invalid_rows``: 'skip' drops unusable rows (a field missing, empty or not text, a line
     that is not a JSON object) and counts them; 'fail' stops with an error naming the first one
     by file, line (JSON lines) and field. No usable row at all is always an error.
+    ``layout``: 'triplets' or 'e5' (a folder of <source>.jsonl files; tasks/e5_data.py).
     """
+    if layout == "e5":
+        check_e5_folder(path)
     dataset, available = read_rows(path)
     mapping = column_mapping(available, columns or {})
     annotated = dataset.map_batches(annotate, batch_format="pyarrow",
-                                    fn_kwargs={"mapping": mapping, "seed": seed})
+                                    fn_kwargs={"mapping": mapping, "seed": seed, "layout": layout})
     summaries = take_summaries(annotated, _summarize, path)
     rows = sum(s["rows"] for s in summaries)
     bad = sum(s["bad"] for s in summaries)
@@ -277,14 +295,15 @@ def annotated_triplets(path: str, *, seed: int, invalid_rows: str = "skip",
 
 
 def sample_triplet_batches(path: str, *, num_batches: int, batch_size: int, seed: int,
-                           invalid_rows: str = "skip", columns: dict[str, str] | None = None
+                           invalid_rows: str = "skip", columns: dict[str, str] | None = None,
+                           layout: str = "triplets"
                            ) -> tuple[list[dict[str, list]], dict[str, Any]]:
     """``num_batches`` batches of ``batch_size`` triplets and a report of what was read.
 
     Each batch is a dict of lists (query, positive, negative, instruction, source).
     """
     annotated, report = annotated_triplets(path, seed=seed, invalid_rows=invalid_rows,
-                                           columns=columns)
+                                           columns=columns, layout=layout)
     wanted = num_batches * batch_size
     usable = report["rows"] - report["skipped_rows"]
     if usable < wanted:
@@ -301,3 +320,32 @@ def sample_triplet_batches(path: str, *, num_batches: int, batch_size: int, seed
     batches = [{f: [row[f] for row in sampled[b * batch_size:(b + 1) * batch_size]] for f in fields}
                for b in range(num_batches)]
     return batches, {**report, "sampled_rows": wanted}
+
+
+def check_e5_folder(path: str) -> None:
+    """A local E5-layout source is a folder of ``<source>.jsonl`` files of known sources (a
+    cloud URI is checked file by file as it is read). One line naming the problem otherwise."""
+    scheme = urlparse(path).scheme
+    if scheme not in ("", "file"):
+        return
+    local = Path(urlparse(path).path if scheme == "file" else path).expanduser()
+    if not local.is_dir():
+        raise LayercutError(f"data.layout e5 needs a folder of <source>.jsonl files; {local} "
+                            f"{'is a file' if local.exists() else 'does not exist'}")
+    files = sorted(p for p in local.iterdir() if p.name.endswith((".jsonl", ".jsonl.gz")))
+    if not files:
+        raise LayercutError(f"{local} holds no <source>.jsonl files (data.layout e5)")
+    unknown = [p.name for p in files if e5_source(p.name) not in E5_INSTRUCTIONS]
+    if unknown:
+        raise LayercutError(f"{local}: {', '.join(unknown)} not sources of the E5 layout "
+                            f"(data.layout e5; sources: {', '.join(E5_INSTRUCTIONS)})")
+
+
+def has_instructions(path: str, layout: str, columns: dict[str, str] | None = None) -> bool:
+    """Whether training rows at ``path`` carry instructions: always for the E5 layout, else when
+    the data has an instruction column (its schema: the first rows read)."""
+    if layout == "e5":
+        return True
+    _, available = read_rows(path)
+    wanted = (columns or {}).get("instruction") or FIELD_ALIASES["instruction"][0]
+    return wanted in available

@@ -92,7 +92,11 @@ class Evaluator:
 
     def evaluate(self, task_name: str) -> dict[str, Any]:
         """Run one task; one line on stderr when it starts and one when it ends (main score and
-        time). Returns {task, result (mteb TaskResult), texts, encode_seconds}."""
+        time). Returns {task, result (mteb TaskResult), texts, encode_seconds, items}: items
+        (tasks/bootstrap.py) are what a subsampled task's score is computed from, kept for its
+        bootstrap interval; None for a full task (nothing extra is kept or computed)."""
+        import tempfile
+
         import mteb
 
         began = time.perf_counter()
@@ -101,21 +105,48 @@ class Evaluator:
         if self.max_samples_per_split:
             task = subsample_task(task, self.max_samples_per_split)
         texts, seconds = self.model.texts_encoded, self.model.encode_seconds
+        folder = tempfile.TemporaryDirectory() if self.max_samples_per_split else None
         try:
             result = mteb.evaluate(self.model, [task], cache=None, show_progress_bar=False,
-                                   encode_kwargs={"batch_size": self.model.batch_size})
+                                   encode_kwargs={"batch_size": self.model.batch_size},
+                                   prediction_folder=folder.name if folder else None)
+            items = _items(task, result.task_results[0], folder.name) if folder else None
         except LayercutError:
             raise
         except Exception as exc:  # noqa: BLE001 - mteb and datasets raise many kinds
             text = str(exc).strip().splitlines()
             raise LayercutError(f"task {task_name} failed: {text[0] if text else type(exc).__name__}") from exc
+        finally:
+            if folder is not None:
+                folder.cleanup()
         outcome = result.task_results[0]
         print(f"layercut: {task_name}: main score {outcome.get_score():.4f} "
               f"({task.metadata.main_score}) in {time.perf_counter() - began:.1f} s",
               file=sys.stderr, flush=True)
         return {"task": task_name, "result": outcome,
                 "texts": self.model.texts_encoded - texts,
-                "encode_seconds": self.model.encode_seconds - seconds}
+                "encode_seconds": self.model.encode_seconds - seconds, "items": items}
+
+
+def _items(task, outcome, folder: str) -> dict[str, Any] | None:
+    """The task's evaluated items from mteb's saved predictions, when they give back exactly
+    mteb's own score (else None: no interval rather than a wrong one)."""
+    import json
+
+    from tasks.bootstrap import evaluated_items, full_score
+
+    path = Path(folder) / task.prediction_file_name
+    if not path.exists():
+        return None
+    try:
+        items = evaluated_items(task, json.loads(path.read_text()))
+    except (KeyError, TypeError, ValueError) as exc:  # predictions of another shape: no interval
+        print(f"layercut: {task.metadata.name}: no bootstrap interval ({type(exc).__name__}: {exc})",
+              file=sys.stderr, flush=True)
+        return None
+    if items is None or abs(full_score(items) - float(outcome.get_score())) > 1e-6:
+        return None
+    return items
 
 
 EvaluationWorker = ray.remote(Evaluator)
