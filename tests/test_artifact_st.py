@@ -35,7 +35,7 @@ def _attention(model_dir: str) -> str:
 
 
 def export(tmp_path, model_dir: str, layers: int, pooling: str, closing: bool = False,
-           max_length: int = 64):
+           max_length: int = 64, instructions: dict[str, str] = INSTRUCTIONS):
     """(artifact dir, its PromptConfig): ``model_dir`` cut to ``layers`` with a random adapter."""
     from tasks.artifact import ArtifactInfo, export_artifact
     from tasks.lora import LoraSettings, add_lora
@@ -60,7 +60,7 @@ def export(tmp_path, model_dir: str, layers: int, pooling: str, closing: bool = 
         training={"learning_rate": 2e-4, "warmup_steps": 0, "schedule": "linear", "batch_size": 4,
                   "seed": 42},
         lora={"r": 16, "alpha": 32, "dropout": 0.05}, loss_scale=50.0, final_loss=None,
-        steps_done=0, workers=1, data="none", instructions=INSTRUCTIONS)
+        steps_done=0, workers=1, data="none", instructions=instructions)
     return export_artifact(spec, adapter, tmp_path / "model", info), prompt
 
 
