@@ -3,10 +3,12 @@
 Contrastive objective:
 - a plain transformers model (the cut backbone with LoRA merged; ``AutoModel.from_pretrained``),
   its tokenizer (right padding, so plain transformers code needs no position ids),
-- sentence-transformers files: ``modules.json`` (Transformer -> text-token pooling), prompts for
-  documents (the chat-template prefix) and a ``query`` prompt template, and the two modules
-  themselves (``layercut_modules.py``, from tasks/st_modules.py; load with
-  ``trust_remote_code=True``),
+- sentence-transformers files: ``modules.json`` (Transformer -> Pooling), the Transformer's
+  embedding template (chat mode: the model sees exactly layercut's input), the task instructions
+  as prompts keyed the way mteb 2 picks them; ``last_token`` artifacts use sentence-transformers'
+  own modules only (a plain ``SentenceTransformer(dir)``), ``mean``/``weighted_mean`` ones one
+  text-span module pair (``layercut_modules.py``, from tasks/st_modules.py, which says why; load
+  with ``trust_remote_code=True``),
 - ``layercut.json`` (how layercut formats and pools inputs for this model) and a model card.
 
 Classification objective: the cut causal LM with its LM head (``AutoModelForCausalLM``), its
@@ -157,8 +159,18 @@ def _sentence_transformers_files(staging: Path, formatter: PromptFormatter, info
         shutil.copyfile(Path(__file__).with_name("st_modules.py"), staging / ST_MODULES_FILE)
 
 
-def _model_card(info: ArtifactInfo, prefix: str) -> str:
+def _model_card(info: ArtifactInfo) -> str:
     training = info.training
+    span = ("the text and the closing chat-template tokens (the official L3Prune rule)"
+            if info.prompt.pool_closing_tokens else "the text tokens")
+    custom = info.pooling != "last_token"
+    load = ('SentenceTransformer("path/to/this/dir", trust_remote_code=True)  # layercut_modules.py'
+            if custom else 'SentenceTransformer("path/to/this/dir")  # no remote code')
+    why = ("This pooling mode uses one small module shipped in the directory (`layercut_modules.py`, "
+           "text-span pooling): sentence-transformers' own `Pooling` cannot tell the text from the "
+           "prompt per input, and its `weightedmean` weights by position in the whole input. "
+           "Models exported with `last_token` pooling load with sentence-transformers' own modules only."
+           if custom else "sentence-transformers' own `Transformer` and `Pooling` modules; no custom code.")
     return f"""---
 library_name: sentence-transformers
 pipeline_tag: sentence-similarity
@@ -177,7 +189,7 @@ objective, adapters merged.
 | base model | `{info.base_model}` |
 | layers kept | {info.layers} of {info.total_layers} |
 | parameters | {info.parameters:,} of {info.parameters_full:,} ({info.removed_pct:.1f}% removed) |
-| pooling | {info.pooling} over the text tokens (prompt tokens excluded) |
+| pooling | {info.pooling} over {span}; the chat-template prefix and the instruction are not pooled |
 | training | {info.steps_done} steps, lr {training['learning_rate']}, warmup {training['warmup_steps']}, {training['schedule']} schedule, batch {training['batch_size']} x {info.workers} workers, seed {training['seed']} |
 | LoRA | {_lora_line(info)} |
 | loss | InfoNCE, scale {info.loss_scale}; final training loss {info.final_loss if info.final_loss is None else round(info.final_loss, 4)} |
@@ -186,17 +198,24 @@ objective, adapters merged.
 ## Use
 
 ```python
+import mteb
 from sentence_transformers import SentenceTransformer
 
-model = SentenceTransformer("path/to/this/dir", trust_remote_code=True)  # for layercut_modules.py
-documents = model.encode(["A man is playing a guitar."])            # prompt "document"
-queries = model.encode(["guitar player"], prompt={json.dumps(prefix + "Retrieve semantically similar text" + info.prompt.instruction_separator)})
+model = {load}
+documents = model.encode_document(["A man is playing a guitar."])           # no instruction
+queries = model.encode_query(["guitar player"], prompt_name="STSBenchmark")  # the task's instruction
+queries = model.encode_query(["guitar player"], prompt="Retrieve semantically similar text.")
+# The scores `layercut evaluate` measured: mteb picks each task's instruction from the prompts.
+results = mteb.evaluate(model, mteb.get_tasks(tasks=["STSBenchmark"]))
 ```
 
-Queries take the chat-template prefix, then their task instruction and `{info.prompt.instruction_separator}`;
-documents take the prefix alone. `layercut evaluate --model <dir>` applies the instruction table itself.
-With plain transformers: `AutoModel.from_pretrained(dir)` gives the backbone; pool the text tokens
-as `layercut_modules.py` does.
+{why}
+Inputs are rendered by the embedding template in `sentence_bert_config.json`: the chat-template
+prefix, a query's task instruction (the prompt) and `{info.prompt.instruction_separator}`, the stripped
+text{", then the closing template" if info.prompt.pool_closing_tokens else ""}. The prompts in
+`config_sentence_transformers.json` are the task instructions keyed as mteb 2 looks them up
+(`<task>` for queries and symmetric tasks, an empty `<task>-document` for documents).
+With plain transformers: `AutoModel.from_pretrained(dir)` gives the backbone.
 """
 
 
@@ -294,7 +313,7 @@ def export_artifact(spec, trained_dir: Path, target: Path, info: ArtifactInfo) -
             # The wrapper as rendered now: evaluation uses it instead of rendering the template
             # again (a dated template, or a later tokenizer revision, would render another).
             layercut.update(pooling=info.pooling, prompt=asdict(formatter.recorded()))
-            (staging / "README.md").write_text(_model_card(info, formatter.prefix))
+            (staging / "README.md").write_text(_model_card(info))
         (staging / LAYERCUT_FILE).write_text(json.dumps(layercut, indent=2))
         if target.exists():  # a previous export of the same run: replace it whole
             old = target.with_name(f".{target.name}.old")

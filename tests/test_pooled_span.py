@@ -90,7 +90,7 @@ def test_pooled_span_is_the_official_one(family, smollm2_dir):
     assert torch.equal(text_only["input_ids"], official(TEXTS[:3], INSTRUCTIONS[:3])["input_ids"])
 
 
-def test_where_the_official_count_is_off_by_one_the_text_span_wins(smollm2_dir):
+def test_where_the_official_count_reaches_into_the_instruction_the_text_span_wins(smollm2_dir):
     """The official count tokenizes the text alone; when the tokenizer splits the first word
     differently without the separator's space before it ("; guitar" -> ";", " guitar", but
     "guitar" alone -> several pieces), the count reaches back into the instruction. layercut
