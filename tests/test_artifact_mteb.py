@@ -63,6 +63,7 @@ def _mteb(artifact, task: str, mirror: Path, remote_code: bool) -> float:
     return mteb.evaluate(model, [loaded], cache=None, show_progress_bar=False).task_results[0].get_score()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("pooling", "closing", "tasks"), [
     ("last_token", False, ["STSBenchmark", RERANKING]),  # no remote code
     ("weighted_mean", True, ["STSBenchmark"]),  # the paper's setting (text-span module)

@@ -42,6 +42,7 @@ def lowest_allowed() -> str:
     return match.group(1)
 
 
+@pytest.mark.slow
 def test_the_lowest_allowed_version_loads_the_artifact(tmp_path, smollm2_dir):
     version = lowest_allowed()
     if version.count(".") == 1:
