@@ -25,6 +25,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from pipelines.config import DepthSetting, StrictModel, dump_config
+from pipelines.evaluate import packaged_instructions  # the table `layercut evaluate` applies
 from pipelines.fingerprints import digest
 from pipelines.outputs import write_atomic, write_csv, write_json
 from pipelines.plots import plot_training_loss
@@ -379,7 +380,8 @@ def run(config: FinetuneConfig) -> dict[str, Any]:
         loss_scale=config.loss.scale, objective=objective.name,
         classification=_classification_info(config, objective),
         final_loss=history[-1]["loss"] if history else None, steps_done=state["step"],
-        workers=plan.count, data=data_path)
+        workers=plan.count, data=data_path,
+        instructions=packaged_instructions() if objective.name == "contrastive" else None)
     # Merging needs the cut backbone in memory: do it where a training worker would run.
     export = ray.remote(export_from_checkpoint).options(**plan.resources)
     with user_errors_from_ray():

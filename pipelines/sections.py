@@ -40,6 +40,9 @@ class EncoderSection(StrictModel):
     use_chat_template: bool = True
     system_prompt: str | None = None  # None: no system turn (a template's default is dropped)
     instruction_separator: str = "; "
+    # Pooled tokens: the text only (false), or the text plus the closing chat-template tokens
+    # after it (true: the official L3Prune/LLM2Vec rule, set in the four paper configs).
+    pool_closing_tokens: bool = False
     # Texts per forward pass; 0 runs a whole triplet batch (3 x batch_size texts) at once.
     forward_batch_size: int = Field(0, ge=0)
 
@@ -47,7 +50,8 @@ class EncoderSection(StrictModel):
         return PromptConfig(use_chat_template=self.use_chat_template,
                             system_prompt=self.system_prompt,
                             instruction_separator=self.instruction_separator,
-                            max_length=self.max_length)
+                            max_length=self.max_length,
+                            pool_closing_tokens=self.pool_closing_tokens)
 
 
 class TripletSourceSection(StrictModel):

@@ -1,11 +1,15 @@
 """Input formatting: wrap (instruction, text) with the tokenizer's chat template and tokenize.
 
 The wrapper comes from the tokenizer's own chat template, never from matching model names, so any
-instruct model works. Only the tokens of the text itself are pooled: template tokens, the
-instruction and padding are masked out (``pool_mask``). Sequences are left-padded.
+instruct model works. The pooled span (``pool_mask``) is the text's own tokens, or with
+``PromptConfig.pool_closing_tokens`` the text and the closing template tokens after it (the
+official rule); the chat-template prefix, the instruction and padding are never pooled.
+Sequences are left-padded. ``PromptFormatter`` is the one place this rule lives: stage 1,
+training and evaluation all take their masks from it.
 
-An empty (or whitespace-only) text still gets an embedding: with no text token to pool, the pool
-mask holds the last token before where the text would start (the end of the chat-template prefix,
+An empty (or whitespace-only) text still gets an embedding: with no token to pool (no text
+token, and no closing token pooled), the pool mask holds the last token before where the text
+would start (the end of the chat-template prefix,
 or of the instruction and separator). This is the same rule for evaluation, stage 1 and stage 2,
 and the exported sentence-transformers modules (``tasks.st_modules``) apply it too.
 
@@ -70,6 +74,11 @@ class PromptConfig:
     system_prompt: str | None = None
     instruction_separator: str = "; "  # between instruction and text, as in LLM2Vec's E5 data
     max_length: int = 512
+    # Which tokens are pooled: the text only (False), or the text and the closing chat-template
+    # tokens after it (True: ``<|eot_id|>``, `` [/INST]``, ``<|im_end|>``...), as the official
+    # L3Prune / LLM2Vec code does (its mask is counted from the end of the wrapped string, so
+    # under weighted_mean the closing tokens get the largest weights).
+    pool_closing_tokens: bool = False
     # A recorded wrapper (an artifact's): used as is instead of rendering the chat template.
     prefix: str | None = None
     suffix: str | None = None
@@ -161,7 +170,8 @@ class PromptFormatter:
         return prefix
 
     def render(self, text: str, instruction: str | None = None) -> tuple[str, int, int]:
-        """The full model input string and the character span of ``text`` inside it."""
+        """The full model input string and the character span of ``text`` inside it (the closing
+        template runs from the span's end to the end of the string)."""
         # Stripped, as the paper's code does (and as templates that `trim` content render it).
         text = text.strip()
         lead = f"{instruction.strip()}{self.config.instruction_separator}" if instruction else ""
@@ -184,10 +194,10 @@ class PromptFormatter:
             return_offsets_mapping=True,
         )
         rows = []
-        for k, (ids, offsets, (_, start, end)) in enumerate(
+        for k, (ids, offsets, (full, start, end)) in enumerate(
                 zip(encoded["input_ids"], encoded["offset_mapping"], rendered)):
             try:
-                rows.append(self._truncate(ids, offsets, start, end))
+                rows.append(self._truncate(ids, offsets, start, end, len(full)))
             except LayercutError as exc:
                 raise LayercutError(f"text {k} of the batch ({texts[k][:40]!r}): {exc}") from None
         width = max(len(ids) for ids, _ in rows)
@@ -200,7 +210,8 @@ class PromptFormatter:
             pool_mask[row, width - len(ids):] = torch.tensor(text_mask)
         return {"input_ids": input_ids, "attention_mask": attention_mask, "pool_mask": pool_mask}
 
-    def _truncate(self, ids: list[int], offsets, start: int, end: int) -> tuple[list[int], list[bool]]:
+    def _truncate(self, ids: list[int], offsets, start: int, end: int,
+                  full_end: int) -> tuple[list[int], list[bool]]:
         # A token belongs to the text when its character span overlaps the text's span.
         text_mask = [s < end and e > start and e > s for s, e in offsets]
         excess = len(ids) - self.config.max_length
@@ -215,9 +226,10 @@ class PromptFormatter:
             ids = [t for i, t in enumerate(ids) if i not in drop]
             offsets = [o for i, o in enumerate(offsets) if i not in drop]
             text_mask = [m for i, m in enumerate(text_mask) if i not in drop]
-        if not any(text_mask):
-            text_mask = empty_text_mask(offsets, start)
-        return ids, text_mask
+        pooled = pooled_span_mask(offsets, start, full_end if self.config.pool_closing_tokens else end)
+        if not any(pooled):
+            pooled = empty_text_mask(offsets, start)
+        return ids, pooled
 
     def closing_tokens(self) -> int:
         """Tokens the closing template (``suffix``) takes after a text: what max_length reserves
@@ -229,6 +241,14 @@ class PromptFormatter:
         # Only tokens of the rendered suffix; special tokens the tokenizer adds itself (an EOS,
         # offsets (0, 0)) are added within the limit by sentence-transformers too.
         return sum(1 for s, e in encoded["offset_mapping"] if s >= end and e > s)
+
+
+def pooled_span_mask(offsets, start: int, span_end: int) -> list[bool]:
+    """The tokens whose character span overlaps ``[start, span_end)``: the text's tokens (a token
+    that merges the separator's space into the text's first word is a text token), and with
+    ``span_end`` at the end of the rendered string the closing template tokens after them.
+    Tokens the tokenizer adds itself (offsets (0, 0)) are never pooled."""
+    return [s < span_end and e > start and e > s for s, e in offsets]
 
 
 def empty_text_mask(offsets, start: int) -> list[bool]:

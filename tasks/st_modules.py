@@ -1,26 +1,31 @@
-"""sentence-transformers modules copied into every layercut embedding artifact.
+"""The one piece of custom sentence-transformers code a layercut artifact may carry: text-span
+pooling for ``mean`` and ``weighted_mean``. ``last_token`` artifacts carry none.
 
-Two differences from sentence-transformers' own modules would change the embeddings:
+Every artifact renders its inputs with sentence-transformers' own ``Transformer`` in its chat
+("message") mode: the artifact's ``sentence_bert_config.json`` holds an embedding template (the
+model's chat-template prefix, the query instruction from the prompt and the separator, the
+stripped text, and the closing template when it is pooled), and sentence-transformers' own
+truncation keeps that closing template at the end of a long text. So the model sees exactly
+layercut's tokens, and ``Pooling("lasttoken")`` already pools what layercut pools.
 
-- Where the text starts. sentence-transformers counts a prompt's tokens by tokenizing the prompt
-  alone. A prompt ending in a space ("<instruction>; ") then counts one token too many whenever
-  the tokenizer merges that space into the text's first word (" word" is one token), and a
-  prompt ending in a special token counts one too few (the count drops a trailing special
-  token, meant for an EOS). ``TextSpanTransformer`` counts, per input, the tokens before the
-  first one that reaches into the text, from the tokenizer's character offsets: layercut's own
-  rule (``tasks.prompts``).
-- How tokens are weighted. The built-in ``weightedmean`` weights a token by its position from
-  the start of the input, prompt included; layercut (and LLM2Vec, whose pooling the paper uses)
-  weights the i-th token OF THE TEXT by i. ``TextTokenPooling`` pools the text tokens only.
+What sentence-transformers 6.2 cannot express is which tokens are the text:
 
-Three more of layercut's input rules are applied here as well: texts are stripped of surrounding
-whitespace; an empty text is pooled from the last prompt token (``tasks.prompts``); and the
-artifact's ``max_seq_length`` is layercut's ``max_length`` less the closing template tokens
-layercut adds after the text (and sentence-transformers does not), so a long text keeps the same
-tokens in both.
+- In chat mode it records no prompt length at all (``Pooling(include_prompt=False)`` then
+  pools the chat prefix and the instruction too). In plain-text mode it counts a prompt's tokens
+  by tokenizing the prompt alone, once per batch: a prompt that ends in the separator's space
+  ("<instruction>; ") counts one token too many whenever the tokenizer merges that space into
+  the text's first word (" guitar"), and a chat prefix ending in "\\n\\n" one too few where the
+  newlines merge alone but not before a word. The same prompt has a different true length per
+  text, and ``Pooling`` takes one length for the whole batch.
+- Its ``weightedmean`` weights a token by its position from the start of the input, prompt
+  included, even with ``include_prompt=False``; layercut (and LLM2Vec, whose pooling the paper
+  uses) weights the i-th pooled token by i. ``sum((P + i) h_i) / sum(P + i)`` is not
+  ``sum(i h_i) / sum(i)`` for any fixed module after it: the mix depends on each text's length.
+- An empty text pools nothing there (a zero vector); layercut pools the last prompt token.
 
-So a layercut artifact gives the same embeddings in sentence-transformers as in layercut, for
-documents and for queries with an instruction. The file is self-contained (torch and
+``TextSpanTransformer`` is sentence-transformers' ``Transformer`` with one more output: the
+pooled-span mask, found from the tokenizer's character offsets (layercut's rule,
+``tasks.prompts``); ``TextSpanPooling`` pools that span. The file is self-contained (torch and
 sentence-transformers only) and is loaded from the model directory, which sentence-transformers
 allows with ``trust_remote_code=True``.
 """
@@ -33,42 +38,82 @@ import torch
 from sentence_transformers.base.modules.module import Module
 from sentence_transformers.base.modules.transformer import Transformer
 
+_SLOT = "\uE000LAYERCUT-TEXT\uE001"
+
 
 class TextSpanTransformer(Transformer):
-    """sentence-transformers' Transformer; ``prompt_length`` is counted per input, exactly."""
+    """sentence-transformers' Transformer; its inputs also carry ``span_mask``, the pooled tokens
+    (the text, and the closing template when the embedding template renders one).
+
+    Texts are rendered by the artifact's embedding template (``processing_kwargs["chat_template"]``)
+    exactly as sentence-transformers' chat mode renders them; a text longer than
+    ``max_seq_length`` loses tokens from its end, never the template around it.
+    """
 
     def preprocess(self, inputs, prompt: str | None = None, processing_kwargs=None, **kwargs) -> dict[str, Any]:
-        # Stripped, as layercut renders texts: a whitespace-only text is an empty one.
-        inputs = [text.strip() if isinstance(text, str) else text for text in inputs]
-        features = super().preprocess(inputs, prompt=prompt, processing_kwargs=processing_kwargs, **kwargs)
-        if prompt and "prompt_length" in features and all(isinstance(text, str) for text in inputs):
-            features["prompt_length"] = self._prompt_tokens(list(inputs), prompt)
+        if not all(isinstance(text, str) for text in inputs):
+            raise ValueError("this layercut model embeds texts (str) only")
+        head, tail = self._wrapper(prompt)
+        rendered = [head + text.strip() + tail for text in inputs]
+        encoded = self.tokenizer(rendered, add_special_tokens=False, return_offsets_mapping=True)
+        rows = [self._row(ids, offsets, len(head), len(head) + len(text.strip()))
+                for ids, offsets, text in zip(encoded["input_ids"], encoded["offset_mapping"], inputs)]
+        width = max(len(ids) for ids, _ in rows)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+        span_mask = torch.zeros((len(rows), width), dtype=torch.bool)
+        for row, (ids, span) in enumerate(rows):  # right padding: positions start at 0 in every row
+            input_ids[row, :len(ids)] = torch.tensor(ids)
+            attention_mask[row, :len(ids)] = 1
+            span_mask[row, :len(ids)] = torch.tensor(span)
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "span_mask": span_mask,
+                "modality": "text"}
+
+    def _wrapper(self, prompt: str | None) -> tuple[str, str]:
+        """(what comes before the text, what comes after it), from the embedding template."""
+        messages = ([{"role": "system", "content": prompt}] if prompt else []) + [{"role": "user", "content": _SLOT}]
+        template = self.processing_kwargs["chat_template"]["chat_template"]
+        full = self.tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False)
+        head, tail = full.split(_SLOT)
+        return head, tail
+
+    def _row(self, ids: list[int], offsets, start: int, end: int) -> tuple[list[int], list[bool]]:
+        # Text tokens overlap the text's characters; the closing template follows the text.
+        text = [s < end and e > start and e > s for s, e in offsets]
+        excess = len(ids) - self.max_seq_length
+        if excess > 0:
+            positions = [i for i, is_text in enumerate(text) if is_text]
+            if excess >= len(positions):
+                raise ValueError(f"max_seq_length {self.max_seq_length} leaves no room for text")
+            drop = set(positions[-excess:])
+            keep = [i for i in range(len(ids)) if i not in drop]
+            ids, offsets = [ids[i] for i in keep], [offsets[i] for i in keep]
+        span = [e > start and e > s for s, e in offsets]  # the text and everything after it
+        if not any(span):  # an empty text: the last prompt token stands for it (tasks.prompts)
+            prompt_tokens = next((i for i, (s, e) in enumerate(offsets) if e > start and e > s), len(offsets))
+            if prompt_tokens == 0:
+                raise ValueError("an empty text with no prompt token cannot be embedded")
+            span = [i == prompt_tokens - 1 for i in range(len(offsets))]
+        return ids, span
+
+    def forward(self, features: dict[str, Any], **kwargs) -> dict[str, Any]:
+        span = features.pop("span_mask")
+        features = super().forward(features, **kwargs)
+        features["span_mask"] = span
         return features
 
-    def _prompt_tokens(self, texts: list[str], prompt: str) -> torch.Tensor:
-        """Per input: the tokens before the first token that reaches past the prompt's characters
-        (a token spanning the prompt's last space and the text's first word is a text token)."""
-        add_special_tokens = self.processing_kwargs.get("text", {}).get("add_special_tokens", True)
-        encoded = self.tokenizer([prompt + text for text in texts], add_special_tokens=add_special_tokens,
-                                 return_offsets_mapping=True)
-        counts = [next((i for i, (start, end) in enumerate(offsets) if end > len(prompt) and end > start),
-                       len(offsets))
-                  for offsets in encoded["offset_mapping"]]
-        return torch.tensor(counts, dtype=torch.long)
 
-
-class TextTokenPooling(Module):
-    """Pools the text tokens only: the prompt (chat-template prefix and instruction) is skipped.
-
-    Modes: ``weighted_mean`` (text token i gets weight i), ``mean``, ``last_token``.
-    """
+class TextSpanPooling(Module):
+    """Pools the span ``TextSpanTransformer`` marks: ``weighted_mean`` (span token i gets weight
+    i, normalised) or ``mean``."""
 
     config_keys = ["embedding_dimension", "pooling_mode"]
     config_file_name = "config.json"
 
     def __init__(self, embedding_dimension: int, pooling_mode: str = "weighted_mean") -> None:
         super().__init__()
-        if pooling_mode not in ("weighted_mean", "mean", "last_token"):
+        if pooling_mode not in ("weighted_mean", "mean"):
             raise ValueError(f"unknown pooling mode {pooling_mode!r}")
         self.embedding_dimension = embedding_dimension
         self.pooling_mode = pooling_mode
@@ -78,26 +123,11 @@ class TextTokenPooling(Module):
 
     def forward(self, features: dict[str, Any], **kwargs) -> dict[str, Any]:
         hidden = features["token_embeddings"]
-        attention = features["attention_mask"].to(torch.bool)
-        # An int, or a tensor: one count per input (TextSpanTransformer) or one for all.
-        prompt = features.get("prompt_length")
-        prompt = torch.as_tensor(0 if prompt is None else prompt, device=attention.device).reshape(-1, 1)
-        # Count real tokens from the left, so left and right padding both work.
-        real_index = attention.long().cumsum(dim=1)
-        text = attention & (real_index > prompt)
-        # An empty text: the last real token (the prompt's last) stands for it, as in layercut.
-        last_real = attention & (real_index == attention.long().sum(dim=1, keepdim=True))
-        text = torch.where(text.any(dim=1, keepdim=True), text, last_real)
-        if self.pooling_mode == "last_token":
-            positions = torch.arange(text.shape[1], device=text.device).expand_as(text)
-            last = torch.where(text, positions, -1).max(dim=1).values.clamp(min=0)
-            pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last].float()
-        else:
-            weights = (text.long().cumsum(dim=1) * text) if self.pooling_mode == "weighted_mean" else text.long()
-            weights = weights.to(torch.float32).unsqueeze(-1)
-            summed = torch.where(text.unsqueeze(-1), hidden.float() * weights, 0.0).sum(dim=1)
-            pooled = summed / weights.sum(dim=1).clamp(min=1.0)
-        features["sentence_embedding"] = pooled
+        span = features["span_mask"].to(hidden.device)
+        weights = span.long().cumsum(dim=1) * span if self.pooling_mode == "weighted_mean" else span.long()
+        weights = weights.to(torch.float32).unsqueeze(-1)
+        summed = torch.where(span.unsqueeze(-1), hidden.float() * weights, 0.0).sum(dim=1)
+        features["sentence_embedding"] = summed / weights.sum(dim=1).clamp(min=1.0)
         return features
 
     def save(self, output_path: str, *args, safe_serialization: bool = True, **kwargs) -> None:

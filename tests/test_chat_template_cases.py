@@ -138,8 +138,10 @@ def test_artifact_records_the_wrapper_and_evaluation_uses_it(tmp_path, tiny_mode
     expected = PromptFormatter(_with_template(model, "dated_system_turn"), prompt)
     assert (recorded["prefix"], recorded["suffix"]) == (expected.prefix, expected.suffix)
     assert "26 Jul 2024" in recorded["prefix"]
-    assert json.loads((artifact / "config_sentence_transformers.json").read_text())[
-        "prompts"]["document"] == recorded["prefix"]
+    # sentence-transformers renders inputs with the recorded prefix too (its embedding template).
+    template = json.loads((artifact / "sentence_bert_config.json").read_text())[
+        "processing_kwargs"]["chat_template"]["chat_template"]
+    assert json.dumps(recorded["prefix"], ensure_ascii=False) in template
     # Another day, and a template that now renders something else: evaluation still wraps texts
     # in the recorded prefix, never in a new rendering.
     _Clock(monkeypatch).set(DAYS[1])
