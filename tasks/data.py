@@ -265,6 +265,30 @@ def _smallest_valid(table: pa.Table, count: int) -> pa.Table:
     return valid
 
 
+def _report(summaries: list[dict], path: str, invalid_rows: str) -> dict[str, Any]:
+    """What was read, from the per-block summaries; an error if rows are unusable and
+    ``invalid_rows`` is 'fail', or if no row is usable."""
+    rows = sum(s["rows"] for s in summaries)
+    bad = sum(s["bad"] for s in summaries)
+    example = next((s["example"] for s in summaries if s["example"]), "")
+    if bad and invalid_rows == "fail":
+        raise LayercutError(f"{bad} of {rows} rows in {path} are unusable; first: {example}")
+    if rows == bad:
+        detail = f"; first problem: {example}" if example else ""
+        raise LayercutError(f"training data {path} has no usable rows ({rows} read){detail}")
+    return {"path": path, "rows": rows, "skipped_rows": bad, "first_problem": example}
+
+
+def _annotate_rows(path: str, seed: int, columns: dict[str, str] | None, layout: str):
+    if layout == "e5":
+        check_e5_folder(path)
+    dataset, available = read_rows(path)
+    mapping = column_mapping(available, columns or {})
+    annotated = dataset.map_batches(annotate, batch_format="pyarrow",
+                                    fn_kwargs={"mapping": mapping, "seed": seed, "layout": layout})
+    return annotated, mapping
+
+
 def annotated_triplets(path: str, *, seed: int, invalid_rows: str = "skip",
                        columns: dict[str, str] | None = None, layout: str = "triplets"):
     """(Ray Dataset of annotated rows, report of what was read) for the triplets at ``path``.
@@ -274,24 +298,23 @@ def annotated_triplets(path: str, *, seed: int, invalid_rows: str = "skip",
     by file, line (JSON lines) and field. No usable row at all is always an error.
     ``layout``: 'triplets' or 'e5' (a folder of <source>.jsonl files; tasks/e5_data.py).
     """
-    if layout == "e5":
-        check_e5_folder(path)
-    dataset, available = read_rows(path)
-    mapping = column_mapping(available, columns or {})
-    annotated = dataset.map_batches(annotate, batch_format="pyarrow",
-                                    fn_kwargs={"mapping": mapping, "seed": seed, "layout": layout})
+    annotated, mapping = _annotate_rows(path, seed, columns, layout)
     summaries = take_summaries(annotated, _summarize, path)
-    rows = sum(s["rows"] for s in summaries)
-    bad = sum(s["bad"] for s in summaries)
-    example = next((s["example"] for s in summaries if s["example"]), "")
-    if bad and invalid_rows == "fail":
-        raise LayercutError(f"{bad} of {rows} rows in {path} are unusable; first: {example}")
-    if rows == bad:
-        detail = f"; first problem: {example}" if example else ""
-        raise LayercutError(f"training data {path} has no usable rows ({rows} read){detail}")
-    report = {"path": path, "rows": rows, "skipped_rows": bad, "first_problem": example,
-              "columns": mapping}
-    return annotated, report
+    return annotated, {**_report(summaries, path, invalid_rows), "columns": mapping}
+
+
+_SAMPLED = (*REQUIRED_FIELDS, *OPTIONAL_FIELDS, "_key")
+
+
+def _summarize_and_keep_smallest(table: pa.Table, count: int) -> pa.Table:
+    """One row per batch: its summary (as ``_summarize``) and, as list columns, its ``count``
+    usable rows with the smallest keys: the global smallest are among the batches' smallest."""
+    summary = _summarize(table)
+    valid = _smallest_valid(table, count)
+    out = {name: summary[name] for name in summary.column_names}
+    for field in _SAMPLED:
+        out[field] = pa.array([valid[field].to_pylist()], type=pa.list_(table.schema.field(field).type))
+    return pa.table(out)
 
 
 def sample_triplet_batches(path: str, *, num_batches: int, batch_size: int, seed: int,
@@ -300,22 +323,29 @@ def sample_triplet_batches(path: str, *, num_batches: int, batch_size: int, seed
                            ) -> tuple[list[dict[str, list]], dict[str, Any]]:
     """``num_batches`` batches of ``batch_size`` triplets and a report of what was read.
 
-    Each batch is a dict of lists (query, positive, negative, instruction, source).
+    Each batch is a dict of lists (query, positive, negative, instruction, source). The data is
+    read once: each block reports its counts and its ``num_batches x batch_size`` candidates
+    (usable rows with the smallest keys), and the driver keeps the smallest of those.
     """
-    annotated, report = annotated_triplets(path, seed=seed, invalid_rows=invalid_rows,
-                                           columns=columns, layout=layout)
+    annotated, mapping = _annotate_rows(path, seed, columns, layout)
     wanted = num_batches * batch_size
+    try:
+        parts = annotated.map_batches(_summarize_and_keep_smallest, batch_format="pyarrow",
+                                      fn_kwargs={"count": wanted}).take_all()
+    except Exception as exc:  # noqa: BLE001
+        raise LayercutError(f"cannot read training data {path}: {short_error(exc)}") from exc
+    report = {**_report(parts, path, invalid_rows), "columns": mapping}
     usable = report["rows"] - report["skipped_rows"]
     if usable < wanted:
         raise LayercutError(
             f"{path} has {usable} usable rows ({report['skipped_rows']} skipped), fewer than "
             f"num_batches x batch_size = {num_batches} x {batch_size} = {wanted}")
-    try:
-        sampled = (annotated.map_batches(_smallest_valid, batch_format="pyarrow",
-                                         fn_kwargs={"count": wanted})
-                   .sort("_key").limit(wanted).take_all())
-    except Exception as exc:  # noqa: BLE001
-        raise LayercutError(f"cannot read training data {path}: {short_error(exc)}") from exc
+    candidates = [dict(zip(_SAMPLED, values)) for part in parts
+                  for values in zip(*(list(part[field]) for field in _SAMPLED))]
+    # Key order; rows with equal keys have equal text and are ordered by source, so the sample
+    # never depends on the layout.
+    candidates.sort(key=lambda row: (int(row["_key"]), str(row["source"])))
+    sampled = candidates[:wanted]
     fields = (*REQUIRED_FIELDS, *OPTIONAL_FIELDS)
     batches = [{f: [row[f] for row in sampled[b * batch_size:(b + 1) * batch_size]] for f in fields}
                for b in range(num_batches)]

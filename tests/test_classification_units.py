@@ -3,8 +3,6 @@ input, and the GPT-2 / OPT families (prune, save, reload, one training step)."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pyarrow as pa
@@ -12,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from tests.conftest import REPO, SHARED_DATA
+from tests.conftest import SHARED_DATA
 from tasks.errors import LayercutError
 from tasks.verbalizer import ClassificationPrompt, VerbalizerScorer, classification_loss
 
@@ -177,9 +175,13 @@ def test_packaged_classification_configs_validate():
         load_config(ClassifyConfig, path)
 
 
-def _cli(*args, cwd=REPO):
-    return subprocess.run([sys.executable, "-m", "pipelines.cli", *args], cwd=cwd,
-                          capture_output=True, text=True)
+def _cli(capsys, *args):
+    """The CLI in this process (what ``python -m pipelines.cli`` runs): (exit code, stderr)."""
+    from pipelines.cli import main
+
+    capsys.readouterr()
+    code = main(list(args))
+    return code, capsys.readouterr().err
 
 
 @pytest.mark.parametrize("args, message", [
@@ -192,11 +194,11 @@ def _cli(*args, cwd=REPO):
     (["evaluate-classifier", "classification.template=About {text} it is", "classification.verbalizers={x: [y]}"],
      "not in the label list"),
 ])
-def test_cli_bad_classification_config_is_one_line(args, message):
-    result = _cli(*args)
-    assert result.returncode == 2, result.stderr[-2000:]
-    lines = [line for line in result.stderr.splitlines() if line.startswith("layercut: error")]
-    assert len(lines) == 1 and message in lines[0], result.stderr[-2000:]
+def test_cli_bad_classification_config_is_one_line(args, message, capsys):
+    code, stderr = _cli(capsys, *args)
+    assert code == 2, stderr[-2000:]
+    lines = [line for line in stderr.splitlines() if line.startswith("layercut: error")]
+    assert len(lines) == 1 and message in lines[0], stderr[-2000:]
 
 
 # --- GPT-2 and OPT: prune, save, reload, one training step -------------------------------------

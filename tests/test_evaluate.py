@@ -215,7 +215,12 @@ def test_prepare_mirror_reports_an_unreachable_hub(tmp_path, capsys, monkeypatch
     """The mirror script's real download path, here without a hub: one clear line, exit 2."""
     import runpy
 
+    import huggingface_hub.constants
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # huggingface_hub reads the variable when first imported (mteb's import, above): set what it
+    # read too, or the download retries a hub it cannot resolve for ~25 s before failing.
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     script = runpy.run_path(str(Path(__file__).resolve().parents[1] / "scripts" / "prepare_mteb_mirror.py"))
     assert script["main"](["--tasks", "STSBenchmark", "--out", str(tmp_path)]) == 2
     line = capsys.readouterr().err.strip().splitlines()[-1]

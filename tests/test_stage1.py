@@ -64,6 +64,16 @@ def test_sampling_is_reproducible_and_layout_independent(tmp_path, triplet_rows,
     sampled = {q for batch in first for q in batch["query"]}
     assert len(first) == 3 and all(len(b["query"]) == 5 for b in first)
     assert sampled <= {r["query"] for r in triplet_rows}
+    # Exactly the 15 rows with the smallest keys, in key order (the annotation run here in
+    # this process, on the whole file at once, without Ray).
+    from tasks.data import annotate, column_mapping
+    from tasks.json_lines import parse_lines
+
+    table = pa.concat_tables(parse_lines(iter(TRIPLETS.read_bytes().splitlines())))
+    keyed = annotate(table, column_mapping(table.column_names, {}), seed=7).to_pylist()
+    smallest = sorted((r for r in keyed if not r["_problem"]), key=lambda row: row["_key"])[:15]
+    assert [(r["query"], r["positive"], r["negative"]) for r in smallest] == [
+        t for b in first for t in zip(b["query"], b["positive"], b["negative"])]
 
 
 def _write_jsonl(path, rows):
