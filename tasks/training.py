@@ -109,10 +109,29 @@ def build_trainable(job: TrainingJob):
     return model, tokenizer
 
 
+def _skip_cpu_inference_all_reduce_kernel() -> None:
+    """Keep DeepSpeed's CPU backend from compiling its shared-memory all-reduce kernel.
+
+    ``deepspeed.comm.torch.TorchBackend`` JIT-compiles it (``build_shm_op``) when it starts on a
+    CPU, but only ``inference_all_reduce`` uses it: training's all-reduce and reduce-scatter go
+    through torch.distributed (gloo here). The compile costs 80-95 s of a CPU run, in every new
+    environment, and again whenever a process finds another ninja first on its PATH (ninja 1.11
+    and 1.13 hash their build commands differently, so each takes the other's build as stale).
+    DeepSpeed reads the op's compatibility from this per-process table; without the entry it
+    would compile as before, slower but not different.
+    """
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False  # ShareMemCommBuilder.NAME
+
+
 def initialize_engine(model, job: TrainingJob, world_size: int):
     """The DeepSpeed engine around ``model``, with the linear schedule (learning_rate_schedule)."""
     import deepspeed
+    from deepspeed.accelerator import get_accelerator
 
+    if get_accelerator().device_name() == "cpu":
+        _skip_cpu_inference_all_reduce_kernel()
     config = deepspeed_config(job.optimization, world_size, job.user_deepspeed, job.user_deepspeed_path)
     engine, _, _, _ = deepspeed.initialize(
         model=model, config=config,
