@@ -13,7 +13,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tasks.pooling import pool
 from tasks.prompts import PromptConfig, PromptFormatter
 
 # The chat templates of the public tokenizer configs (tokenizer_config.json "chat_template").
