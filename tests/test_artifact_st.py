@@ -154,3 +154,49 @@ def test_why_mean_and_weighted_mean_carry_a_module(tmp_path, smollm2_dir):
     theirs = (text * torch.tensor([[exact + 1.0], [exact + 2.0]])).sum(0) / (2 * exact + 3)
     assert torch.allclose(built_in, theirs, atol=1e-5)
     assert float(_cosine(built_in, ours)) < 0.9999
+
+
+def _card_info(base_model: str, data: str):
+    from tasks.artifact import ArtifactInfo
+    from tasks.prompts import PromptConfig
+
+    return ArtifactInfo(
+        base_model=base_model, base_model_path=base_model, layers=3, total_layers=30,
+        parameters=38_900_000, parameters_full=134_515_008, pooling="weighted_mean", prompt=PromptConfig(),
+        training={"learning_rate": 2e-4, "warmup_steps": 0, "schedule": "linear", "batch_size": 4,
+                  "seed": 42},
+        lora={"r": 16, "alpha": 32, "dropout": 0.05}, loss_scale=50.0, final_loss=1.5,
+        steps_done=12, workers=2, data=data)
+
+
+def test_model_cards_name_public_models_and_hold_no_local_path(tmp_path):
+    """A card names a built-in model by its public hub id and license, a local model by its folder
+    name (with the license its own card declares), local data by its file name: no absolute path,
+    no placeholder link."""
+    import yaml
+
+    from tasks.artifact import _classifier_card, _model_card
+
+    local = tmp_path / "my-base"
+    local.mkdir()
+    (local / "README.md").write_text("---\nlicense: mit\n---\n# my base\n")
+    data = str(tmp_path / "train" / "triplets.jsonl")
+    builtin = _model_card(_card_info("smollm2-135m", data))
+    front = yaml.safe_load(builtin.split("---", 2)[1])
+    assert front["base_model"] == "HuggingFaceTB/SmolLM2-135M-Instruct" and front["license"] == "apache-2.0"
+    assert "`triplets.jsonl` (a local file)" in builtin
+    own = _model_card(_card_info(str(local), data))
+    front = yaml.safe_load(own.split("---", 2)[1])
+    assert "base_model" not in front and front["license"] == "mit"
+    assert "a local model (`my-base`)" in own
+    hub = _model_card(_card_info("meta-llama/Meta-Llama-3-8B-Instruct", "sentence-transformers/all-nli"))
+    assert yaml.safe_load(hub.split("---", 2)[1])["base_model"] == "meta-llama/Meta-Llama-3-8B-Instruct"
+    assert "| training data | `sentence-transformers/all-nli` |" in hub
+    classifier_info = _card_info(str(local), data)
+    classifier_info = type(classifier_info)(**{
+        **classifier_info.__dict__, "objective": "classification", "pooling": None, "prompt": None,
+        "classification": {"template": "Review: {text}\nSentiment:", "label_names": ["negative", "positive"],
+                           "verbalizers": [["bad"], ["good"]], "loss": "label words"}})
+    for card in (builtin, own, hub, _classifier_card(classifier_info)):
+        assert str(tmp_path) not in card and "](https://github.com/)" not in card
+        assert not [word for word in card.split() if word.strip("`(),|").startswith("/")], card
