@@ -641,7 +641,8 @@ def _tune(config: SweepConfig, plans, trials: list[Trial], texts, concurrency, r
             latency_texts=texts.get(trial.model, []), latency_batch_size=config.latency.batch_size,
             result_dir=str(run_dir / "trials" / trial.key), dataset=trial.dataset,
             classify=plan.classify.get(trial.dataset) if trial.dataset else None,
-            probe_tasks=() if trial.dataset else tuple(plan.probe_tasks))
+            probe_tasks=() if trial.dataset else tuple(plan.probe_tasks),
+            overlap=None if trial.dataset else plan.overlap)
     trainable = tune.with_resources(tune.with_parameters(run_trial, specs=specs),
                                     dict(config.tune.driver_resources))
     # One experiment per trial list: changing the grid starts a new experiment, whose trials

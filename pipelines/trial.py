@@ -31,6 +31,8 @@ class TrialSpec:
     dataset: str | None = None  # the classification route's dataset; None: contrastive
     classify: Any = None  # ClassifyConfig of a classification trial
     probe_tasks: tuple[str, ...] = ()  # mteb logistic-regression probes of a contrastive trial
+    # Per evaluation task {"texts", "overlapping"}: its texts in the training data (model card).
+    overlap: dict[str, dict[str, int]] | None = None
 
 
 def _measure(spec: TrialSpec, artifact: str) -> dict[str, Any]:
@@ -74,6 +76,7 @@ def execute(spec: TrialSpec) -> dict[str, Any]:
         probe_run = evaluate.run(evaluation.model_copy(update={
             "name": f"{spec.key}/probe", "tasks": list(spec.probe_tasks)}))
         probes = {row["task"]: row["main_score"] for row in probe_run["tasks"]}
+    _card_scores(Path(trained["artifact"]), spec, scores["tasks"], probes)
     with user_errors_from_ray():
         footprint = _measure(spec, trained["artifact"])
     result = {
@@ -95,6 +98,16 @@ def execute(spec: TrialSpec) -> dict[str, Any]:
     }
     write_json(result_path, result)
     return result
+
+
+def _card_scores(artifact: Path, spec: TrialSpec, rows: list[dict[str, Any]], probes: dict[str, float]) -> None:
+    """The artifact's model card with the scores this trial measured (tasks/card_scores.py)."""
+    from pipelines.outputs import write_atomic
+    from tasks.card_scores import card_with_scores
+
+    card = artifact / "README.md"
+    write_atomic(card, card_with_scores(card.read_text(), f"{spec.key} (layercut)", rows,
+                                        spec.overlap, probes))
 
 
 def _classification_result(spec: TrialSpec, trained: dict[str, Any]) -> dict[str, Any]:

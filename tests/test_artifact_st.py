@@ -200,3 +200,33 @@ def test_model_cards_name_public_models_and_hold_no_local_path(tmp_path):
     for card in (builtin, own, hub, _classifier_card(classifier_info)):
         assert str(tmp_path) not in card and "](https://github.com/)" not in card
         assert not [word for word in card.split() if word.strip("`(),|").startswith("/")], card
+
+
+def test_scores_go_into_the_card_and_replace_earlier_ones(tmp_path):
+    """The card carries the measured scores (as a table and as the Hub's model-index, read back
+    with huggingface_hub), marks a task whose texts occur in the training data, and a second
+    evaluation replaces the first rather than adding to it."""
+    from huggingface_hub import ModelCard
+
+    from tasks.artifact import _model_card
+    from tasks.card_scores import SECTION, card_with_scores
+
+    rows = [{"task": "STSBenchmark", "type": "STS", "main_score": 0.612345678, "splits": ["test"],
+             "subsets": ["default"]},
+            {"task": "SICK-R", "type": "STS", "main_score": 0.55, "splits": ["test"], "subsets": ["default"]}]
+    overlap = {"SICK-R": {"texts": 200, "overlapping": 180}, "STSBenchmark": {"texts": 200, "overlapping": 0}}
+    base = _model_card(_card_info("smollm2-135m", str(tmp_path / "triplets.jsonl")))
+    first = card_with_scores(base, "smollm2-135m-l3 (layercut)", rows, overlap, {"LayercutSST2": 0.7})
+    card = ModelCard(first)
+    assert {r.dataset_name: r.metric_value for r in card.data.eval_results} == {
+        "MTEB STSBenchmark": 0.612346, "MTEB SICK-R": 0.55}
+    assert card.data.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct" and card.data.license == "apache-2.0"
+    assert "| STSBenchmark | STS | 0.6123 | test | default |" in first
+    assert "| SICK-R * | STS | 0.5500 |" in first and "SICK-R: 180 of 200 evaluated texts" in first
+    assert "Mean main score over 2 tasks: 0.5812." in first and "LayercutSST2 0.7000" in first
+    assert "| layers kept | 3 of 30 |" in first  # the card's own content stays
+
+    second = card_with_scores(first, "smollm2-135m-l3 (layercut)", rows[:1], {}, {})
+    assert second.count(SECTION) == 1 and "SICK-R" not in second
+    assert [r.dataset_name for r in ModelCard(second).data.eval_results] == ["MTEB STSBenchmark"]
+    assert str(tmp_path) not in second

@@ -238,6 +238,8 @@ def main_job(tmp_path_factory, tiny_causal_lm, local_cluster) -> MainJob:
 
 @pytest.mark.slow
 def test_the_main_job_through_ray_job_submit_and_its_resume(main_job):
+    from huggingface_hub import ModelCard
+
     run_dir, finished, logs, second = main_job.run_dir, main_job.finished, main_job.logs, main_job.second
     selection = json.loads((run_dir / "layer-loss" / "tiny" / "selection.json").read_text())
     depths = sorted({6, selection["small"]["layers"], selection["large"]["layers"]}, reverse=True)
@@ -260,6 +262,11 @@ def test_the_main_job_through_ray_job_submit_and_its_resume(main_job):
         assert (run_dir / "trials" / row["key"] / "finetune" / "model" / "layercut.json").exists()
         result = json.loads((run_dir / "trials" / row["key"] / "result.json").read_text())
         assert result["mteb_tasks"].keys() == {"STSBenchmark"} and result["steps"] == 3
+        # The artifact's card carries the scores the trial measured, and no local path.
+        card = (run_dir / "trials" / row["key"] / "finetune" / "model" / "README.md").read_text()
+        assert {r.dataset_name: r.metric_value for r in ModelCard(card).data.eval_results} == {
+            f"MTEB {task}": round(score, 6) for task, score in result["mteb_tasks"].items()}
+        assert str(run_dir.parent.parent) not in card and str(SHARED_DATA) not in card
     full = next(row for row in summary["trials"] if row["layers"] == 6)
     assert full["change_vs_full"] == 0
     assert summary["best_within_budget"]["tiny"] in depths and summary["pareto_front"]["tiny"]
