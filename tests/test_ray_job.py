@@ -328,11 +328,16 @@ def test_both_routes_side_by_side_in_one_sweep(main_job):
 
     # What Tune and its loggers see: each trial's real settings as its parameters, the training
     # loss while the trial runs, then its scores; TensorBoard event files (tune.loggers). A trial
-    # the stop interrupted runs again on resume: its logs hold both attempts, the last one last.
+    # the stop interrupted runs again on resume: its logs hold both attempts, the last one last,
+    # or, if the stop came before Tune recorded the trial, the rerun has a directory of its own
+    # (Tune adds a suffix to the name): the newest result is the trial's.
     (experiment,) = run_dir.glob("tune-*")
     reported = {}
     for row in [*classified, *contrastive]:
-        trial_dir = experiment / row["key"]
+        logged = [path.parent for path in experiment.glob(f"{row['key']}*/result.json")
+                  if path.parent.name == row["key"] or path.parent.name.startswith(f"{row['key']}_")]
+        assert logged, row["key"]
+        trial_dir = max(logged, key=lambda path: (path / "result.json").stat().st_mtime_ns)
         params = json.loads((trial_dir / "params.json").read_text())["trial"]
         objective = "classification" if "-sst2-" in row["key"] else "contrastive"
         assert params == {"key": row["key"], "model": "tiny", "base_model": main_job.model_dir,
