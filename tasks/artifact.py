@@ -181,17 +181,13 @@ def public_base_model(base_model: str) -> tuple[str, str | None, str | None]:
 
 def _declared_license(model_dir: Path) -> str | None:
     """The ``license`` of a local model's own card (README.md front matter), if it has one."""
-    readme = model_dir / "README.md"
-    if not readme.is_file():
-        return None
     import yaml
+    from huggingface_hub.repocard import metadata_load
 
-    text = readme.read_text(errors="replace")
-    if not text.startswith("---"):
-        return None
+    readme = model_dir / "README.md"
     try:
-        meta = yaml.safe_load(text.split("---", 2)[1]) or {}
-    except (yaml.YAMLError, IndexError):
+        meta = metadata_load(readme) if readme.is_file() else None
+    except yaml.YAMLError:
         return None
     value = meta.get("license") if isinstance(meta, dict) else None
     return str(value) if value else None
@@ -202,16 +198,15 @@ def public_data(data: str) -> str:
     return f"`{Path(data).name}` (a local file)" if _looks_local(data) else f"`{data}`"
 
 
-def _front_matter(library: str, pipeline: str, base_model: str, tags: str) -> str:
-    _, hub_id, license_id = public_base_model(base_model)
+def _front_matter(library: str, pipeline: str, hub_id: str | None, license_id: str | None,
+                  tags: str) -> str:
     lines = [f"library_name: {library}", f"pipeline_tag: {pipeline}"]
     lines += [f"base_model: {hub_id}"] if hub_id else []
     lines += [f"license: {license_id}"] if license_id else []
     return "---\n" + "\n".join([*lines, f"tags: [{tags}]"]) + "\n---"
 
 
-def _title(base_model: str) -> str:
-    _, hub_id, _ = public_base_model(base_model)
+def _title(base_model: str, hub_id: str | None) -> str:
     return (hub_id or base_model).rstrip("/").split("/")[-1]
 
 
@@ -227,11 +222,11 @@ def _model_card(info: ArtifactInfo) -> str:
            "prompt per input, and its `weightedmean` weights by position in the whole input. "
            "Models exported with `last_token` pooling load with sentence-transformers' own modules only."
            if custom else "sentence-transformers' own `Transformer` and `Pooling` modules; no custom code.")
-    base, _, license_id = public_base_model(info.base_model)
-    front = _front_matter("sentence-transformers", "sentence-similarity", info.base_model,
+    base, hub_id, license_id = public_base_model(info.base_model)
+    front = _front_matter("sentence-transformers", "sentence-similarity", hub_id, license_id,
                           "layercut, l3prune, sentence-transformers, feature-extraction")
     return f"""{front}
-# {_title(info.base_model)} cut to {info.layers} of {info.total_layers} layers (layercut)
+# {_title(info.base_model, hub_id)} cut to {info.layers} of {info.total_layers} layers (layercut)
 
 A text encoder made by layercut with L3Prune ("Large Language Models Are Overparameterized Text
 Encoders", 2024): the first {info.layers} of {info.total_layers} decoder layers of {base},
@@ -283,11 +278,11 @@ def _classifier_card(info: ArtifactInfo) -> str:
     training, task = info.training, info.classification
     words = "; ".join(f"{name}: {', '.join(w)}" for name, w in
                       zip(task["label_names"], task["verbalizers"]))
-    base, _, license_id = public_base_model(info.base_model)
-    front = _front_matter("transformers", "text-generation", info.base_model,
+    base, hub_id, license_id = public_base_model(info.base_model)
+    front = _front_matter("transformers", "text-generation", hub_id, license_id,
                           "layercut, layer-pruning, prompt-based-fine-tuning, text-classification")
     return f"""{front}
-# {_title(info.base_model)} cut to {info.layers} of {info.total_layers} layers, prompt-tuned classifier (layercut)
+# {_title(info.base_model, hub_id)} cut to {info.layers} of {info.total_layers} layers, prompt-tuned classifier (layercut)
 
 The first {info.layers} of {info.total_layers} decoder layers of {base} with its LM head,
 fine-tuned for prompt-based text classification as in "Why Lift so Heavy? Slimming Large
