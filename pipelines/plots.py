@@ -99,11 +99,13 @@ def plot_accuracy_vs_layers(series: dict[str, list[tuple[int, float]]], zero_sho
 
 def plot_score_vs_parameters(series: dict[str, tuple[list[tuple[float, float, int]], list[int]]],
                              path: Path,
-                             intervals: dict[str, list[list[float] | None]] | None = None) -> None:
+                             intervals: dict[str, list[list[float] | None]] | None = None,
+                             untrained: dict[str, list[tuple[float, float]]] | None = None) -> None:
     """MTEB mean against parameters, one colour per model, its Pareto front joined (paper,
     Figure 5). ``series``: model -> ([(parameters, score, layers kept)], front indices).
     ``intervals``: model -> per point its 95% interval [low, high] (or None), drawn as error bars
-    (a subsampled evaluation)."""
+    (a subsampled evaluation). ``untrained``: model -> [(parameters, score)] of its depths with no
+    fine-tuning, hollow markers of the model's colour (the gap to the filled one is training's)."""
     plt = _pyplot()
 
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
@@ -113,6 +115,10 @@ def plot_score_vs_parameters(series: dict[str, tuple[list[tuple[float, float, in
         color = colors[index % len(colors)]
         ax.scatter([p / 1e6 for p, _, _ in points], [s for _, s, _ in points], color=color,
                    alpha=0.6, label=model)
+        baseline = (untrained or {}).get(model)
+        if baseline:
+            ax.scatter([p / 1e6 for p, _ in baseline], [s for _, s in baseline], facecolors="none",
+                       edgecolors=color, linewidths=1.2, label=f"{model}: untrained")
         bars = [(p, s, iv) for (p, s, _), iv in zip(points, (intervals or {}).get(model, [])) if iv]
         if bars:
             ax.errorbar([p / 1e6 for p, _, _ in bars], [s for _, s, _ in bars],

@@ -1,6 +1,9 @@
 """The sweep's report: a table of every (model, depth) trial, the paper's figures, the best depth
 per model within a budget. Written from the trials' result files, so it can be rebuilt any time.
 
+Every contrastive depth stands beside itself untrained (the base model cut alike, no fine-tuning;
+pipelines/untrained.py): the change between the two is what fine-tuning did.
+
 Files in the run dir: report.md, report.csv, summary.json, plots/layer_loss-<model>.png (Figure 1),
 plots/score_vs_parameters.png (Figure 5, with each model's Pareto front), plots/training_loss.png.
 The classification route ("Why Lift so Heavy?") adds classification.csv, a section of report.md
@@ -20,8 +23,9 @@ from pipelines.plots import (plot_accuracy_vs_layers, plot_layer_losses, plot_sc
                              plot_training_curves)
 
 COLUMNS = ["model", "layers", "total_layers", "origins", "parameters", "parameters_removed_pct",
-           "mteb_mean", "mteb_mean_ci95_low", "mteb_mean_ci95_high", "change_vs_full", "latency_ms", "latency_batch_size", "peak_memory_mib",
-           "final_loss", "status"]
+           "mteb_mean", "mteb_mean_ci95_low", "mteb_mean_ci95_high",
+           "untrained_mean", "untrained_mean_ci95_low", "untrained_mean_ci95_high", "change_vs_untrained",
+           "change_vs_full", "latency_ms", "latency_batch_size", "peak_memory_mib", "final_loss", "status"]
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
@@ -68,15 +72,19 @@ def _rows(trials, outcomes: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
         if "error" in outcome:
             row.update(status="failed", error=outcome["error"])
         else:
-            interval = outcome.get("mteb_mean_interval")
             row.update({key: outcome.get(key) for key in COLUMNS if key not in row}, status="done",
-                       mteb_mean_interval=interval,
-                       mteb_mean_ci95_low=interval[0] if interval else None,
-                       mteb_mean_ci95_high=interval[1] if interval else None,
+                       **_interval_columns("mteb_mean", outcome.get("mteb_mean_interval")),
+                       **_interval_columns("untrained_mean", outcome.get("untrained_mean_interval")),
                        mteb_task_intervals=outcome.get("mteb_task_intervals") or {},
                        mteb_per_type=outcome["mteb_per_type"], mteb_tasks=outcome["mteb_tasks"],
+                       untrained_tasks=outcome.get("untrained_tasks") or {},
+                       untrained_task_intervals=outcome.get("untrained_task_intervals") or {},
                        training_log=outcome["training_log"],
                        probe_accuracy=outcome.get("probe_accuracy", {}))
+            # Computed here, as change_vs_full: the report can be rebuilt from the two means.
+            untrained = row["untrained_mean"]
+            row["change_vs_untrained"] = None if untrained is None else row["mteb_mean"] - untrained
+            row["change_vs_untrained_outside_interval"] = outside_untrained_interval(row)
         rows.append(row)
     for row in rows:  # change against the same model with all its layers, fine-tuned alike
         full = next((r for r in rows if r["model"] == row["model"] and r["status"] == "done"
@@ -84,6 +92,58 @@ def _rows(trials, outcomes: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
         row["change_vs_full"] = (row["mteb_mean"] - full["mteb_mean"]
                                  if full is not None and row["status"] == "done" else None)
     return rows
+
+
+def _interval_columns(name: str, interval: list[float] | None) -> dict[str, Any]:
+    """<name>_interval and its two ends as <name>_ci95_low / _ci95_high (None without one)."""
+    return {f"{name}_interval": interval, f"{name}_ci95_low": interval[0] if interval else None,
+            f"{name}_ci95_high": interval[1] if interval else None}
+
+
+def outside_untrained_interval(row: dict[str, Any]) -> bool | None:
+    """Whether a finished row's trained MTEB mean lies outside the 95% interval of the same depth
+    untrained (then the change is more than this evaluation's noise); None without an interval
+    (a full evaluation, or no untrained score)."""
+    interval = row.get("untrained_mean_interval")
+    if not interval or row.get("untrained_mean") is None:
+        return None
+    return not interval[0] <= row["mteb_mean"] <= interval[1]
+
+
+def fine_tuning_effect(rows: list[dict[str, Any]]) -> dict[str, dict[str, list[int]]]:
+    """Per model, the layers of its finished depths with an untrained score, by where the trained
+    mean lies: ``outside_interval`` / ``inside_interval`` of the untrained mean's 95% interval, or
+    ``no_interval`` (a full evaluation: nothing to test the change against)."""
+    kinds = {True: "outside_interval", False: "inside_interval", None: "no_interval"}
+    effect: dict[str, dict[str, list[int]]] = {}
+    for row in rows:
+        if row["status"] != "done" or row.get("untrained_mean") is None:
+            continue
+        groups = effect.setdefault(row["model"], {kind: [] for kind in kinds.values()})
+        groups[kinds[row["change_vs_untrained_outside_interval"]]].append(row["layers"])
+    return effect
+
+
+def untrained_wording(model: str, groups: dict[str, list[int]], rows: list[dict[str, Any]]) -> str:
+    """One sentence per model on fine-tuning's effect. A change whose trained mean lies inside the
+    untrained mean's interval is said to be indistinguishable, never called a gain or a loss."""
+    change = {row["layers"]: row["change_vs_untrained"] for row in rows
+              if row["model"] == model and row["status"] == "done"}
+
+    def depths(layers: list[int]) -> str:
+        return ", ".join(f"l{depth} ({change[depth]:+.4f})" for depth in layers)
+
+    parts = []
+    if groups["outside_interval"]:
+        parts.append(f"the trained mean lies outside the untrained mean's 95% interval at "
+                     f"{depths(groups['outside_interval'])}")
+    if groups["inside_interval"]:
+        parts.append(f"inside it at {depths(groups['inside_interval'])}, where this evaluation "
+                     "does not tell the fine-tuned depth from the untrained one")
+    if groups["no_interval"]:
+        parts.append(f"change vs untrained at {depths(groups['no_interval'])}, from a full "
+                     "evaluation (no interval to test it against)")
+    return f"- **{model}**: " + "; ".join(parts) + "."
 
 
 def within_interval(best: dict[str, Any], rows: list[dict[str, Any]]) -> list[int]:
@@ -104,9 +164,16 @@ def best_wording(best: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     return "best" if not close else f"best (within the interval of {', '.join(f'l{l}' for l in close)})"
 
 
-def _mean_text(row: dict[str, Any]) -> str:
-    interval = row.get("mteb_mean_interval")
-    return f"{row['mteb_mean']:.4f}" + (f" [{interval[0]:.4f}, {interval[1]:.4f}]" if interval else "")
+def _mean_text(row: dict[str, Any], name: str = "mteb_mean") -> str:
+    """A mean and its 95% interval when it has one; n/a without the mean (no untrained score)."""
+    interval = row.get(f"{name}_interval")
+    if row.get(name) is None:
+        return "n/a"
+    return f"{row[name]:.4f}" + (f" [{interval[0]:.4f}, {interval[1]:.4f}]" if interval else "")
+
+
+def _change_text(change: float | None) -> str:
+    return "n/a" if change is None else f"{change:+.4f}"
 
 
 def _fmt(value: Any, spec: str = "") -> str:
@@ -118,7 +185,9 @@ def _fmt(value: Any, spec: str = "") -> str:
 def _markdown(config, rows, best, plans) -> str:
     lines = [f"# layercut sweep: {config.run_dir().name}", "",
              "Each depth is the model cut to its first *layers kept* layers, fine-tuned with LoRA "
-             "(stage 2) and evaluated on MTEB (stage 3). *Change vs full* compares with the same "
+             "(stage 2) and evaluated on MTEB (stage 3). *Untrained*: the same depth of the base "
+             "model with no fine-tuning, evaluated alike; *change vs untrained* (trained minus "
+             "untrained) is what fine-tuning did. *Change vs full* compares with the same "
              "model keeping all its layers, fine-tuned alike. Latency: median ms per batch of "
              "documents; memory: peak while encoding (GPU allocated, or process RSS on CPU).", ""]
     for plan in (p for p in plans if p.stage1):
@@ -126,18 +195,19 @@ def _markdown(config, rows, best, plans) -> str:
         lines.append(f"- **{plan.label}** ({stage1['model']}, {stage1['num_layers']} layers): "
                      f"L3Prune small = {stage1['small']['layers']}, large = {stage1['large']['layers']} "
                      f"layers (per-layer loss: plots/layer_loss-{plan.label}.png)")
-    lines += ["", "| model | layers kept | from | parameters | removed | MTEB mean [95% interval] | change vs full "
-              "| latency ms | peak MiB | final loss |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines += ["", "| model | layers kept | from | parameters | removed | MTEB mean [95% interval] "
+              "| untrained [95% interval] | change vs untrained | change vs full "
+              "| latency ms | peak MiB | final loss |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         if row["status"] != "done":
             lines.append(f"| {row['model']} | {row['layers']} | {', '.join(row['origins'])} "
-                         f"| failed: {row['error']} | | | | | | |")
+                         f"| failed: {row['error']} | | | | | | | | |")
             continue
-        change = row["change_vs_full"]
         lines.append(
             f"| {row['model']} | {row['layers']}/{row['total_layers']} | {', '.join(row['origins'])} "
             f"| {row['parameters'] / 1e6:,.1f}M | {row['parameters_removed_pct']:.1f}% "
-            f"| {_mean_text(row)} | {'n/a' if change is None else f'{change:+.4f}'} "
+            f"| {_mean_text(row)} | {_mean_text(row, 'untrained_mean')} "
+            f"| {_change_text(row['change_vs_untrained'])} | {_change_text(row['change_vs_full'])} "
             f"| {_fmt(row['latency_ms'], '.1f')} | {_fmt(row['peak_memory_mib'], '.0f')} "
             f"| {_fmt(row['final_loss'], '.4f')} |")
     budget = config.budget
@@ -154,10 +224,24 @@ def _markdown(config, rows, best, plans) -> str:
         lines += ["", "MTEB means of subsampled evaluations carry their 95% bootstrap interval "
                   "(resampled evaluated pairs / texts; tasks/bootstrap.py). A depth whose mean lies "
                   "inside the best one's interval is not ranked below it by this evaluation."]
+    lines += _effect_markdown(config, rows)
     lines += _overlap_markdown(plans)
     lines += ["", "Plots: plots/score_vs_parameters.png (score against parameters, Pareto front "
-              "marked), plots/training_loss.png (training loss of every depth).", ""]
+              "marked, untrained depths hollow), plots/training_loss.png (training loss of every "
+              "depth).", ""]
     return "\n".join(lines)
+
+
+def _effect_markdown(config, rows) -> list[str]:
+    """Fine-tuning's effect per model: where each depth's trained mean lies against its untrained
+    mean's interval."""
+    lines = ["", "## Fine-tuning's effect: each depth against itself untrained", ""]
+    if not config.untrained_baseline:
+        return lines + ["Not measured: `untrained_baseline: false` in the sweep config."]
+    effect = fine_tuning_effect(rows)
+    if not effect:
+        return lines + ["No finished depth has an untrained score."]
+    return lines + [untrained_wording(model, groups, rows) for model, groups in effect.items()]
 
 
 def _overlap_markdown(plans) -> list[str]:
@@ -233,12 +317,11 @@ def _classification_markdown(rows, best, contrastive_rows) -> list[str]:
             lines.append(f"| {row['model']} | {row['dataset']} | {row['layers']} | failed: "
                          f"{row['error']} | | | | | | |")
             continue
-        change = row["change_vs_zero_shot"]
         lines.append(
             f"| {row['model']} | {row['dataset']} | {row['layers']}/{row['total_layers']} "
             f"| {row['parameters'] / 1e6:,.1f}M | {row['parameters_removed_pct']:.1f}% "
             f"| {row['accuracy']:.4f} | {row['macro_f1']:.4f} | {row['majority_rate']:.4f} "
-            f"| {'n/a' if change is None else f'{change:+.4f}'} | {_fmt(row['final_loss'], '.4f')} |")
+            f"| {_change_text(row['change_vs_zero_shot'])} | {_fmt(row['final_loss'], '.4f')} |")
     lines += ["", "Best depth per model and dataset (highest accuracy; fewer layers on a tie):", ""]
     for key, row in best.items():
         reference = row["zero_shot_accuracy"]
@@ -307,13 +390,15 @@ def write_report(run_dir: Path, config, plans, trials, outcomes,
                           f"{plan.label}: loss of the model cut to l layers",
                           plots / f"layer_loss-{plan.label}.png")
     done = [row for row in rows if row["status"] == "done"]
-    series, intervals = {}, {}
+    series, intervals, untrained = {}, {}, {}
     for model in dict.fromkeys(row["model"] for row in done):
         points = [(row["parameters"], row["mteb_mean"], row["layers"]) for row in done if row["model"] == model]
         series[model] = (points, pareto_front([(p, s) for p, s, _ in points]))
         intervals[model] = [row.get("mteb_mean_interval") for row in done if row["model"] == model]
+        untrained[model] = [(row["parameters"], row["untrained_mean"]) for row in done
+                            if row["model"] == model and row["untrained_mean"] is not None]
     if rows:
-        plot_score_vs_parameters(series, plots / "score_vs_parameters.png", intervals)
+        plot_score_vs_parameters(series, plots / "score_vs_parameters.png", intervals, untrained)
         plot_training_curves(_training_curves(rows), plots / "training_loss.png")
     classified = classification_rows(trials, outcomes, zero_shot)
     best_classified = best_accuracy(classified)
@@ -336,6 +421,9 @@ def write_report(run_dir: Path, config, plans, trials, outcomes,
                # Per model: the depths whose MTEB mean lies inside the best one's 95% interval.
                "best_within_interval_of": {model: within_interval(row, rows) if row else []
                                            for model, row in best.items()},
+               # Per model: its depths whose trained mean lies outside / inside the untrained
+               # mean's 95% interval, or that have no interval (a full evaluation).
+               "fine_tuning_effect": fine_tuning_effect(rows),
                "budget": config.budget.model_dump(),
                "stage1": {plan.label: {"small": plan.stage1["small"]["layers"],
                                        "large": plan.stage1["large"]["layers"],

@@ -25,7 +25,7 @@ import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -36,6 +36,9 @@ from pipelines.ray_runtime import ensure_ray, layercut_cause, plan_workers, user
 from tasks.depth import Depth
 from tasks.errors import LayercutError
 from tasks.trees import merge_trees
+
+if TYPE_CHECKING:
+    from pipelines.trial import TrialSpec
 
 STAGE = "run"
 # The paper's grid: keep 100, 90, ..., 20 % of the layers, n = int(L * keep) (tasks/depth.py).
@@ -194,6 +197,11 @@ class SweepConfig(StrictModel):
     data_root: str | None = None  # local mirror for every stage (also LAYERCUT_DATA_ROOT)
     grid: list[DepthSetting] = Field(default_factory=lambda: list(DEFAULT_GRID))
     l3prune: bool = True  # add stage 1's small and large depths to the grid
+    # Evaluate each contrastive depth also untrained (the base model cut alike, no fine-tuning;
+    # pipelines/untrained.py): the report's change between the two is the method's effect.
+    # false halves stage 3's MTEB work and leaves that column n/a (as it stays for trials that
+    # finished while it was false: a finished trial is not evaluated again).
+    untrained_baseline: bool = True
     overrides: StageOverrides = Field(default_factory=StageOverrides)  # for every model
     models: list[ModelEntry]
     tune: TuneSection = Field(default_factory=TuneSection)
@@ -624,25 +632,38 @@ def _zero_shot(config: SweepConfig, plans: list[ModelPlan], run_dir: Path) -> di
     return results
 
 
-def _tune(config: SweepConfig, plans, trials: list[Trial], texts, concurrency, run_dir: Path):
-    """Run (or resume) the Tune experiment; returns {trial key: result dict or error text}."""
-    import ray.tune as tune
-
-    from pipelines.trial import TrialSpec, run_trial
+def trial_specs(config: SweepConfig, plans: list[ModelPlan], trials: list[Trial],
+                texts: dict[str, list[str]], run_dir: Path) -> dict[str, TrialSpec]:
+    """{trial key: TrialSpec}: each trial's stage configs at its depth, inside ``run_dir``."""
+    from pipelines.trial import TrialSpec
+    from pipelines.untrained import untrained_evaluation
 
     specs = {}
     for trial in trials:
         plan = next(p for p in plans if p.label == trial.model)
         finetune = plan.classifiers[trial.dataset] if trial.dataset else plan.finetune
+        contrastive = trial.dataset is None
         specs[trial.key] = TrialSpec(
             key=trial.key, model=trial.model, layers=trial.layers, origins=trial.origins,
             finetune=finetune.model_copy(update={"layers": Depth.parse(trial.layers), "name": f"{trial.key}/finetune"}),
-            evaluate=None if trial.dataset else plan.evaluate,
+            evaluate=plan.evaluate if contrastive else None,
             latency_texts=texts.get(trial.model, []), latency_batch_size=config.latency.batch_size,
             result_dir=str(run_dir / "trials" / trial.key), dataset=trial.dataset,
-            classify=plan.classify.get(trial.dataset) if trial.dataset else None,
-            probe_tasks=() if trial.dataset else tuple(plan.probe_tasks),
-            overlap=None if trial.dataset else plan.overlap)
+            classify=None if contrastive else plan.classify.get(trial.dataset),
+            probe_tasks=tuple(plan.probe_tasks) if contrastive else (),
+            overlap=plan.overlap if contrastive else None,
+            untrained=untrained_evaluation(plan.evaluate, finetune, trial.key, trial.layers)
+            if contrastive and config.untrained_baseline else None)
+    return specs
+
+
+def _tune(config: SweepConfig, plans, trials: list[Trial], texts, concurrency, run_dir: Path):
+    """Run (or resume) the Tune experiment; returns {trial key: result dict or error text}."""
+    import ray.tune as tune
+
+    from pipelines.trial import run_trial
+
+    specs = trial_specs(config, plans, trials, texts, run_dir)
     trainable = tune.with_resources(tune.with_parameters(run_trial, specs=specs),
                                     dict(config.tune.driver_resources))
     # One experiment per trial list: changing the grid starts a new experiment, whose trials

@@ -1,6 +1,6 @@
-"""One Tune trial of the sweep: fine-tune a depth (its own Ray Train run), evaluate it, measure
-what it costs to serve, report to Tune. A classification trial prompt-tunes the depth on one
-dataset and scores accuracy and macro-F1 on its test split instead.
+"""One Tune trial of the sweep: fine-tune a depth (its own Ray Train run), evaluate it and the
+same depth untrained, measure what it costs to serve, report to Tune. A classification trial
+prompt-tunes the depth on one dataset and scores accuracy and macro-F1 on its test split instead.
 
 The trial is a Ray Train *driver* (Ray docs, Train V2 + Tune): it holds no model itself. Each
 step resumes on its own: finetune from its Ray Train checkpoints (or says "nothing to do"),
@@ -12,9 +12,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipelines.outputs import write_json
+
+if TYPE_CHECKING:
+    from pipelines.evaluate import EvaluateConfig
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,8 @@ class TrialSpec:
     probe_tasks: tuple[str, ...] = ()  # mteb logistic-regression probes of a contrastive trial
     # Per evaluation task {"texts", "overlapping"}: its texts in the training data (model card).
     overlap: dict[str, dict[str, int]] | None = None
+    # The same depth untrained (pipelines/untrained.py); None: classification, or switched off.
+    untrained: EvaluateConfig | None = None
 
 
 def _measure(spec: TrialSpec, artifact: str) -> dict[str, Any]:
@@ -55,7 +60,8 @@ def _measure(spec: TrialSpec, artifact: str) -> dict[str, Any]:
 
 
 def execute(spec: TrialSpec) -> dict[str, Any]:
-    """The trial's work, without Tune: finetune -> evaluate -> measure; writes result.json."""
+    """The trial's work, without Tune: finetune -> evaluate (and the same depth untrained) ->
+    measure; writes result.json."""
     from pipelines import evaluate, finetune
     from pipelines.ray_runtime import user_errors_from_ray
 
@@ -71,6 +77,10 @@ def execute(spec: TrialSpec) -> dict[str, Any]:
         "name": f"{spec.key}/evaluate",
         "model": spec.evaluate.model.model_copy(update={"name_or_path": trained["artifact"]})})
     scores = evaluate.run(evaluation)
+    untrained = {}
+    if spec.untrained is not None:  # the base model cut alike: training's effect is the change
+        untrained = score_fields("untrained", evaluate.run(spec.untrained))
+        untrained["change_vs_untrained"] = scores["mean"] - untrained["untrained_mean"]
     probes = {}
     if spec.probe_tasks:  # a separate run: the probes stay out of the MTEB mean
         probe_run = evaluate.run(evaluation.model_copy(update={
@@ -84,12 +94,7 @@ def execute(spec: TrialSpec) -> dict[str, Any]:
         "layers": spec.layers, "total_layers": trained["total_layers"], "origins": list(spec.origins),
         "parameters": trained["parameters"], "parameters_full": trained["parameters_full"],
         "parameters_removed_pct": trained["parameters_removed_pct"],
-        "mteb_mean": scores["mean"],
-        "mteb_per_type": scores["mean_per_type"],
-        "mteb_tasks": {row["task"]: row["main_score"] for row in scores["tasks"]},
-        # Bootstrap 95% intervals of a subsampled evaluation (None when tasks run in full).
-        "mteb_mean_interval": scores.get("mean_interval"),
-        "mteb_task_intervals": {row["task"]: row.get("interval") for row in scores["tasks"]},
+        **score_fields("mteb", scores), **untrained,
         "final_loss": trained["final_loss"], "first_loss": trained["first_loss"],
         "steps": trained["steps"], "encode_texts_per_second": scores["texts_per_second"],
         **footprint, "artifact": trained["artifact"],
@@ -98,6 +103,16 @@ def execute(spec: TrialSpec) -> dict[str, Any]:
     }
     write_json(result_path, result)
     return result
+
+
+def score_fields(prefix: str, scores: dict[str, Any]) -> dict[str, Any]:
+    """result.json's keys of one stage-3 summary: <prefix>_mean, _per_type, _tasks (main score
+    per task) and the bootstrap 95% intervals of a subsampled evaluation, _mean_interval and
+    _task_intervals (None when tasks run in full)."""
+    return {f"{prefix}_mean": scores["mean"], f"{prefix}_per_type": scores["mean_per_type"],
+            f"{prefix}_tasks": {row["task"]: row["main_score"] for row in scores["tasks"]},
+            f"{prefix}_mean_interval": scores.get("mean_interval"),
+            f"{prefix}_task_intervals": {row["task"]: row.get("interval") for row in scores["tasks"]}}
 
 
 def _card_scores(artifact: Path, spec: TrialSpec, rows: list[dict[str, Any]], probes: dict[str, float]) -> None:

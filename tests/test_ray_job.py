@@ -267,6 +267,20 @@ def test_the_main_job_through_ray_job_submit_and_its_resume(main_job):
         assert {r.dataset_name: r.metric_value for r in ModelCard(card).data.eval_results} == {
             f"MTEB {task}": round(score, 6) for task, score in result["mteb_tasks"].items()}
         assert str(run_dir.parent.parent) not in card and str(SHARED_DATA) not in card
+        # Each depth beside itself untrained (pipelines/untrained.py): the base model cut to the
+        # same depth, scored with the trained evaluation's tasks, input format, pooling, dtype and
+        # subsample (the two stage-3 fingerprints differ in the model and its cut only).
+        assert result["untrained_tasks"].keys() == {"STSBenchmark"} and -1 <= row["untrained_mean"] <= 1
+        assert row["untrained_mean"] == result["untrained_mean"]
+        assert row["change_vs_untrained"] == row["mteb_mean"] - row["untrained_mean"] == result["change_vs_untrained"]
+        settings = {stage: json.loads((run_dir / "trials" / row["key"] / stage / "fingerprint.json").read_text())["settings"]
+                    for stage in ("evaluate", "untrained")}
+        assert settings["untrained"]["layers"] == row["layers"] and settings["evaluate"]["layers"] is None
+        assert settings["untrained"]["model"] != settings["evaluate"]["model"]
+        assert ({k: v for k, v in settings["untrained"].items() if k not in ("model", "layers")}
+                == {k: v for k, v in settings["evaluate"].items() if k not in ("model", "layers")})
+    effect = summary["fine_tuning_effect"]["tiny"]
+    assert sorted(effect["outside_interval"] + effect["inside_interval"] + effect["no_interval"], reverse=True) == depths
     full = next(row for row in summary["trials"] if row["layers"] == 6)
     assert full["change_vs_full"] == 0
     assert summary["best_within_budget"]["tiny"] in depths and summary["pareto_front"]["tiny"]
@@ -277,6 +291,9 @@ def test_the_main_job_through_ray_job_submit_and_its_resume(main_job):
     with open(run_dir / "report.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert [int(row["layers"]) for row in rows] == depths and {row["status"] for row in rows} == {"done"}
+    assert all(float(row["change_vs_untrained"]) == float(row["mteb_mean"]) - float(row["untrained_mean"])
+               for row in rows)
+    assert "## Fine-tuning's effect: each depth against itself untrained" in report and "\n- **tiny**: " in report
     for plot in ("layer_loss-tiny.png", "score_vs_parameters.png", "training_loss.png"):
         assert (run_dir / "plots" / plot).stat().st_size > 10_000
 

@@ -1,5 +1,6 @@
 """The main job's parts without running it: config validation, trial planning, resource checks,
-the report's Pareto front and budget choice, evaluation subsampling."""
+the report's Pareto front and budget choice, each depth beside itself untrained, evaluation
+subsampling."""
 
 from __future__ import annotations
 
@@ -29,6 +30,8 @@ def _config(tmp_path, cli=(), **tree) -> SweepConfig:
     ({"models": [{"config": "smollm2-135m", "label": "a/b"}]}, "a label names directories"),
     ({"tune": {"max_concurrent_trials": 0}}, "positive number or 'auto'"),
     ({"latency": {"texts": 4, "batch_size": 4}}, "at least 2 x latency.batch_size"),
+    ({"untrained_baselines": False}, "untrained_baselines: unknown key"),
+    ({"untrained_baseline": "sometimes"}, "untrained_baseline: Input should be a valid boolean"),
 ])
 def test_config_errors(tmp_path, tree, message):
     with pytest.raises(LayercutError, match="invalid config") as error:
@@ -131,6 +134,166 @@ def test_best_depth_within_a_budget():
     assert pick(best_within_budget(rows, 60, None)) == {"a": 15, "b": None}
     assert pick(best_within_budget(rows, None, 20)) == {"a": 8, "b": None}
     assert pick(best_within_budget(rows, 60, 20)) == {"a": 8, "b": None}
+
+
+def test_each_contrastive_trial_evaluates_its_depth_untrained_unless_switched_off(tmp_path):
+    """The untrained evaluation is the trial's stage-3 config on the finetune config's base model
+    cut to the trial's depth, with the input format and pooling the artifact records (finetune's
+    encoder section, tasks/artifact.py ArtifactInfo), which here differ from evaluate's own."""
+    from pipelines.sweep import trial_specs
+
+    base = str(tmp_path / "base-model")
+    tree = {"models": [{"config": "smollm2-135m", "objectives": ["contrastive", "classification"]}],
+            "classification": {"datasets": ["sst2"], "layers": [4]},
+            "overrides": {"finetune": {"model": {"name_or_path": base, "dtype": "bfloat16"},
+                                       "encoder": {"max_length": 48, "pool_closing_tokens": True}},
+                          "evaluate": {"model": {"dtype": "float32"}, "max_samples_per_split": 20}}}
+    config = _config(tmp_path, **tree)
+    (plan,) = resolve_models(config)
+    plan.total_layers = 30
+    plan.stage1 = {"num_layers": 30, "small": {"layers": 7}, "large": {"layers": 21}}
+    trials = plan_trials([plan], use_l3prune=True, route=config.classification)
+    specs = trial_specs(config, [plan], trials, {}, tmp_path)
+    contrastive = [t for t in trials if t.dataset is None]
+    assert contrastive and len(contrastive) < len(trials)
+    evaluate, finetune = plan.evaluate, plan.finetune
+    assert evaluate.encoder.prompt() != finetune.encoder.prompt()  # else the test proves nothing
+    for trial in contrastive:
+        untrained = specs[trial.key].untrained
+        assert untrained.name == f"{trial.key}/untrained" and untrained.layers == Depth.parse(trial.layers)
+        assert untrained.model.name_or_path == base and untrained.model.dtype == "float32"
+        assert untrained.encoder.prompt() == finetune.encoder.prompt()
+        assert untrained.encoder.pooling == finetune.encoder.pooling
+        assert untrained.encoder.forward_batch_size == evaluate.encoder.forward_batch_size
+        rest = {"name", "model", "layers", "encoder"}  # tasks, subsample, instructions, splits...
+        assert untrained.model_dump(exclude=rest) == evaluate.model_dump(exclude=rest)
+    assert all(specs[t.key].untrained is None for t in trials if t.dataset is not None)
+    off = _config(tmp_path, **tree, untrained_baseline=False)
+    assert all(spec.untrained is None for spec in trial_specs(off, [plan], trials, {}, tmp_path).values())
+
+
+def test_a_trial_records_its_depth_untrained_and_a_finished_one_evaluates_nothing(tmp_path, monkeypatch):
+    """trial.execute with its stages replaced by stand-ins that return fixed summaries (the stages
+    are tested on their own): result.json holds both evaluations, the change is their difference,
+    a finished trial runs no stage again, and a spec without an untrained config runs none."""
+    from pipelines import evaluate, finetune, trial
+    from pipelines.evaluate import EvaluateConfig
+
+    means = {"k/evaluate": 0.70, "k/untrained": 0.60}
+    runs = []
+
+    def evaluated(config):
+        runs.append(config.name)
+        mean = means[config.name]
+        return {"mean": mean, "mean_per_type": {"STS": mean}, "mean_interval": [mean - 0.05, mean + 0.05],
+                "tasks": [{"task": "STSBenchmark", "main_score": mean, "interval": [mean - 0.05, mean + 0.05]}],
+                "texts_per_second": 10.0}
+
+    trained = {"artifact": str(tmp_path / "model"), "model": "base", "total_layers": 6, "parameters": 4,
+               "parameters_full": 6, "parameters_removed_pct": 33.3, "final_loss": 0.5, "first_loss": 1.0,
+               "steps": 3}
+    monkeypatch.setattr(evaluate, "run", evaluated)
+    monkeypatch.setattr(finetune, "run", lambda config: trained)
+    monkeypatch.setattr(trial, "_measure", lambda spec, artifact: {"latency_ms": 1.0})
+    monkeypatch.setattr(trial, "_card_scores", lambda *args: None)
+
+    def spec(result_dir, untrained):
+        return trial.TrialSpec(key="k", model="m", layers=4, origins=("grid 4",), finetune=None,
+                               evaluate=EvaluateConfig(), latency_texts=[], latency_batch_size=1,
+                               result_dir=str(result_dir), untrained=untrained)
+
+    result = trial.execute(spec(tmp_path / "on", EvaluateConfig(name="k/untrained")))
+    assert runs == ["k/evaluate", "k/untrained"]
+    assert result["mteb_mean"] == 0.70 and result["untrained_mean"] == 0.60
+    assert result["change_vs_untrained"] == 0.70 - 0.60
+    assert result["untrained_mean_interval"] == [0.60 - 0.05, 0.60 + 0.05]
+    assert result["untrained_tasks"] == {"STSBenchmark": 0.60} and result["mteb_tasks"] == {"STSBenchmark": 0.70}
+    assert (tmp_path / "on" / "result.json").exists()
+    assert trial.execute(spec(tmp_path / "on", EvaluateConfig(name="k/untrained"))) == result
+    assert runs == ["k/evaluate", "k/untrained"]  # resumed: nothing evaluated again
+    off = trial.execute(spec(tmp_path / "off", None))
+    assert runs[2:] == ["k/evaluate"] and not any(key.startswith("untrained") for key in off)
+    assert "change_vs_untrained" not in off
+
+
+def _untrained_outcomes() -> dict[str, dict]:
+    """Trial results as trial.execute writes them: "tiny" subsampled (intervals), its l2 from
+    before the untrained baseline; "whole" evaluated in full (no interval)."""
+    def result(layers, mean, interval, untrained, untrained_interval, total=6):
+        scores = {} if untrained is None else {
+            "untrained_mean": untrained, "untrained_mean_interval": untrained_interval,
+            "untrained_tasks": {"STSBenchmark": untrained}, "untrained_task_intervals": {"STSBenchmark": untrained_interval}}
+        return {"total_layers": total, "parameters": layers * 1e6, "parameters_removed_pct": 0.0,
+                "mteb_mean": mean, "mteb_mean_interval": interval, "mteb_per_type": {},
+                "mteb_tasks": {"STSBenchmark": mean}, "training_log": "no-such-log.csv",
+                "latency_ms": 1.0, "peak_memory_mib": 1.0, "final_loss": 1.0, **scores}
+    return {"tiny-l6": result(6, 0.70, [0.63, 0.77], 0.60, [0.52, 0.67]),  # outside
+            "tiny-l4": result(4, 0.62, [0.55, 0.69], 0.60, [0.53, 0.66]),  # inside
+            "tiny-l2": result(2, 0.51, [0.44, 0.58], None, None),  # no untrained score
+            "tiny-l1": {"error": "boom"},
+            "whole-l3": result(3, 0.50, None, 0.45, None, total=3)}
+
+
+def test_report_shows_each_depth_untrained_the_change_and_whether_it_is_noise(tmp_path):
+    """report.md, report.csv and summary.json from constructed trial results: the untrained mean
+    beside the trained one, change_vs_untrained equal to the difference of the two means as
+    Python computes it here, and the change called indistinguishable where the trained mean lies
+    inside the untrained mean's interval."""
+    import csv
+    import json
+
+    from pipelines.report import _markdown, write_report
+    from pipelines.sweep import Trial
+
+    trials = [Trial("tiny", layers, ("grid",)) for layers in (6, 4, 2, 1)] + [Trial("whole", 3, ("grid",))]
+    config = _config(tmp_path, name="report")
+    summary = write_report(tmp_path, config, [], trials, _untrained_outcomes())
+    rows = {row["key"]: row for row in summary["trials"]}
+    assert rows["tiny-l6"]["change_vs_untrained"] == 0.70 - 0.60
+    assert rows["tiny-l4"]["change_vs_untrained"] == 0.62 - 0.60
+    assert rows["whole-l3"]["change_vs_untrained"] == 0.50 - 0.45
+    assert rows["tiny-l2"]["untrained_mean"] is None and rows["tiny-l2"]["change_vs_untrained"] is None
+    assert [rows[key]["change_vs_untrained_outside_interval"] for key in ("tiny-l6", "tiny-l4", "tiny-l2", "whole-l3")] == [
+        True, False, None, None]
+    assert rows["tiny-l6"]["untrained_tasks"] == {"STSBenchmark": 0.60}
+    assert rows["tiny-l6"]["untrained_mean_ci95_low"] == 0.52 and rows["tiny-l6"]["untrained_mean_ci95_high"] == 0.67
+    assert summary["fine_tuning_effect"] == {
+        "tiny": {"outside_interval": [6], "inside_interval": [4], "no_interval": []},
+        "whole": {"outside_interval": [], "inside_interval": [], "no_interval": [3]}}
+    assert json.loads((tmp_path / "summary.json").read_text())["fine_tuning_effect"] == summary["fine_tuning_effect"]
+
+    with open(tmp_path / "report.csv") as handle:
+        table = {(row["model"], row["layers"]): row for row in csv.DictReader(handle)}
+    assert float(table[("tiny", "6")]["untrained_mean"]) == 0.60
+    assert float(table[("tiny", "6")]["change_vs_untrained"]) == 0.70 - 0.60
+    assert float(table[("tiny", "6")]["untrained_mean_ci95_low"]) == 0.52
+    assert table[("tiny", "2")]["untrained_mean"] == table[("tiny", "2")]["change_vs_untrained"] == ""
+
+    report = (tmp_path / "report.md").read_text()
+    assert "| MTEB mean [95% interval] | untrained [95% interval] | change vs untrained | change vs full |" in report
+    assert "| 0.7000 [0.6300, 0.7700] | 0.6000 [0.5200, 0.6700] | +0.1000 | +0.0000 |" in report
+    assert "| 0.5100 [0.4400, 0.5800] | n/a | n/a |" in report
+    assert "| 0.5000 | 0.4500 | +0.0500 |" in report
+    assert ("- **tiny**: the trained mean lies outside the untrained mean's 95% interval at l6 (+0.1000); "
+            "inside it at l4 (+0.0200), where this evaluation does not tell the fine-tuned depth from "
+            "the untrained one.") in report
+    assert ("- **whole**: change vs untrained at l3 (+0.0500), from a full evaluation (no interval to "
+            "test it against).") in report
+    assert all(line.count("|") == 13 for line in report.splitlines() if line.startswith("| tiny |"))
+    assert (tmp_path / "plots" / "score_vs_parameters.png").stat().st_size > 10_000
+
+    off = _config(tmp_path, name="report", untrained_baseline=False)
+    assert "Not measured: `untrained_baseline: false`" in _markdown(off, [], {}, [])
+
+
+def test_untrained_depths_are_hollow_markers_on_the_score_plot(tmp_path):
+    from pipelines.plots import plot_score_vs_parameters
+
+    points = [(6e6, 0.70, 6), (4e6, 0.62, 4)]
+    plain, hollow = tmp_path / "plain.png", tmp_path / "hollow.png"
+    plot_score_vs_parameters({"tiny": (points, [1, 0])}, plain)
+    plot_score_vs_parameters({"tiny": (points, [1, 0])}, hollow, untrained={"tiny": [(6e6, 0.60), (4e6, 0.30)]})
+    assert hollow.read_bytes() != plain.read_bytes()
 
 
 def test_subsampled_tasks_keep_a_seeded_subset_and_refuse_other_types():
