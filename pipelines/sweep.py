@@ -35,6 +35,7 @@ from pipelines.outputs import write_atomic, write_json
 from pipelines.ray_runtime import ensure_ray, layercut_cause, plan_workers, user_errors_from_ray
 from tasks.depth import Depth
 from tasks.errors import LayercutError
+from tasks.model_access import check_model_access
 from tasks.trees import merge_trees
 
 if TYPE_CHECKING:
@@ -269,6 +270,13 @@ class ModelPlan:
     @property
     def contrastive(self) -> bool:
         return self.evaluate is not None
+
+    def base_models(self) -> list[tuple[str, str | None]]:
+        """(name_or_path, revision) of each model this plan loads from its source: stage 1's and
+        stage 2's of each route (stage 3 loads the trained artifacts, and the zero-shot reference
+        stage 2's model)."""
+        stages = [self.layer_loss, self.finetune, *self.classifiers.values()]
+        return [(stage.model.name_or_path, stage.model.revision) for stage in stages if stage is not None]
 
 
 def _stage_config(model_cls, name: str, stage: str, trees: list[dict[str, Any]]):
@@ -547,6 +555,9 @@ def run(config: SweepConfig) -> dict[str, Any]:
     run_dir = config.run_dir().resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     plans = resolve_models(config)
+    # Before Ray and any GPU is asked for: a gated model without a token fails here, in one line.
+    for name, revision in dict.fromkeys(model for plan in plans for model in plan.base_models()):
+        check_model_access(name, revision)
     ensure_ray(config.address)
     concurrency = check_resources(plans, config.tune)
     for plan in (p for p in plans if p.contrastive):

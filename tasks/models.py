@@ -13,6 +13,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 from filelock import FileLock
@@ -108,27 +109,47 @@ def convert_gguf(gguf: Path) -> Path:
     return target
 
 
-def resolve_model(name_or_path: str) -> ModelSource:
-    """Turn a built-in name, a GGUF file, a local directory or a hub id into a loadable source.
+def model_kind(name_or_path: str) -> Literal["builtin", "gguf", "directory", "hub"]:
+    """What ``name_or_path`` names: a built-in model, a GGUF file, a local model directory or a
+    hub id; local ones are checked to exist, nothing is loaded, converted or downloaded.
 
-    Call this once on the driver: it performs the (cached) GGUF conversion.
+    Raises:
+        LayercutError: a built-in whose package is not installed, a missing GGUF file, a
+            directory without config.json, or a name that is none of the four.
     """
     if name_or_path in BUILTIN_MODELS:
-        return ModelSource(str(convert_gguf(builtin_gguf(name_or_path))), True)
+        _package_dir(BUILTIN_MODELS[name_or_path][0])
+        return "builtin"
     path = Path(name_or_path).expanduser()
     if name_or_path.endswith(".gguf"):
         if not path.is_file():
             raise LayercutError(f"GGUF model file not found: {path}")
-        return ModelSource(str(convert_gguf(path)), True)
+        return "gguf"
     if path.exists():
         if not (path / "config.json").is_file():
             raise LayercutError(f"model directory {path} has no config.json")
-        return ModelSource(str(path.resolve()), True)
+        return "directory"
     looks_like_hub_id = name_or_path.count("/") == 1 and not name_or_path.startswith((".", "/"))
     if not looks_like_hub_id:
         raise LayercutError(
             f"unknown model {name_or_path!r}: not a built-in ({', '.join(BUILTIN_MODELS)}), "
             "an existing directory, a .gguf file, or a hub id like org/name")
+    return "hub"
+
+
+def resolve_model(name_or_path: str) -> ModelSource:
+    """Turn a built-in name, a GGUF file, a local directory or a hub id into a loadable source.
+
+    Call this once on the driver: it performs the (cached) GGUF conversion.
+    """
+    kind = model_kind(name_or_path)
+    path = Path(name_or_path).expanduser()
+    if kind == "builtin":
+        return ModelSource(str(convert_gguf(builtin_gguf(name_or_path))), True)
+    if kind == "gguf":
+        return ModelSource(str(convert_gguf(path)), True)
+    if kind == "directory":
+        return ModelSource(str(path.resolve()), True)
     return ModelSource(name_or_path, False)
 
 
