@@ -269,22 +269,34 @@ def log(line: str) -> None:
 
 
 def _evaluate_tasks(config: EvaluateConfig, model, pending: list[str]):
-    from tasks.evaluation_task import Evaluator, EvaluationWorker
+    """Each pending task's outcome as it finishes: in this process, in one Ray task (one worker:
+    a pooled worker process, warm when an earlier evaluation used it), or over a pool of actors
+    that each load the model once."""
+    import ray
+
+    from tasks.evaluation_task import EvaluationWorker, evaluate_in_turn
 
     if not pending:
         return
     workers = config.workers
     if workers.executor == "local":
-        evaluator = Evaluator(model, config.data_root,
-                              max_samples_per_split=config.max_samples_per_split,
-                              selection=config.task_selection(),
-                              show_progress=config.show_progress)
-        for name in pending:
-            yield evaluator.evaluate(name)
+        yield from evaluate_in_turn(model, config.data_root, pending,
+                                    max_samples_per_split=config.max_samples_per_split,
+                                    selection=config.task_selection(), show_progress=config.show_progress)
+        return
+    plan = plan_workers(workers, len(pending))
+    if plan.count == 1:
+        # max_retries=0 as for the actors: a crashed evaluation stops here, and its rerun resumes
+        # from the tasks already saved (a retried generator would run them all again).
+        one = ray.remote(evaluate_in_turn).options(num_returns="streaming", max_retries=0, **plan.resources)
+        with user_errors_from_ray():
+            for outcome in one.remote(model, config.data_root, pending, plan.threads,
+                                      config.max_samples_per_split, config.task_selection(),
+                                      config.show_progress):
+                yield ray.get(outcome)
         return
     from ray.util import ActorPool
 
-    plan = plan_workers(workers, len(pending))
     actor = EvaluationWorker.options(**plan.resources)
     pool = ActorPool([actor.remote(model, config.data_root, plan.threads, config.max_samples_per_split,
                                    config.task_selection(), config.show_progress)

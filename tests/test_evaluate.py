@@ -120,6 +120,23 @@ def test_task_names_and_presets():
         resolve_task_names([])
 
 
+def test_probe_undersampling_draws_what_mteb_draws():
+    """The probe task's undersampling (labels read once, tasks/mteb_tasks.py) picks the same
+    training rows as mteb's own AbsTaskClassification._undersample_data, for every experiment."""
+    from mteb.abstasks.classification import AbsTaskClassification
+
+    from tasks.mteb_tasks import probe_task_name
+
+    task = load_task(probe_task_name("sst2"), str(SHARED_DATA))
+    task.load_data()
+    train = task.dataset["train"] if "train" in task.dataset else task.dataset["default"]["train"]
+    for experiment in (0, 3):
+        ours, ours_order, ours_picked = task._undersample_data(train, experiment)
+        theirs, order, picked = AbsTaskClassification._undersample_data(task, train, experiment)
+        assert ours_order == order and ours_picked == picked and len(picked) == 2 * task.samples_per_label
+        assert ours.to_dict() == theirs.to_dict()
+
+
 def test_the_paper_preset_scores_english_subsets_of_the_test_split(capsys):
     """What MTEB(eng, v1) scores: STS17 en-en (not 11 language pairs), MassiveIntentClassification
     en on test only (not 51 languages x validation and test); the same list as mteb's benchmark."""
@@ -247,6 +264,20 @@ def test_corpus_split_gives_the_same_scores(tmp_path, mini_mirror, tiny_model_di
     plain = run(_config(tmp_path / "plain", **base))
     split = run(_config(tmp_path / "split", corpus_workers=2, corpus_min_texts=50, **base))
     assert split["tasks"][0]["main_score"] == pytest.approx(plain["tasks"][0]["main_score"], abs=1e-5)
+
+
+def test_one_ray_worker_equals_in_process(tmp_path, tiny_model_dirs, ray_cluster):
+    """One Ray worker (a streaming task in a pooled worker) scores what the in-process run does,
+    task by task, with the bootstrap intervals of a subsampled run."""
+    base = {"model": {"name_or_path": tiny_model_dirs["llama"]}, "tasks": ["STSBenchmark", "SICK-R"],
+            "data_root": str(SHARED_DATA), "max_samples_per_split": 16}
+    local = run(_config(tmp_path / "local", workers={"executor": "local"}, **base))
+    remote = run(_config(tmp_path / "ray", workers={"num_workers": 1, "cpus_per_worker": 1}, **base))
+    assert [row["task"] for row in remote["tasks"]] == ["STSBenchmark", "SICK-R"]
+    for ours, theirs in zip(remote["tasks"], local["tasks"]):
+        assert ours["main_score"] == pytest.approx(theirs["main_score"], abs=1e-6)
+        assert ours["interval"] == pytest.approx(theirs["interval"], abs=1e-6)
+    assert remote["mean_interval"] == pytest.approx(local["mean_interval"], abs=1e-6)
 
 
 @pytest.fixture(scope="module")

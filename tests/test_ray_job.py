@@ -172,9 +172,9 @@ def test_a_refused_token_is_one_line_naming_what_to_set(local_cluster, tmp_path)
 
 def _sweep_config(path: Path, model_dir: str) -> Path:
     """The whole pipeline at toy size, both routes: a tiny random Llama with an LM head (6 layers).
-    The contrastive route: the L3Prune picks and all layers, 3 fine-tuning steps on 2 Ray Train
-    workers, STSBenchmark cut to 16 pairs, mteb's logistic-regression probe on SST-2. The
-    classification route: SST-2 prompt-tuned at 1 and 6 layers, scored on 24 test rows, the
+    The contrastive route: the L3Prune picks and all layers, 3 fine-tuning steps on one Ray Train
+    worker (several workers, their failures and resume are test_finetune's), STSBenchmark cut to
+    16 pairs, mteb's logistic-regression probe on SST-2. The classification route: SST-2 prompt-tuned at 1 and 6 layers, scored on 24 test rows, the
     unpruned model's zero-shot reference. Tune's TensorBoard logger is on."""
     model = {"model": {"name_or_path": model_dir}}
     path.write_text(yaml.safe_dump({
@@ -185,6 +185,7 @@ def _sweep_config(path: Path, model_dir: str) -> Path:
         "overrides": {
             "layer_loss": {**model, "data": {"num_batches": 2, "batch_size": 4}},
             "finetune": {**model, "encoder": {"max_length": 48}, "classification": {"max_length": 48},
+                         "workers": {"num_workers": 1},
                          "training": {"steps": 3, "warmup_steps": 0, "batch_size": 2,
                                       "checkpoint_every": 1, "learning_rate": 1e-3}},
             "evaluate": {"tasks": ["STSBenchmark"], "max_samples_per_split": 16,
