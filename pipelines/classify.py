@@ -26,7 +26,7 @@ from pipelines.config import DepthSetting, StrictModel, dump_config
 from pipelines.outputs import write_atomic, write_csv, write_json
 from pipelines.ray_runtime import ensure_ray, plan_workers, user_errors_from_ray
 from pipelines.sections import ClassificationSection, ModelSection, WorkersSection
-from tasks.classification_eval import ClassifierWorker
+from tasks.classification_eval import ClassifierWorker, score_in_turn
 from tasks.errors import LayercutError
 
 STAGE = "classify"
@@ -102,15 +102,21 @@ def _score_chunks(config: ClassifyConfig, spec, prompt, chunks: list[list[str]],
     """Yield (chunk index, scores, seconds) for the pending chunks, as they finish."""
     if not pending:
         return
+    todo = {index: chunks[index] for index in pending}
     if config.workers.executor == "local":
-        worker = ClassifierWorker(spec, prompt, config.batch_size)
-        for index in pending:
-            yield worker.score(index, chunks[index])
+        yield from score_in_turn(spec, prompt, config.batch_size, todo)
         return
     import ray
     from ray.util import ActorPool
 
     plan = plan_workers(config.workers, len(pending))
+    if plan.count == 1:  # a pooled worker, warm when an earlier scoring used it
+        # max_retries=0 as for the actors: a rerun resumes from the chunks already saved.
+        one = ray.remote(score_in_turn).options(num_returns="streaming", max_retries=0, **plan.resources)
+        with user_errors_from_ray():
+            for outcome in one.remote(spec, prompt, config.batch_size, todo, plan.threads):
+                yield ray.get(outcome)
+        return
     actor = ray.remote(ClassifierWorker).options(**plan.resources)
     pool = ActorPool([actor.remote(spec, prompt, config.batch_size, plan.threads)
                       for _ in range(plan.count)])

@@ -174,8 +174,9 @@ def _sweep_config(path: Path, model_dir: str) -> Path:
     """The whole pipeline at toy size, both routes: a tiny random Llama with an LM head (6 layers).
     The contrastive route: the L3Prune picks and all layers, 3 fine-tuning steps on one Ray Train
     worker (several workers, their failures and resume are test_finetune's), STSBenchmark cut to
-    16 pairs, mteb's logistic-regression probe on SST-2. The classification route: SST-2 prompt-tuned at 1 and 6 layers, scored on 24 test rows, the
-    unpruned model's zero-shot reference. Tune's TensorBoard logger is on."""
+    16 pairs, mteb's logistic-regression probe on SST-2. The classification route: SST-2
+    prompt-tuned at 1 and 6 layers, scored on 24 test rows, the unpruned model's zero-shot
+    reference. Tune's TensorBoard logger is on."""
     model = {"model": {"name_or_path": model_dir}}
     path.write_text(yaml.safe_dump({
         "name": "sweep", "grid": ["keep:1.0"], "l3prune": True,
@@ -223,10 +224,11 @@ def main_job(tmp_path_factory, tiny_causal_lm, local_cluster) -> MainJob:
     first = local_cluster.submit(*entrypoint, wait=False)
     assert first.returncode == 0, (first.stdout + first.stderr)[-3000:]
     job_id = re.search(r"raysubmit_\w+", first.stdout + first.stderr).group(0)
-    deadline = time.time() + 900
+    deadline, asked = time.time() + 900, 0.0
     while not list(run_dir.glob("trials/*/result.json")):
-        status = local_cluster.job("status", job_id).stdout
-        assert "FAILED" not in status and "SUCCEEDED" not in status, local_cluster.job("logs", job_id).stdout[-3000:]
+        if time.time() - asked > 15:  # each `ray job status` is a Python process: not every second
+            status, asked = local_cluster.job("status", job_id).stdout, time.time()
+            assert "FAILED" not in status and "SUCCEEDED" not in status, local_cluster.job("logs", job_id).stdout[-3000:]
         assert time.time() < deadline, "no trial finished in time"
         time.sleep(1)
     stopped = local_cluster.job("stop", job_id)
