@@ -193,7 +193,9 @@ def _sweep_config(path: Path, model_dir: str) -> Path:
                          "workers": {"cpus_per_worker": 1}},
             "classify": {**model, "max_test_rows": 24, "chunk_size": 8,
                          "workers": {"num_workers": 1, "cpus_per_worker": 1}}},
-        "tune": {"loggers": ["tensorboard"]},
+        # Two trials at a time: the stop after the first one interrupts one other, not three
+        # (each interrupted trial starts its Ray Train processes again on resume).
+        "tune": {"loggers": ["tensorboard"], "max_concurrent_trials": 2},
         "latency": {"texts": 8, "batch_size": 2},
         "budget": {"max_parameters": 10**9}}))
     return path
