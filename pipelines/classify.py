@@ -127,7 +127,7 @@ def _score_chunks(config: ClassifyConfig, spec, prompt, chunks: list[list[str]],
 def run(config: ClassifyConfig) -> dict[str, Any]:
     from tasks.classification_eval import classification_metrics
     from tasks.models import parameters_per_depth, resolve_model
-    from tasks.pruning import resolve_depth
+    from tasks.pruning import resolve_selection
 
     source = resolve_model(config.model.name_or_path)
     ensure_ray(config.workers.address)  # the test split is read through Ray Data
@@ -135,7 +135,8 @@ def run(config: ClassifyConfig) -> dict[str, Any]:
     label_names = list(prompt.label_names)
     total, counts = parameters_per_depth(source, trust_remote_code=config.model.trust_remote_code,
                                          revision=config.model.revision, lm_head=True)
-    kept = total if config.layers is None else resolve_depth(config.layers, total)
+    selection = resolve_selection(total if config.layers is None else config.layers, total)
+    kept = selection.count
     rows, data_path = _test_rows(config, label_names)
     run_dir = config.run_dir()
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -170,7 +171,7 @@ def run(config: ClassifyConfig) -> dict[str, Any]:
         "split": config.classification.test_split, "zero_shot": zero_shot,
         "layers": artifact["layers"] if artifact else kept,
         "layers_total": artifact["total_layers"] if artifact else total,
-        "parameters": artifact["parameters"] if artifact else counts[kept],
+        "parameters": artifact["parameters"] if artifact else selection.parameters(counts),
         "template": prompt.template, "label_names": label_names,
         **metrics, "texts_per_second": len(texts) / seconds if seconds else None,
         "data": data_path, "fingerprint": fingerprint,

@@ -150,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
                            "stage 2: fine-tune a truncation with Ray Train + DeepSpeed + LoRA",
                            "smollm2-135m")
     stage2.add_argument("--layers", help="layers to keep: a count (8), prune:0.3 (the paper's p: the "
-                        "fraction of the last layers removed) or keep:0.7")
+                        "fraction of the last layers removed), keep:0.7, or keep-indices:0-2,5-6 (these layers)")
     stage2.add_argument("--force", action="store_true",
                         help="resume a checkpoint even though the config changed")
     stage2.set_defaults(handler=_finetune)

@@ -182,5 +182,6 @@ def _dump_depth(depth: Depth | int) -> int | str:
     return depth.value if depth.kind == "count" else str(depth)
 
 
-# A depth in any config (tasks/depth.py): 8, "keep:0.7" or "prune:0.3"; written back as that text.
+# A depth in any config (tasks/depth.py): 8, "keep:0.7", "prune:0.3" or "keep-indices:0-2,5-6" (or a
+# list of layer indices); written back as that text.
 DepthSetting = Annotated[Depth, PlainValidator(_depth), PlainSerializer(_dump_depth)]

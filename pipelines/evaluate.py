@@ -138,14 +138,14 @@ def _evaluation_model(config: EvaluateConfig):
 def _model_facts(model) -> dict[str, Any]:
     """Parameters and layers of what is evaluated, from its config (no weights loaded)."""
     from tasks.models import parameters_per_depth
-    from tasks.pruning import resolve_depth
+    from tasks.pruning import resolve_selection
 
     if model.is_sentence_transformer:
         return {"parameters": None, "layers": None, "layers_total": None}
     total, counts = parameters_per_depth(model.spec.source, revision=model.spec.revision,
                                          trust_remote_code=model.spec.trust_remote_code)
-    kept = total if model.spec.layers is None else resolve_depth(model.spec.layers, total)
-    return {"parameters": counts[kept], "layers": kept, "layers_total": total}
+    kept = resolve_selection(total if model.spec.layers is None else model.spec.layers, total)
+    return {"parameters": kept.parameters(counts), "layers": kept.count, "layers_total": total}
 
 
 def check_tasks(config: EvaluateConfig) -> list[str]:

@@ -33,6 +33,7 @@ from pipelines.ray_runtime import ensure_ray, plan_workers, user_errors_from_ray
 from pipelines.sections import (ClassificationSection, EncoderSection, LossSection, ModelSection,
                                 RayWorkersSection, TripletSourceSection)
 from tasks.errors import LayercutError
+from tasks.layer_selection import LayerSelection
 from tasks.lora import PROJECTIONS
 
 STAGE = "finetune"
@@ -99,7 +100,7 @@ class DeepSpeedSection(StrictModel):
 class FinetuneConfig(StrictModel):
     name: str | None = None  # run name; default: finetune-<model>-l<layers>
     output_dir: str = "runs"
-    layers: DepthSetting | None = None  # 8, keep:0.7 or prune:0.3 (tasks/depth.py)
+    layers: DepthSetting | None = None  # 8, keep:0.7, prune:0.3, [0, 1, 5] (tasks/depth.py)
     force: bool = False  # resume even though the config differs from the checkpoint's
     show_progress: bool = True
     # contrastive: an embedding model (L3Prune; encoder, data, loss). classification: a
@@ -115,12 +116,13 @@ class FinetuneConfig(StrictModel):
     deepspeed: DeepSpeedSection = Field(default_factory=DeepSpeedSection)
     workers: RayWorkersSection = Field(default_factory=RayWorkersSection)
 
-    def run_dir(self, kept: int) -> Path:
+    def run_dir(self, kept: "int | LayerSelection") -> Path:
         task = f"-{self.classification.label()}" if self.objective == "classification" else ""
-        return Path(self.output_dir) / (self.name or f"finetune-{self.model.slug()}{task}-l{kept}")
+        depth = kept.name if isinstance(kept, LayerSelection) else f"l{kept}"
+        return Path(self.output_dir) / (self.name or f"finetune-{self.model.slug()}{task}-{depth}")
 
 
-def _fingerprint(config: FinetuneConfig, model_path: str, data_path: str, kept: int,
+def _fingerprint(config: FinetuneConfig, model_path: str, data_path: str, kept: int | list[int],
                  workers: int, dtype: str, label_names: list[str] | None = None,
                  wrapper: tuple[str, str] | None = None) -> str:
     """What determines the trained weights: a run only resumes a checkpoint of the same."""
@@ -280,7 +282,7 @@ def run(config: FinetuneConfig) -> dict[str, Any]:
     from tasks.lora import LoraSettings
     from tasks.models import load_tokenizer, parameters_per_depth, resolve_model
     from tasks.prompts import PromptFormatter
-    from tasks.pruning import resolve_depth
+    from tasks.pruning import resolve_selection
     from tasks.training import TrainingJob
 
     if config.layers is None:
@@ -291,7 +293,8 @@ def run(config: FinetuneConfig) -> dict[str, Any]:
     total_layers, params = parameters_per_depth(
         source, trust_remote_code=config.model.trust_remote_code, revision=config.model.revision,
         lm_head=config.objective == "classification")
-    kept = resolve_depth(config.layers, total_layers)
+    selection = resolve_selection(config.layers, total_layers)
+    kept, parameters = selection.count, selection.parameters(params)
     tokenizer = load_tokenizer(source, trust_remote_code=config.model.trust_remote_code,
                                revision=config.model.revision)
     wrapper = None
@@ -317,10 +320,10 @@ def run(config: FinetuneConfig) -> dict[str, Any]:
     deepspeed_config(optimization, plan.count, user_deepspeed, config.deepspeed.config_file or "")
 
     objective, data_path, label_names, data_columns = _objective(config, tokenizer)
-    run_dir = config.run_dir(kept)
+    run_dir = config.run_dir(selection)
     run_dir.mkdir(parents=True, exist_ok=True)
-    fingerprint = _fingerprint(config, source.path, data_path, kept, plan.count, dtype, label_names,
-                               wrapper)
+    fingerprint = _fingerprint(config, source.path, data_path, selection.to_json(), plan.count, dtype,
+                               label_names, wrapper)
     summary_path = run_dir / "summary.json"
     if summary_path.exists() and (run_dir / MODEL_DIR / "layercut.json").exists():
         summary = json.loads(summary_path.read_text())
@@ -347,7 +350,7 @@ def run(config: FinetuneConfig) -> dict[str, Any]:
     datasets = _worker_datasets(annotated, batch_plan, plan.count, config.training.batch_size,
                                 objective.fields)
 
-    spec = replace(config.model.spec(source, layers=kept), dtype=dtype, lm_head=objective.lm_head)
+    spec = replace(config.model.spec(source, layers=selection), dtype=dtype, lm_head=objective.lm_head)
     gradient_checkpointing = (plan.use_gpu if config.training.gradient_checkpointing == "auto"
                               else config.training.gradient_checkpointing)
     job = TrainingJob(
@@ -373,7 +376,8 @@ def run(config: FinetuneConfig) -> dict[str, Any]:
     history = state["history"]
     info = ArtifactInfo(
         base_model=config.model.name_or_path, base_model_path=source.path,
-        layers=kept, total_layers=total_layers, parameters=params[kept],
+        layers=kept, total_layers=total_layers, parameters=parameters,
+        kept_layers=None if selection.is_prefix else selection.indices,
         parameters_full=params[-1], pooling=config.encoder.pooling,
         prompt=config.encoder.prompt(), training=config.training.model_dump(),
         lora=config.lora.model_dump() if config.lora.enabled else None,
@@ -393,13 +397,15 @@ def run(config: FinetuneConfig) -> dict[str, Any]:
     write_csv(run_dir / "training_log.csv", log_columns,
               [[entry.get(k, "") for k in log_columns] for entry in history])
     plot_training_loss([h["step"] for h in history], [h["loss"] for h in history],
-                       f"{config.model.name_or_path} cut to {kept}/{total_layers} layers",
+                       f"{config.model.name_or_path} cut to {kept}/{total_layers} layers"
+                       + ("" if selection.is_prefix else f" ({selection.label})"),
                        run_dir / "loss_curve.png",
                        ylabel="classification loss" if objective.name == "classification" else "InfoNCE loss")
     summary = {
         "model": config.model.name_or_path, "objective": objective.name, "layers": kept, "total_layers": total_layers,
-        "parameters": params[kept], "parameters_full": params[-1],
-        "parameters_removed_pct": round(100.0 * (1 - params[kept] / params[-1]), 2),
+        **({} if selection.is_prefix else {"kept_layers": list(selection.indices)}),
+        "parameters": parameters, "parameters_full": params[-1],
+        "parameters_removed_pct": round(100.0 * (1 - parameters / params[-1]), 2),
         "steps": state["step"], "lr_decay_steps": job.decay_steps, "workers": plan.count, "global_batch": global_batch,
         "first_loss": history[0]["loss"] if history else None,
         "final_loss": history[-1]["loss"] if history else None,

@@ -34,6 +34,7 @@ from pipelines.fingerprints import digest
 from pipelines.outputs import write_atomic, write_json
 from pipelines.ray_runtime import ensure_ray, layercut_cause, plan_workers, user_errors_from_ray
 from tasks.depth import Depth
+from tasks.layer_selection import LayerSelection
 from tasks.errors import LayercutError
 from tasks.model_access import check_model_access
 from tasks.trees import merge_trees
@@ -234,9 +235,14 @@ class SweepConfig(StrictModel):
 @dataclass(frozen=True)
 class Trial:
     model: str  # the model's label
-    layers: int
+    layers: int  # how many layers are kept
     origins: tuple[str, ...]  # why this depth: "l3prune-small", "l3prune-large", "grid keep:0.5"
     dataset: str | None = None  # the classification route's dataset; None: contrastive
+    kept: tuple[int, ...] | None = None  # which layers, when not the first ``layers``
+
+    @property
+    def depth(self) -> Depth:
+        return Depth.parse(list(self.kept) if self.kept else self.layers)
 
     @property
     def objective(self) -> str:
@@ -245,7 +251,8 @@ class Trial:
     @property
     def key(self) -> str:
         task = f"-{self.dataset}" if self.dataset else ""
-        return f"{self.model}{task}-l{self.layers}"
+        depth = f"l{self.layers}" if self.kept is None else self.depth.slug  # k0-2+5-6
+        return f"{self.model}{task}-{depth}"
 
 
 @dataclass
@@ -345,16 +352,24 @@ def resolve_models(config: SweepConfig) -> list[ModelPlan]:
     return plans
 
 
-def _depths(depths: list[Depth], total: int, origin: str, where: str) -> dict[int, list[str]]:
+def _depths(depths: list[Depth], total: int, origin: str, where: str) -> dict[LayerSelection, list[str]]:
     """{layers kept: [origin of each depth that gives it]} for a model of ``total`` layers."""
-    origins: dict[int, list[str]] = {}
+    origins: dict[LayerSelection, list[str]] = {}
     for depth in depths:
         try:
-            kept = depth.layers(total)
+            kept = depth.select(total)
         except LayercutError as error:
             raise LayercutError(f"{where}: {error}") from None
         origins.setdefault(kept, []).append(f"{origin} {depth}")
     return origins
+
+
+def _trials(label: str, origins: dict[LayerSelection, list[str]], dataset: str | None = None) -> list[Trial]:
+    """One trial per selection, the most layers first (a prefix before another selection of as many)."""
+    return [Trial(label, kept.count, tuple(origins[kept]), dataset,
+                  None if kept.is_prefix else kept.indices)
+            for kept in sorted(origins, key=lambda kept: (kept.count, kept.is_prefix, kept.indices),
+                               reverse=True)]
 
 
 def plan_trials(plans: list[ModelPlan], use_l3prune: bool,
@@ -368,17 +383,16 @@ def plan_trials(plans: list[ModelPlan], use_l3prune: bool,
             origins = _depths(plan.grid, total, "grid", f"{plan.label}'s grid")
             if use_l3prune:
                 for pick in ("small", "large"):
-                    origins.setdefault(plan.stage1[pick]["layers"], []).append(f"l3prune-{pick}")
-            trials += [Trial(plan.label, depth, tuple(origins[depth]))
-                       for depth in sorted(origins, reverse=True)]
+                    picked = LayerSelection.prefix(plan.stage1[pick]["layers"], total)
+                    origins.setdefault(picked, []).append(f"l3prune-{pick}")
+            trials += _trials(plan.label, origins)
         if plan.classifiers:
             if route.layers is not None:
                 origins = _depths(route.layers, total, "layers", f"classification.layers of {plan.label}")
             else:
                 origins = _depths(route.grid or plan.grid, total, "grid", f"{plan.label}'s classification grid")
             for name in plan.classifiers:
-                trials += [Trial(plan.label, depth, tuple(origins[depth]), dataset=name)
-                           for depth in sorted(origins, reverse=True)]
+                trials += _trials(plan.label, origins, name)
     return trials
 
 
@@ -611,7 +625,8 @@ def describe_plan(config: SweepConfig) -> str:
         plan.stage1 = json.loads(selection.read_text()) if picked else {"num_layers": plan.total_layers}
         for trial in plan_trials([plan], config.l3prune and picked, config.classification):
             task = f" on {trial.dataset}" if trial.dataset else ""
-            lines.append(f"  {trial.key}: {trial.layers}/{plan.total_layers} layers{task} "
+            which = f" ({trial.depth})" if trial.kept else ""
+            lines.append(f"  {trial.key}: {trial.layers}/{plan.total_layers} layers{which}{task} "
                          f"({', '.join(trial.origins)})")
         if plan.contrastive and config.l3prune and not picked:
             lines.append(f"  {plan.label}: L3Prune small and large depths after stage 1")
@@ -656,14 +671,14 @@ def trial_specs(config: SweepConfig, plans: list[ModelPlan], trials: list[Trial]
         contrastive = trial.dataset is None
         specs[trial.key] = TrialSpec(
             key=trial.key, model=trial.model, layers=trial.layers, origins=trial.origins,
-            finetune=finetune.model_copy(update={"layers": Depth.parse(trial.layers), "name": f"{trial.key}/finetune"}),
+            finetune=finetune.model_copy(update={"layers": trial.depth, "name": f"{trial.key}/finetune"}),
             evaluate=plan.evaluate if contrastive else None,
             latency_texts=texts.get(trial.model, []), latency_batch_size=config.latency.batch_size,
             result_dir=str(run_dir / "trials" / trial.key), dataset=trial.dataset,
             classify=None if contrastive else plan.classify.get(trial.dataset),
             probe_tasks=tuple(plan.probe_tasks) if contrastive else (),
             overlap=plan.overlap if contrastive else None,
-            untrained=untrained_evaluation(plan.evaluate, finetune, trial.key, trial.layers)
+            untrained=untrained_evaluation(plan.evaluate, finetune, trial.key, trial.depth)
             if contrastive and config.untrained_baseline else None)
     return specs
 

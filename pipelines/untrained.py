@@ -24,9 +24,10 @@ BASE_MODEL_KEYS = ("name_or_path", "revision", "trust_remote_code")
 
 
 def untrained_evaluation(evaluate: EvaluateConfig, finetune: FinetuneConfig, key: str,
-                         layers: int) -> EvaluateConfig:
+                         layers: Depth | int) -> EvaluateConfig:
     """The trial's stage-3 config ``evaluate`` pointed at ``finetune``'s base model cut to
-    ``layers`` layers, run as ``<key>/untrained`` beside the trial's own evaluation.
+    ``layers`` (a count or a depth, e.g. a selection), run as ``<key>/untrained`` beside the
+    trial's own evaluation.
 
     The artifact's evaluation takes its input format and pooling from the artifact, which records
     ``finetune``'s encoder section (tasks/artifact.py); the base model records none, so it gets

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from tasks.errors import LayercutError
+from tasks.layer_selection import LayerSelection
 from tasks.prompts import PromptConfig, PromptFormatter
 
 LAYERCUT_FILE = "layercut.json"
@@ -57,6 +58,14 @@ class ArtifactInfo:
     classification: dict[str, Any] | None = None  # template, label_names, verbalizers, ...
     # Task instructions for queries (contrastive): the artifact's sentence-transformers prompts.
     instructions: dict[str, str] | None = None
+    # The base model's layers kept, when not its first ``layers`` (tasks/layer_selection.py).
+    kept_layers: tuple[int, ...] | None = None
+
+    @property
+    def selection(self) -> LayerSelection:
+        if self.kept_layers is None:
+            return LayerSelection.prefix(self.layers, self.total_layers)
+        return LayerSelection(tuple(self.kept_layers), self.total_layers)
 
     @property
     def removed_pct(self) -> float:
@@ -229,14 +238,14 @@ def _model_card(info: ArtifactInfo) -> str:
 # {_title(info.base_model, hub_id)} cut to {info.layers} of {info.total_layers} layers (layercut)
 
 A text encoder made by layercut with L3Prune ("Large Language Models Are Overparameterized Text
-Encoders", 2024): the first {info.layers} of {info.total_layers} decoder layers of {base},
+Encoders", 2024): {info.selection.describe("decoder layers")} of {base},
 fine-tuned with LoRA on a contrastive (hard-negative InfoNCE) objective, adapters merged.
 
 | | |
 |---|---|
 | base model | {base} |
 | license | {license_id or "the base model's"} |
-| layers kept | {info.layers} of {info.total_layers} |
+| layers kept | {info.selection.of_total()} |
 | parameters | {info.parameters:,} of {info.parameters_full:,} ({info.removed_pct:.1f}% removed) |
 | pooling | {info.pooling} over {span}; the chat-template prefix and the instruction are not pooled |
 | training | {info.steps_done} steps, lr {training['learning_rate']}, warmup {training['warmup_steps']}, {training['schedule']} schedule, batch {training['batch_size']} x {info.workers} workers, seed {training['seed']} |
@@ -284,7 +293,7 @@ def _classifier_card(info: ArtifactInfo) -> str:
     return f"""{front}
 # {_title(info.base_model, hub_id)} cut to {info.layers} of {info.total_layers} layers, prompt-tuned classifier (layercut)
 
-The first {info.layers} of {info.total_layers} decoder layers of {base} with its LM head,
+{info.selection.describe("decoder layers").capitalize()} of {base} with its LM head,
 fine-tuned for prompt-based text classification as in "Why Lift so Heavy? Slimming Large
 Language Models by Cutting Off the Layers" (Yuan et al., 2024).
 
@@ -292,7 +301,7 @@ Language Models by Cutting Off the Layers" (Yuan et al., 2024).
 |---|---|
 | base model | {base} |
 | license | {license_id or "the base model's"} |
-| layers kept | {info.layers} of {info.total_layers} |
+| layers kept | {info.selection.of_total()} |
 | parameters | {info.parameters:,} of {info.parameters_full:,} ({info.removed_pct:.1f}% removed) |
 | template | `{task['template']}` |
 | verbalizers | {words} |
@@ -347,6 +356,8 @@ def export_artifact(spec, trained_dir: Path, target: Path, info: ArtifactInfo) -
                     "layers": info.layers, "total_layers": info.total_layers,
                     "parameters": info.parameters, "parameters_full": info.parameters_full,
                     "final_loss": info.final_loss, "steps": info.steps_done}
+        if not info.selection.is_prefix:  # which base layers layers 0..n-1 are
+            layercut["kept_layers"] = list(info.selection.indices)
         if info.objective == "classification":
             tokenizer.padding_side = "left"  # prompts end at the last position (tasks.verbalizer)
             tokenizer.save_pretrained(staging)

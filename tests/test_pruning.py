@@ -9,6 +9,7 @@ import torch
 from transformers import AutoConfig, AutoModel
 
 from conftest import FAMILIES
+from conftest import padded_inputs as _inputs
 from tasks.depth import Depth
 from tasks.errors import LayercutError
 from tasks.models import ModelSource, load_backbone
@@ -51,14 +52,6 @@ def test_depth_table(depth):
 def test_resolve_depth_rejects(depth, message):
     with pytest.raises(LayercutError, match=re.escape(message)):
         resolve_depth(depth, 32)
-
-
-def _inputs():
-    torch.manual_seed(1)
-    ids = torch.randint(5, 200, (2, 12))
-    mask = torch.ones_like(ids)
-    mask[1, :4] = 0
-    return ids, mask
 
 
 @pytest.mark.parametrize("family", FAMILIES)
