@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from pipelines import resolve
 from pipelines.commands import Stage, run_as_script
 from pipelines.config import dump_config
 from pipelines.outputs import write_atomic, write_csv, write_json
@@ -39,7 +40,7 @@ def _prompt_and_labels(config: ClassifyConfig, source) -> tuple[Any, bool, dict 
     if artifact is not None and artifact.get("objective", "contrastive") != "classification":
         raise LayercutError(f"{config.model.name_or_path} is an embedding model (contrastive "
                             "objective); evaluate it with `layercut evaluate` (mteb)")
-    data_labels = config.classification.label_list()
+    data_labels = resolve.label_names(config.classification)
     if artifact is None:
         return config.classification.prompt(data_labels), True, None
     task = artifact["classification"]

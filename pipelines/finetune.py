@@ -21,6 +21,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from pipelines import resolve
 from pipelines.commands import Stage, run_as_script
 from pipelines.config import dump_config
 from pipelines.evaluate import packaged_instructions  # the table `layercut evaluate` applies
@@ -166,7 +167,7 @@ def _objective(config: FinetuneConfig, tokenizer):
     if task.data_root is None and config.data.data_root is not None:  # --data-root sets data.*
         task = task.model_copy(update={"data_root": config.data.data_root})
         config.classification = task
-    label_names = task.label_list()
+    label_names = resolve.label_names(task)
     prompt = task.prompt(label_names)
     VerbalizerScorer(tokenizer, prompt)
     path, columns = task.split_path(task.train_split)

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from pipelines.config import DepthSetting, StrictModel
 from pipelines.schemas.classify import ClassifyConfig
@@ -17,6 +17,17 @@ from pipelines.schemas.layer_loss import LayerLossConfig
 from tasks.depth import Depth
 
 STAGE = "run"
+
+
+def _check_grid(value: list[Depth] | None) -> list[Depth] | None:
+    if value is not None and not value:
+        raise ValueError("the grid is empty: give depths, e.g. [keep:1.0, keep:0.5, 4]")
+    return value
+
+
+# A list of depths to sweep (None where the field may fall back to another grid), never empty.
+Grid = Annotated[list[DepthSetting] | None, AfterValidator(_check_grid)]
+
 # The paper's grid: keep 100, 90, ..., 20 % of the layers, n = int(L * keep) (tasks/depth.py).
 DEFAULT_GRID = [Depth.parse(f"keep:{percent / 100}") for percent in range(100, 10, -10)]
 
@@ -44,7 +55,7 @@ class ModelEntry(StrictModel):
     evaluate: str | None = None
     classify: str | None = None
     overrides: StageOverrides = Field(default_factory=StageOverrides)
-    grid: list[DepthSetting] | None = None  # default: the sweep's grid
+    grid: Grid = None  # default: the sweep's grid
     # contrastive: the embedding route (L3Prune: stage 1, depths, MTEB). classification: prompt-
     # based classifiers of the `classification` section's datasets at every depth of its grid.
     objectives: list[Literal["contrastive", "classification"]] = Field(
@@ -57,11 +68,6 @@ class ModelEntry(StrictModel):
             raise ValueError("name each objective once: contrastive, classification or both")
         return value
 
-    @field_validator("grid")
-    @classmethod
-    def _grid(cls, value):
-        return _check_grid(value) if value is not None else value
-
     @field_validator("label")
     @classmethod
     def _label(cls, value):
@@ -71,12 +77,6 @@ class ModelEntry(StrictModel):
 
     def name(self) -> str:
         return self.label or Path(self.config).stem
-
-
-def _check_grid(value: list[Depth]) -> list[Depth]:
-    if not value:
-        raise ValueError("the grid is empty: give depths, e.g. [keep:1.0, keep:0.5, 4]")
-    return value
 
 
 class TuneSection(StrictModel):
@@ -130,7 +130,7 @@ class ClassificationRoute(StrictModel):
     classification, each dataset is prompt-tuned and scored at each depth."""
 
     datasets: list[str] = Field(default_factory=lambda: ["sst2"])  # tasks/classification_datasets.yaml
-    grid: list[DepthSetting] | None = None  # None: the sweep's grid
+    grid: Grid = None  # None: the sweep's grid
     layers: list[DepthSetting] | None = None  # explicit depths; wins over the grid
     zero_shot: bool = True  # score the unpruned model with the same prompt: the reference line
     # mteb's logistic-regression probe of the contrastive trials' encoders on the same datasets,
@@ -148,11 +148,6 @@ class ClassificationRoute(StrictModel):
                              f"got {value}")
         return value
 
-    @field_validator("grid")
-    @classmethod
-    def _grid(cls, value):
-        return _check_grid(value) if value is not None else value
-
     @field_validator("layers")
     @classmethod
     def _layers(cls, value):
@@ -166,7 +161,8 @@ class SweepConfig(StrictModel):
     output_dir: str = "runs"  # on a cluster: a filesystem every node mounts
     address: str | None = None  # None: RAY_ADDRESS / a running cluster, else start one in-process
     data_root: str | None = None  # local mirror for every stage (also LAYERCUT_DATA_ROOT)
-    grid: list[DepthSetting] = Field(default_factory=lambda: list(DEFAULT_GRID))
+    grid: Annotated[list[DepthSetting], AfterValidator(_check_grid)] = Field(
+        default_factory=lambda: list(DEFAULT_GRID))
     l3prune: bool = True  # add stage 1's small and large depths to the grid
     # Evaluate each contrastive depth also untrained (the base model cut alike, no fine-tuning;
     # pipelines/untrained.py): the report's change between the two is the method's effect.
@@ -180,11 +176,6 @@ class SweepConfig(StrictModel):
     budget: BudgetSection = Field(default_factory=BudgetSection)
     classification: ClassificationRoute = Field(default_factory=ClassificationRoute)
     show_progress: bool = True
-
-    @field_validator("grid")
-    @classmethod
-    def _grid(cls, value):
-        return _check_grid(value)
 
     @field_validator("models")
     @classmethod
