@@ -20,37 +20,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import Field
 
-from pipelines.config import DepthSetting, StrictModel, dump_config
+from pipelines import resolve
+from pipelines.commands import Stage, run_as_script
+from pipelines.config import dump_config
 from pipelines.outputs import write_atomic, write_csv, write_json
 from pipelines.ray_runtime import ensure_ray, plan_workers, user_errors_from_ray
-from pipelines.sections import ClassificationSection, ModelSection, WorkersSection
+from pipelines.schemas.classify import STAGE, ClassifyConfig
 from tasks.classification_eval import ClassifierWorker, score_in_turn
 from tasks.errors import LayercutError
-
-STAGE = "classify"
-
-
-class ClassifyConfig(StrictModel):
-    name: str | None = None  # run name; default: classify-<model>-<dataset>[-<layers>l]
-    output_dir: str = "runs"
-    model: ModelSection = Field(default_factory=ModelSection)
-    layers: DepthSetting | None = None  # score the model cut to this depth (zero-shot; tasks/depth.py)
-    classification: ClassificationSection = Field(default_factory=ClassificationSection)
-    # A seeded random subset of the test split (CPU-sized runs); None: every row.
-    max_test_rows: int | None = Field(None, ge=2)
-    seed: int = 42
-    batch_size: int = Field(16, ge=1)  # texts per forward pass
-    chunk_size: int = Field(128, ge=1)  # texts per unit of work (and of resume)
-    show_progress: bool = True
-    workers: WorkersSection = Field(default_factory=WorkersSection)
-
-    def run_dir(self) -> Path:
-        depth = f"-{self.layers.slug}l" if self.layers is not None else ""
-        default = f"classify-{self.model.slug()}-{self.classification.label()}{depth}"
-        return Path(self.output_dir) / (self.name or default)
-
 
 def _prompt_and_labels(config: ClassifyConfig, source) -> tuple[Any, bool, dict | None]:
     """(ClassificationPrompt, zero_shot, artifact facts): a prompt-tuned artifact's own prompt,
@@ -62,7 +40,7 @@ def _prompt_and_labels(config: ClassifyConfig, source) -> tuple[Any, bool, dict 
     if artifact is not None and artifact.get("objective", "contrastive") != "classification":
         raise LayercutError(f"{config.model.name_or_path} is an embedding model (contrastive "
                             "objective); evaluate it with `layercut evaluate` (mteb)")
-    data_labels = config.classification.label_list()
+    data_labels = resolve.label_names(config.classification)
     if artifact is None:
         return config.classification.prompt(data_labels), True, None
     task = artifact["classification"]
@@ -223,7 +201,16 @@ def print_summary(summary: dict[str, Any], run_dir: Path) -> None:
     print(f"predictions in {run_dir / 'predictions.csv'}")
 
 
-if __name__ == "__main__":
-    from pipelines.cli import main
+def render(config: ClassifyConfig, summary: dict[str, Any]) -> int:
+    print_summary(summary, config.run_dir())
+    return 0
 
-    sys.exit(main(["evaluate-classifier", *sys.argv[1:]]))
+
+# `layercut evaluate-classifier` (registered in pipelines/cli.py)
+ENTRY = Stage(ClassifyConfig, STAGE, run, render)
+
+if __name__ == "__main__":
+    # Run the imported module, not this __main__ copy of it: what `layercut evaluate-classifier` runs.
+    from pipelines import classify
+
+    sys.exit(run_as_script("evaluate-classifier", classify.ENTRY))

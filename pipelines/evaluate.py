@@ -25,72 +25,23 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import Field
 
-from pipelines.config import CONFIG_DIR, DepthSetting, StrictModel, dump_config
+from pipelines.commands import Stage, run_as_script
+from pipelines.config import CONFIG_DIR, dump_config
 from pipelines.fingerprints import describe_difference, digest
 from pipelines.outputs import write_atomic, write_csv, write_json
 from pipelines.ray_runtime import plan_workers, user_errors_from_ray
-from pipelines.sections import EncoderSection, ModelSection, WorkersSection
+from pipelines.schemas.evaluate import STAGE, EvaluateConfig
 from tasks.errors import LayercutError
 from tasks.models import resolve_model
 from tasks.mteb_model import model_meta
 from tasks.model_identity import model_identity
-from tasks.mteb_tasks import (SAMPLE_SEED, TaskSelection, describe_task, load_task, probe_tasks,
+from tasks.mteb_tasks import (SAMPLE_SEED, describe_task, load_task, probe_tasks,
                               require_subsamplable,
                               resolve_task_names)
 
-STAGE = "evaluate"
 FINGERPRINT_FILE = "fingerprint.json"
 ITEMS_DIR = "items"  # per subsampled task: what its score is computed from (tasks/bootstrap.py)
-
-
-class EvaluateConfig(StrictModel):
-    name: str | None = None  # run name; default: eval-<model>[-<layers>l]-<fingerprint>
-    output_dir: str = "runs"
-    model: ModelSection = Field(default_factory=ModelSection)
-    layers: DepthSetting | None = None  # evaluate the model cut to this depth (tasks/depth.py)
-    encoder: EncoderSection = Field(default_factory=EncoderSection)
-    tasks: list[str] = Field(default_factory=lambda: ["quick"])  # mteb names or presets
-    # What of each task is scored (tasks/mteb_tasks.TaskSelection): MTEB(eng)'s English subsets
-    # of the test split by default; per-task splits or subsets win (e.g. STS17: [en-en, en-de]).
-    languages: list[str] = Field(default_factory=lambda: ["eng"], min_length=1)
-    splits: list[str] = Field(default_factory=lambda: ["test"], min_length=1)
-    task_splits: dict[str, list[str]] = Field(default_factory=dict)
-    task_subsets: dict[str, list[str]] = Field(default_factory=dict)
-    data_root: str | None = None  # a local mirror in the hub layout: <data_root>/<task name>/
-    instructions: dict[str, str] = Field(default_factory=dict)  # overrides of the packaged table
-    # One large input set (a retrieval corpus) of at least corpus_min_texts texts is encoded by
-    # corpus_workers Ray Data actors (a GPU each on a cluster) instead of its task's worker alone.
-    corpus_workers: int = Field(1, ge=1)
-    corpus_min_texts: int = Field(20000, ge=1)
-    # Quick runs: score STS and classification tasks on a seeded random subset of this many rows
-    # per evaluation split (mteb's own evaluator on fewer examples; not leaderboard-comparable).
-    max_samples_per_split: int | None = Field(None, ge=2)
-    workers: WorkersSection = Field(default_factory=WorkersSection)
-    show_progress: bool = True  # a bar over encoded batches (task start/end lines always print)
-
-    def task_selection(self) -> TaskSelection:
-        return TaskSelection(tuple(self.languages), tuple(self.splits),
-                             {name: tuple(v) for name, v in self.task_splits.items()},
-                             {name: tuple(v) for name, v in self.task_subsets.items()})
-
-    def run_dir(self, fingerprint: str) -> Path:
-        """``name``, else eval-<model>[-<layers>l]-<fingerprint's first 8 digits>: another
-        model or setting gets another directory. A fine-tuned artifact (a folder usually named
-        ``model``) is named by its base model and depth."""
-        if self.name:
-            return Path(self.output_dir) / self.name
-        from tasks.artifact import read_layercut_file
-
-        path = Path(self.model.name_or_path).expanduser()
-        artifact = read_layercut_file(path) if path.is_dir() else None
-        label = self.model.slug()
-        if artifact is not None:
-            base = self.model.model_copy(update={"name_or_path": artifact["base_model"]}).slug()
-            label = f"{base}-l{artifact['layers']}"
-        depth = f"-{self.layers.slug}l" if self.layers is not None else ""
-        return Path(self.output_dir) / f"eval-{label}{depth}-{fingerprint[:8]}"
 
 
 def packaged_instructions() -> dict[str, str]:
@@ -379,7 +330,18 @@ def _write_summary(run_dir: Path, model, summary: dict[str, Any]) -> None:
     write_atomic(run_dir / "summary.md", "\n".join(lines))
 
 
-if __name__ == "__main__":
-    from pipelines.cli import main
+def render(config: EvaluateConfig, summary: dict[str, Any]) -> int:
+    run_dir = Path(summary["run_dir"])
+    print((run_dir / "summary.md").read_text())
+    print(f"mteb result files in {run_dir / 'results'}")
+    return 0
 
-    sys.exit(main(["evaluate", *sys.argv[1:]]))
+
+# `layercut evaluate` (registered in pipelines/cli.py); --list previews the tasks
+ENTRY = Stage(EvaluateConfig, STAGE, run, render, preview=list_tasks)
+
+if __name__ == "__main__":
+    # Run the imported module, not this __main__ copy of it: what `layercut evaluate` runs.
+    from pipelines import evaluate
+
+    sys.exit(run_as_script("evaluate", evaluate.ENTRY))

@@ -18,36 +18,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import Field
 
-from pipelines.config import StrictModel, dump_config
+from pipelines.commands import Stage, run_as_script
+from pipelines.config import dump_config
 from pipelines.fingerprints import digest
 from pipelines.outputs import write_atomic, write_csv, write_json
 from pipelines.plots import plot_layer_losses
 from pipelines.ray_runtime import ensure_ray, plan_workers, user_errors_from_ray
-from pipelines.sections import (EncoderSection, LossSection, ModelSection, TripletDataSection,
-                                WorkersSection)
+from pipelines.schemas.layer_loss import STAGE, LayerLossConfig
 from tasks.data import resolve_source, sample_triplet_batches
 from tasks.errors import LayercutError
 from tasks.layer_scan import combine
 from tasks.models import ModelSource, load_tokenizer, parameters_per_depth, resolve_model
 from tasks.prompts import PromptFormatter
 from tasks.selection import choose_depths
-
-STAGE = "layer_loss"
-
-
-class LayerLossConfig(StrictModel):
-    name: str | None = None  # run name; default: layer-loss-<model>
-    output_dir: str = "runs"
-    model: ModelSection = Field(default_factory=ModelSection)
-    encoder: EncoderSection = Field(default_factory=EncoderSection)
-    data: TripletDataSection = Field(default_factory=TripletDataSection)
-    loss: LossSection = Field(default_factory=LossSection)
-    workers: WorkersSection = Field(default_factory=WorkersSection)
-
-    def run_dir(self) -> Path:
-        return Path(self.output_dir) / (self.name or f"layer-loss-{self.model.slug()}")
 
 
 def _fingerprint(config: LayerLossConfig, source: ModelSource, data_path: str,
@@ -263,7 +247,16 @@ def print_summary(summary: dict[str, Any], run_dir: Path) -> None:
                   "layer_loss.png")
 
 
-if __name__ == "__main__":
-    from pipelines.cli import main
+def render(config: LayerLossConfig, summary: dict[str, Any]) -> int:
+    print_summary(summary, config.run_dir())
+    return 0
 
-    sys.exit(main(["layer-loss", *sys.argv[1:]]))
+
+# `layercut layer-loss` (registered in pipelines/cli.py)
+ENTRY = Stage(LayerLossConfig, STAGE, run, render, progress_argument=True)
+
+if __name__ == "__main__":
+    # Run the imported module, not this __main__ copy of it: what `layercut layer-loss` runs.
+    from pipelines import layer_loss
+
+    sys.exit(run_as_script("layer-loss", layer_loss.ENTRY))

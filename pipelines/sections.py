@@ -197,14 +197,6 @@ class ClassificationSection(StrictModel):
         columns = self.columns if path != source else {**self.hub_columns, **self.columns}
         return path, columns
 
-    def label_list(self) -> list[str]:
-        if self.label_names is not None:
-            return list(self.label_names)
-        from tasks.classification_data import label_names_from_data
-
-        path, columns = self.split_path(self.train_split)
-        return label_names_from_data(path, columns)
-
     def prompt(self, label_names: list[str]):
         from tasks.verbalizer import ClassificationPrompt
 

@@ -21,18 +21,21 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
-from pydantic import Field, field_validator, model_validator
-
-from pipelines.config import DepthSetting, StrictModel, dump_config, find_config, load_config
+from pipelines.commands import Stage, run_as_script
+from pipelines.config import dump_config, find_config, load_config
 from pipelines.fingerprints import digest
 from pipelines.outputs import write_atomic, write_json
 from pipelines.ray_runtime import ensure_ray, layercut_cause, plan_workers, user_errors_from_ray
+from pipelines.schemas.classify import ClassifyConfig
+from pipelines.schemas.evaluate import EvaluateConfig
+from pipelines.schemas.finetune import FinetuneConfig
+from pipelines.schemas.layer_loss import LayerLossConfig
+from pipelines.schemas.sweep import STAGE, ClassificationRoute, SweepConfig, TuneSection
 from tasks.depth import Depth
 from tasks.layer_selection import LayerSelection
 from tasks.errors import LayercutError
@@ -41,195 +44,6 @@ from tasks.trees import merge_trees
 
 if TYPE_CHECKING:
     from pipelines.trial import TrialSpec
-
-STAGE = "run"
-# The paper's grid: keep 100, 90, ..., 20 % of the layers, n = int(L * keep) (tasks/depth.py).
-DEFAULT_GRID = [Depth.parse(f"keep:{percent / 100}") for percent in range(100, 10, -10)]
-
-
-class StageOverrides(StrictModel):
-    """Config trees laid over a stage's YAML (same keys as the stage config)."""
-
-    layer_loss: dict[str, Any] = Field(default_factory=dict)
-    finetune: dict[str, Any] = Field(default_factory=dict)
-    evaluate: dict[str, Any] = Field(default_factory=dict)
-    classify: dict[str, Any] = Field(default_factory=dict)  # stage 3 of the classification route
-
-    @classmethod
-    def override_tree_model(cls, field: str):
-        """The stage config a tree is laid over: it types ``overrides.<stage>.key=value``."""
-        from pipelines.classify import ClassifyConfig
-        from pipelines.evaluate import EvaluateConfig
-        from pipelines.finetune import FinetuneConfig
-        from pipelines.layer_loss import LayerLossConfig
-
-        return {"layer_loss": LayerLossConfig, "finetune": FinetuneConfig,
-                "evaluate": EvaluateConfig, "classify": ClassifyConfig}.get(field)
-
-
-class ModelEntry(StrictModel):
-    config: str  # packaged per-model config name (e.g. llama3-8b) or a YAML path, for each stage
-    label: str | None = None  # name in the report and trial dirs; default: the config's stem
-    layer_loss: str | None = None  # stage configs when they differ from `config`
-    finetune: str | None = None
-    evaluate: str | None = None
-    classify: str | None = None
-    overrides: StageOverrides = Field(default_factory=StageOverrides)
-    grid: list[DepthSetting] | None = None  # default: the sweep's grid
-    # contrastive: the embedding route (L3Prune: stage 1, depths, MTEB). classification: prompt-
-    # based classifiers of the `classification` section's datasets at every depth of its grid.
-    objectives: list[Literal["contrastive", "classification"]] = Field(
-        default_factory=lambda: ["contrastive"])
-
-    @field_validator("objectives")
-    @classmethod
-    def _objectives(cls, value):
-        if not value or len(set(value)) != len(value):
-            raise ValueError("name each objective once: contrastive, classification or both")
-        return value
-
-    @field_validator("grid")
-    @classmethod
-    def _grid(cls, value):
-        return _check_grid(value) if value is not None else value
-
-    @field_validator("label")
-    @classmethod
-    def _label(cls, value):
-        if value is not None and not re.fullmatch(r"[A-Za-z0-9._-]+", value):
-            raise ValueError("a label names directories: letters, digits, '.', '_', '-' only")
-        return value
-
-    def name(self) -> str:
-        return self.label or Path(self.config).stem
-
-
-def _check_grid(value: list[Depth]) -> list[Depth]:
-    if not value:
-        raise ValueError("the grid is empty: give depths, e.g. [keep:1.0, keep:0.5, 4]")
-    return value
-
-
-class TuneSection(StrictModel):
-    # auto: as many trials as the cluster's current resources can train at once (autoscaling:
-    # no limit, trials wait for nodes). Each in-flight trial is one Ray Train driver.
-    max_concurrent_trials: int | str = "auto"
-    autoscaling: bool = False  # the cluster adds nodes on demand: do not require resources now
-    # What each trial's driver process takes: it only launches and watches Ray Train and the
-    # evaluation, so no CPU (the Train workers may need every one); a sliver of Ray's built-in
-    # head-node resource keeps drivers on the head, off preemptible GPU nodes (Ray's Train + Tune
-    # guide). Tune needs some resource per trial; 0.01 allows 100 drivers in flight.
-    driver_resources: dict[str, float] = Field(
-        default_factory=lambda: {"node:__internal_head__": 0.01})
-    max_failures: int = Field(1, ge=0)  # Tune retries a failed trial; its stages resume
-    # Ray Tune's own logger callbacks, beside its CSV/JSON results in tune-<id>/: tensorboard
-    # (event files per trial), mlflow (`pip install mlflow`; the `mlflow` section) and wandb
-    # (`pip install wandb`; the `wandb` section). Each trial's parameters are its real settings
-    # (model, layers kept, origins, objective, dataset); its training loss arrives while it trains.
-    loggers: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(default_factory=list)
-    mlflow: dict[str, Any] = Field(default_factory=dict)  # MLflowLoggerCallback kwargs (tracking_uri, ...)
-    wandb: dict[str, Any] = Field(default_factory=dict)  # WandbLoggerCallback kwargs (project, ...)
-
-    @field_validator("max_concurrent_trials")
-    @classmethod
-    def _concurrency(cls, value):
-        if isinstance(value, str) and value != "auto" or isinstance(value, int) and value < 1:
-            raise ValueError("max_concurrent_trials is a positive number or 'auto'")
-        return value
-
-
-class LatencySection(StrictModel):
-    texts: int = Field(64, ge=2)  # documents of the training data, encoded in batches
-    batch_size: int = Field(8, ge=1)
-
-    @model_validator(mode="after")
-    def _enough(self):
-        if self.texts < 2 * self.batch_size:
-            raise ValueError("latency.texts must be at least 2 x latency.batch_size (one warm-up batch)")
-        return self
-
-
-class BudgetSection(StrictModel):
-    """Name the best depth per model within these limits (either or both)."""
-
-    max_parameters: float | None = Field(None, gt=0)
-    max_latency_ms: float | None = Field(None, gt=0)
-
-
-class ClassificationRoute(StrictModel):
-    """The second use case ("Why Lift so Heavy?"): for every model whose objectives include
-    classification, each dataset is prompt-tuned and scored at each depth."""
-
-    datasets: list[str] = Field(default_factory=lambda: ["sst2"])  # tasks/classification_datasets.yaml
-    grid: list[DepthSetting] | None = None  # None: the sweep's grid
-    layers: list[DepthSetting] | None = None  # explicit depths; wins over the grid
-    zero_shot: bool = True  # score the unpruned model with the same prompt: the reference line
-    # mteb's logistic-regression probe of the contrastive trials' encoders on the same datasets,
-    # so the two routes sit side by side (models with both objectives).
-    probe: bool = True
-
-    @field_validator("datasets")
-    @classmethod
-    def _datasets(cls, value):
-        from pipelines.sections import classification_presets
-
-        unknown = [name for name in value if name not in classification_presets()]
-        if unknown or not value or len(set(value)) != len(value):
-            raise ValueError(f"datasets are distinct packaged names ({', '.join(classification_presets())}); "
-                             f"got {value}")
-        return value
-
-    @field_validator("grid")
-    @classmethod
-    def _grid(cls, value):
-        return _check_grid(value) if value is not None else value
-
-    @field_validator("layers")
-    @classmethod
-    def _layers(cls, value):
-        if value is not None and not value:
-            raise ValueError("layers is empty: give depths, or leave it out to use the grid")
-        return value
-
-
-class SweepConfig(StrictModel):
-    name: str | None = None  # run name; default: sweep-<first model>
-    output_dir: str = "runs"  # on a cluster: a filesystem every node mounts
-    address: str | None = None  # None: RAY_ADDRESS / a running cluster, else start one in-process
-    data_root: str | None = None  # local mirror for every stage (also LAYERCUT_DATA_ROOT)
-    grid: list[DepthSetting] = Field(default_factory=lambda: list(DEFAULT_GRID))
-    l3prune: bool = True  # add stage 1's small and large depths to the grid
-    # Evaluate each contrastive depth also untrained (the base model cut alike, no fine-tuning;
-    # pipelines/untrained.py): the report's change between the two is the method's effect.
-    # false halves stage 3's MTEB work and leaves that column n/a (as it stays for trials that
-    # finished while it was false: a finished trial is not evaluated again).
-    untrained_baseline: bool = True
-    overrides: StageOverrides = Field(default_factory=StageOverrides)  # for every model
-    models: list[ModelEntry]
-    tune: TuneSection = Field(default_factory=TuneSection)
-    latency: LatencySection = Field(default_factory=LatencySection)
-    budget: BudgetSection = Field(default_factory=BudgetSection)
-    classification: ClassificationRoute = Field(default_factory=ClassificationRoute)
-    show_progress: bool = True
-
-    @field_validator("grid")
-    @classmethod
-    def _grid(cls, value):
-        return _check_grid(value)
-
-    @field_validator("models")
-    @classmethod
-    def _models(cls, value):
-        if not value:
-            raise ValueError("name at least one model")
-        labels = [entry.name() for entry in value]
-        repeated = sorted({label for label in labels if labels.count(label) > 1})
-        if repeated:
-            raise ValueError(f"model labels must differ; repeated: {repeated} (set label:)")
-        return value
-
-    def run_dir(self) -> Path:
-        return Path(self.output_dir) / (self.name or f"sweep-{self.models[0].name()}")
 
 
 @dataclass(frozen=True)
@@ -260,14 +74,14 @@ class ModelPlan:
     """One model's resolved stage configs (paths inside the sweep's run dir)."""
 
     label: str
-    layer_loss: Any  # LayerLossConfig (contrastive route; None without it)
-    finetune: Any  # FinetuneConfig, without a depth
-    evaluate: Any  # EvaluateConfig, without a model path (contrastive route; None without it)
+    layer_loss: LayerLossConfig | None  # the contrastive route's stage 1; None without it
+    finetune: FinetuneConfig  # without a depth
+    evaluate: EvaluateConfig | None  # without a model path (contrastive route; None without it)
     grid: list[Depth]
     stage1: dict[str, Any] = field(default_factory=dict)  # selection.json of stage 1
     # The classification route, per dataset: stage 2 (objective classification) and stage 3.
-    classifiers: dict[str, Any] = field(default_factory=dict)  # dataset -> FinetuneConfig
-    classify: dict[str, Any] = field(default_factory=dict)  # dataset -> ClassifyConfig
+    classifiers: dict[str, FinetuneConfig] = field(default_factory=dict)
+    classify: dict[str, ClassifyConfig] = field(default_factory=dict)
     probe_tasks: list[str] = field(default_factory=list)  # mteb probes of the contrastive trials
     total_layers: int = 0
     # Per evaluation task: {"texts", "overlapping"}: its evaluated texts that occur in the
@@ -298,10 +112,7 @@ def _stage_config(model_cls, name: str, stage: str, trees: list[dict[str, Any]])
 
 def resolve_models(config: SweepConfig) -> list[ModelPlan]:
     """Every model's stage configs, validated now (a bad key fails before any work)."""
-    from pipelines.classify import ClassifyConfig
-    from pipelines.evaluate import EvaluateConfig, check_tasks
-    from pipelines.finetune import FinetuneConfig
-    from pipelines.layer_loss import LayerLossConfig
+    from pipelines.evaluate import check_tasks
     from tasks.mteb_tasks import probe_task_name
 
     run_dir = config.run_dir().resolve()
@@ -764,7 +575,23 @@ def _read_result(trial_dir: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-if __name__ == "__main__":
-    from pipelines.cli import main
+def render(config: SweepConfig, summary: dict[str, Any]) -> int:
+    """The report, then exit status 1 when a trial failed (rerunning retries it)."""
+    run_dir = Path(summary["run_dir"])
+    print((run_dir / "report.md").read_text())
+    print(f"report, plots and every trial's model in {run_dir}")
+    if summary["failed"]:
+        print(f"layercut: error: {len(summary['failed'])} trial(s) failed: "
+              f"{', '.join(summary['failed'])}; rerun the same command to retry them", file=sys.stderr)
+        return 1
+    return 0
 
-    sys.exit(main(["run", *sys.argv[1:]]))
+
+# `layercut run` (registered in pipelines/cli.py); --plan previews the trials
+ENTRY = Stage(SweepConfig, STAGE, run, render, preview=describe_plan)
+
+if __name__ == "__main__":
+    # Run the imported module, not this __main__ copy of it: what `layercut run` runs.
+    from pipelines import sweep
+
+    sys.exit(run_as_script("run", sweep.ENTRY))

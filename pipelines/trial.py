@@ -16,8 +16,10 @@ from typing import TYPE_CHECKING, Any
 
 from pipelines.outputs import write_json
 
-if TYPE_CHECKING:
-    from pipelines.evaluate import EvaluateConfig
+if TYPE_CHECKING:  # configs only name types here: a Tune trial's worker imports little
+    from pipelines.schemas.classify import ClassifyConfig
+    from pipelines.schemas.evaluate import EvaluateConfig
+    from pipelines.schemas.finetune import FinetuneConfig
 
 
 @dataclass(frozen=True)
@@ -26,13 +28,13 @@ class TrialSpec:
     model: str
     layers: int
     origins: tuple[str, ...]
-    finetune: Any  # FinetuneConfig with this depth and run name
-    evaluate: Any  # EvaluateConfig; the model path is set to the trial's artifact (contrastive)
+    finetune: FinetuneConfig  # with this depth and run name
+    evaluate: EvaluateConfig | None  # its model path is set to the trial's artifact; None: classification
     latency_texts: list[str]
     latency_batch_size: int
     result_dir: str
     dataset: str | None = None  # the classification route's dataset; None: contrastive
-    classify: Any = None  # ClassifyConfig of a classification trial
+    classify: ClassifyConfig | None = None  # stage 3 of a classification trial
     probe_tasks: tuple[str, ...] = ()  # mteb logistic-regression probes of a contrastive trial
     # Per evaluation task {"texts", "overlapping"}: its texts in the training data (model card).
     overlap: dict[str, dict[str, int]] | None = None

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING
 from tasks.depth import Depth
 
 if TYPE_CHECKING:
-    from pipelines.evaluate import EvaluateConfig
-    from pipelines.finetune import FinetuneConfig
+    from pipelines.schemas.evaluate import EvaluateConfig
+    from pipelines.schemas.finetune import FinetuneConfig
 
 # What names the base model in the trial's finetune config. How the model runs (dtype, device,
 # attention) stays as the artifact's evaluation has it, so the two scores differ by training only.

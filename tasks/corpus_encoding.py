@@ -8,18 +8,22 @@ cluster), each of which loads the model once. Embeddings come back in input orde
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from tasks.models import ModelSpec
+    from tasks.prompts import PromptConfig
 
 
 @dataclass(frozen=True)
 class EncoderFactory:
     """Picklable recipe for an embedding function: (texts, instructions) -> (N, H) tensor."""
 
-    spec: Any  # tasks.models.ModelSpec
-    prompt: Any  # tasks.prompts.PromptConfig
+    spec: ModelSpec
+    prompt: PromptConfig
     pooling: str
     batch_size: int
 

@@ -11,7 +11,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ray
 import torch
@@ -20,6 +20,10 @@ from tasks.corpus_encoding import EncoderFactory, embed_with_ray_data
 from tasks.errors import LayercutError
 from tasks.mteb_model import LayercutMTEBModel, sentence_transformer_embed
 from tasks.mteb_tasks import TaskSelection, load_task, subsample_task
+
+if TYPE_CHECKING:
+    from tasks.models import ModelSpec
+    from tasks.prompts import PromptConfig
 
 
 @dataclass(frozen=True)
@@ -38,8 +42,8 @@ class EvaluationModel:
 
     name: str
     revision: str
-    spec: Any  # tasks.models.ModelSpec
-    prompt: Any  # tasks.prompts.PromptConfig
+    spec: ModelSpec
+    prompt: PromptConfig
     pooling: str = "weighted_mean"
     batch_size: int = 32
     instructions: dict[str, str] = field(default_factory=dict)

@@ -19,7 +19,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -27,6 +27,10 @@ import torch
 from tasks.deepspeed_config import OptimizationSettings, deepspeed_config
 from tasks.errors import LayercutError
 from tasks.lora import LoraSettings, add_lora
+
+if TYPE_CHECKING:
+    from tasks.models import ModelSpec
+    from tasks.objectives import ClassificationObjective, ContrastiveObjective
 
 TRAINER_STATE = "trainer_state.json"
 ADAPTER_DIR = "adapter"
@@ -39,8 +43,8 @@ DEEPSPEED_TAG = "state"
 class TrainingJob:
     """Everything a worker needs; built on the driver, shipped to every worker."""
 
-    spec: Any  # tasks.models.ModelSpec, with .layers set to the kept depth
-    objective: Any  # tasks.objectives: ContrastiveObjective or ClassificationObjective
+    spec: ModelSpec  # with .layers set to the kept depth
+    objective: ContrastiveObjective | ClassificationObjective
     lora: LoraSettings | None  # None: full fine-tuning (every weight trains)
     optimization: OptimizationSettings
     steps: int

@@ -148,12 +148,13 @@ def test_labels_outside_the_label_list_are_an_error(tmp_path, ray_cluster):
 
 def test_packaged_datasets_match_their_data(ray_cluster):
     """The presets' label lists are the mirror's own (label_text column), and every split reads."""
+    from pipelines.resolve import label_names
     from pipelines.sections import ClassificationSection, classification_presets
     from tasks.classification_data import annotated_labeled, label_names_from_data
 
     for name in classification_presets():
         section = ClassificationSection(dataset=name, data_root=str(SHARED_DATA))
-        names = section.label_list()
+        names = label_names(section)
         for split in ("train", "test"):
             path, columns = section.split_path(split)
             assert label_names_from_data(path, columns) == names, (name, split)

@@ -9,7 +9,8 @@ import pytest
 from conftest import SHARED_DATA
 from pipelines.config import find_config, load_config
 from pipelines.report import best_within_budget, pareto_front
-from pipelines.sweep import DEFAULT_GRID, ModelPlan, SweepConfig, check_resources, plan_trials, resolve_models
+from pipelines.schemas.sweep import DEFAULT_GRID
+from pipelines.sweep import ModelPlan, SweepConfig, check_resources, plan_trials, resolve_models
 from tasks.depth import Depth
 from tasks.errors import LayercutError
 
