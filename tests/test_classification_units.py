@@ -408,7 +408,8 @@ def test_full_fine_tuning_through_deepspeed_checkpoints_and_exports(tmp_path, ba
 
 def test_one_ray_worker_scores_what_the_local_run_scores(tmp_path, tiny_causal_lm, ray_cluster, capsys):
     """``evaluate-classifier`` on one Ray worker (a streaming task in a pooled worker) predicts
-    what the in-process run does, chunk by chunk (the tiny random Llama cut to 2 layers, zero-shot)."""
+    what the in-process run does, chunk by chunk (the tiny random Llama cut to 2 layers,
+    zero-shot). A pool of actors is test_classification_stage.py's (two workers)."""
     import csv
 
     from pipelines.cli import main
@@ -416,11 +417,10 @@ def test_one_ray_worker_scores_what_the_local_run_scores(tmp_path, tiny_causal_l
     args = ["evaluate-classifier", "--model", tiny_causal_lm, "--layers", "2", "--output-dir", str(tmp_path),
             "--data-root", str(SHARED_DATA), "--no-progress"]
     overrides = ["max_test_rows=24", "chunk_size=8", "workers.cpus_per_worker=1"]
-    assert main([*args, "--name", "local", *overrides, "workers.executor=local"]) == 0
-    assert main([*args, "--name", "ray", *overrides, "workers.num_workers=1"]) == 0, capsys.readouterr().err[-3000:]
     predictions = {}
-    for name in ("local", "ray"):
+    for name, workers in {"local": "workers.executor=local", "one": "workers.num_workers=1"}.items():
+        assert main([*args, "--name", name, *overrides, workers]) == 0, capsys.readouterr().err[-3000:]
         with open(tmp_path / name / "predictions.csv") as handle:
             predictions[name] = list(csv.DictReader(handle))
-    assert len(predictions["ray"]) == 24 and predictions["ray"] == predictions["local"]
-    assert len(list((tmp_path / "ray" / "chunks").glob("*/*.npz"))) == 3
+        assert len(list((tmp_path / name / "chunks").glob("*/*.npz"))) == 3
+    assert len(predictions["local"]) == 24 and predictions["one"] == predictions["local"]
