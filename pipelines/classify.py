@@ -5,8 +5,9 @@
 
 A prompt-tuned artifact (stage 2 with ``objective: classification``) brings its own template,
 labels and verbalizers; any other causal LM (a base model, optionally cut with ``--layers``) is
-scored zero-shot with the config's. The test rows are cut into chunks that a pool of Ray actors
-(one per GPU on a cluster, CPU slots locally) scores, each loading the model once; every chunk's
+scored zero-shot with the config's. The test rows are cut into chunks that Ray workers (one per
+GPU on a cluster, CPU slots locally; one worker is a streaming task, several a pool of actors)
+score, each loading the model once; every chunk's
 scores are saved as they arrive, so a rerun only scores what is missing.
 """
 
@@ -90,10 +91,14 @@ def _score_chunks(config: ClassifyConfig, spec, prompt, chunks: list[list[str]],
     plan = plan_workers(config.workers, len(pending))
     if plan.count == 1:  # a pooled worker, warm when an earlier scoring used it
         # max_retries=0 as for the actors: a rerun resumes from the chunks already saved.
-        one = ray.remote(score_in_turn).options(num_returns="streaming", max_retries=0, **plan.resources)
-        with user_errors_from_ray():
-            for outcome in one.remote(spec, prompt, config.batch_size, todo, plan.threads):
-                yield ray.get(outcome)
+        one = ray.remote(num_returns="streaming", max_retries=0, **plan.task_options)(score_in_turn)
+        stream = one.remote(spec, prompt, config.batch_size, todo, plan.threads)
+        try:
+            with user_errors_from_ray():
+                for outcome in stream:
+                    yield ray.get(outcome)
+        finally:  # stopped early (a failure saving a chunk): the task must not score on unowned
+            ray.cancel(stream)
         return
     actor = ray.remote(ClassifierWorker).options(**plan.resources)
     pool = ActorPool([actor.remote(spec, prompt, config.batch_size, plan.threads)

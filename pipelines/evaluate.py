@@ -3,7 +3,8 @@
     layercut evaluate --model <artifact dir | hub id | built-in> --tasks quick [--layers N]
     python -m pipelines.evaluate --model smollm2-135m --layers 8 --tasks STSBenchmark
 
-Each worker (a Ray actor; one GPU each on a cluster) loads the model once and runs whole tasks.
+Each worker (one GPU each on a cluster) loads the model once and runs whole tasks: one worker is a
+Ray streaming task in a pooled worker process, several are a pool of Ray actors.
 Results: mteb's own per-task JSON files under results/ (mteb's tooling reads them), and a
 summary (summary.md, summary.csv): main score per task, mean per task type, overall mean,
 parameters, layers and encode throughput.
@@ -239,12 +240,15 @@ def _evaluate_tasks(config: EvaluateConfig, model, pending: list[str]):
     if plan.count == 1:
         # max_retries=0 as for the actors: a crashed evaluation stops here, and its rerun resumes
         # from the tasks already saved (a retried generator would run them all again).
-        one = ray.remote(evaluate_in_turn).options(num_returns="streaming", max_retries=0, **plan.resources)
-        with user_errors_from_ray():
-            for outcome in one.remote(model, config.data_root, pending, plan.threads,
-                                      config.max_samples_per_split, config.task_selection(),
-                                      config.show_progress):
-                yield ray.get(outcome)
+        one = ray.remote(num_returns="streaming", max_retries=0, **plan.task_options)(evaluate_in_turn)
+        stream = one.remote(model, config.data_root, pending, plan.threads, config.max_samples_per_split,
+                            config.task_selection(), config.show_progress)
+        try:
+            with user_errors_from_ray():
+                for outcome in stream:
+                    yield ray.get(outcome)
+        finally:  # stopped early (a failure saving a result): the task must not run on unowned
+            ray.cancel(stream)
         return
     from ray.util import ActorPool
 

@@ -301,7 +301,7 @@ def run(config: FinetuneConfig) -> dict[str, Any]:
         workers=plan.count, data=data_path,
         instructions=packaged_instructions() if objective.name == "contrastive" else None)
     # Merging needs the cut backbone in memory: do it where a training worker would run.
-    export = ray.remote(export_from_checkpoint).options(**plan.resources)
+    export = ray.remote(**plan.task_options)(export_from_checkpoint)
     with user_errors_from_ray():
         ray.get(export.remote(spec, checkpoint, (run_dir / MODEL_DIR).resolve(), info))
 

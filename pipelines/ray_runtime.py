@@ -54,6 +54,15 @@ class WorkerPlan:
     def resources(self) -> dict[str, float]:
         return {"num_gpus": 1 if self.use_gpu else 0, "num_cpus": self.cpus}
 
+    @property
+    def task_options(self) -> dict[str, float]:
+        """``ray.remote(**task_options)(function)``: its resources, and on a GPU one task per worker
+        process (max_calls can only be given to ``ray.remote``, not to ``.options``). A reused
+        process would keep its CUDA context, its cached memory and the GPU it first saw
+        (CUDA_VISIBLE_DEVICES) while Ray assigns the next task another one. On CPU a pooled worker
+        is reused warm (0: no limit)."""
+        return {**self.resources, "max_calls": 1 if self.use_gpu else 0}
+
 
 def plan_workers(workers: RayWorkersSection, jobs: int) -> WorkerPlan:
     """How many workers for ``jobs`` units of work: one per GPU when the cluster has GPUs."""

@@ -184,7 +184,8 @@ def _fmt(value: Any, spec: str = "") -> str:
 
 def _markdown(config, rows, best, plans) -> str:
     lines = [f"# layercut sweep: {config.run_dir().name}", "",
-             "Each depth is the model cut to its first *layers kept* layers, fine-tuned with LoRA "
+             "Each depth is the model cut to *layers kept* layers (its first ones, or a keep-indices "
+             "selection named in its trial key), fine-tuned with LoRA "
              "(stage 2) and evaluated on MTEB (stage 3). *Untrained*: the same depth of the base "
              "model with no fine-tuning, evaluated alike; *change vs untrained* (trained minus "
              "untrained) is what fine-tuning did. *Change vs full* compares with the same "

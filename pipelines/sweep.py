@@ -207,6 +207,23 @@ def plan_trials(plans: list[ModelPlan], use_l3prune: bool,
     return trials
 
 
+def check_one_trial_per_count(trials: list[Trial]) -> None:
+    """Refuse, before any work, two trials of one model (and dataset) that keep as many layers:
+    the report (pipelines/report.py) places and compares a model's depths by their layer count,
+    so a selection beside a prefix of its size would mix up their scores.
+
+    Raises:
+        LayercutError: naming the trials and what to do.
+    """
+    seen: dict[tuple[str, str | None, int], str] = {}
+    for trial in trials:
+        other = seen.setdefault((trial.model, trial.dataset, trial.layers), trial.key)
+        if other != trial.key:
+            raise LayercutError(
+                f"trials {other} and {trial.key} both keep {trial.layers} layers: the report compares a "
+                "model's depths by layer count and cannot yet tell them apart; run them in separate sweeps")
+
+
 def _worker_demand(workers) -> tuple[int, dict[str, float]]:
     """(worker count, one worker's bundle) of a stage's worker section, on this cluster."""
     plan = plan_workers(workers, jobs=10**9)
@@ -404,6 +421,7 @@ def run(config: SweepConfig) -> dict[str, Any]:
                     print(f"layercut: {plan.label}: {counts['overlapping']} of {counts['texts']} texts of "
                           f"{name} occur in the training data; its scores are marked", file=sys.stderr)
     trials = plan_trials(plans, config.l3prune, config.classification)
+    check_one_trial_per_count(trials)
     print(f"layercut: {len(trials)} trials: " + ", ".join(t.key for t in trials), file=sys.stderr)
     zero_shot = _zero_shot(config, plans, run_dir) if config.classification.zero_shot else {}
     texts = {plan.label: latency_texts(plan, config.latency.texts) for plan in plans if plan.contrastive}

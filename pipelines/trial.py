@@ -56,7 +56,7 @@ def _measure(spec: TrialSpec, artifact: str) -> dict[str, Any]:
     plan = plan_workers(evaluate.workers, jobs=1)
     facts = read_layercut_file(artifact)
     model_spec = evaluate.model.spec(resolve_model(artifact))
-    task = ray.remote(measure_encoding).options(**plan.resources)
+    task = ray.remote(**plan.task_options)(measure_encoding)
     return ray.get(task.remote(model_spec, PromptConfig(**facts["prompt"]), facts["pooling"],
                                spec.latency_texts, spec.latency_batch_size, plan.threads))
 

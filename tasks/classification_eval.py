@@ -1,7 +1,7 @@
 """Stage 3's unit of work for the classification objective: score chunks of texts, then metrics.
 
 ``ClassifierWorker`` loads the (cut) causal LM once and returns each text's class
-log-probabilities (a Ray actor in a pool, or in-process);
+log-probabilities (in-process, in a Ray streaming task as ``score_in_turn``, or as an actor in a pool);
 ``classification_metrics`` turns gold labels and predictions into accuracy and macro-F1
 (scikit-learn's), with the majority-class rate beside them as the floor a classifier must beat.
 """

@@ -62,10 +62,11 @@ class Evaluator:
                  show_progress: bool = False):
         if threads:
             torch.set_num_threads(threads)
-        if not show_progress:  # datasets' own bars (preparing a task's data) go too
-            import datasets
+        import datasets
 
-            datasets.disable_progress_bars()
+        # datasets' own bars (preparing a task's data) follow show_progress, both ways: a pooled
+        # worker process may have run an evaluation that switched them off.
+        (datasets.enable_progress_bars if show_progress else datasets.disable_progress_bars)()
         self.data_root = data_root
         self.selection = selection
         self.max_samples_per_split = max_samples_per_split

@@ -92,7 +92,9 @@ class _LabelsReadOnce:
 
 def _undersample_reading_labels_once(self, dataset, experiment_num: int, idxs=None):
     """mteb's own undersampling (the same draw, the same rows), over the label column read once."""
-    return super(type(self), self)._undersample_data(_LabelsReadOnce(dataset), experiment_num, idxs)
+    from mteb.abstasks.classification import AbsTaskClassification
+
+    return AbsTaskClassification._undersample_data(self, _LabelsReadOnce(dataset), experiment_num, idxs)
 
 
 @lru_cache(maxsize=1)

@@ -247,6 +247,13 @@ def test_sweep_trials_name_a_selection_and_merge_it_with_its_prefix():
         ("m-k0-3+7", 5, ("grid keep-indices:0-3,7",)),
         ("m-l2", 2, ("l3prune-small",))]
     assert trials[1].depth == Depth("indices", KEPT) and trials[0].depth == Depth.parse(5)
+    # The report compares depths by count: a run of these refuses before any work, in one line.
+    from pipelines.sweep import check_one_trial_per_count
+
+    with pytest.raises(LayercutError, match="trials m-l5 and m-k0-2\\+5-6 both keep 5 layers") as error:
+        check_one_trial_per_count(trials)
+    assert "\n" not in str(error.value)
+    check_one_trial_per_count([trials[0], trials[3]])
     plan.grid = [Depth.parse([0, 8])]
     with pytest.raises(LayercutError, match=re.escape("m's grid: layer index 8 is out of range")):
         plan_trials([plan], use_l3prune=False)
