@@ -26,7 +26,7 @@ from pipelines import resolve
 from pipelines.commands import Stage, run_as_script
 from pipelines.config import dump_config
 from pipelines.outputs import write_atomic, write_csv, write_json
-from pipelines.ray_runtime import ensure_ray, plan_workers, user_errors_from_ray
+from pipelines.ray_runtime import ensure_ray, plan_workers, stream_in_one_task, user_errors_from_ray
 from pipelines.schemas.classify import STAGE, ClassifyConfig
 from tasks.classification_eval import ClassifierWorker, score_in_turn
 from tasks.errors import LayercutError
@@ -89,16 +89,8 @@ def _score_chunks(config: ClassifyConfig, spec, prompt, chunks: list[list[str]],
     from ray.util import ActorPool
 
     plan = plan_workers(config.workers, len(pending))
-    if plan.count == 1:  # a pooled worker, warm when an earlier scoring used it
-        # max_retries=0 as for the actors: a rerun resumes from the chunks already saved.
-        one = ray.remote(num_returns="streaming", max_retries=0, **plan.task_options)(score_in_turn)
-        stream = one.remote(spec, prompt, config.batch_size, todo, plan.threads)
-        try:
-            with user_errors_from_ray():
-                for outcome in stream:
-                    yield ray.get(outcome)
-        finally:  # stopped early (a failure saving a chunk): the task must not score on unowned
-            ray.cancel(stream)
+    if plan.count == 1:  # a pooled worker, warm when an earlier scoring used it (on CPU)
+        yield from stream_in_one_task(score_in_turn, plan, spec, prompt, config.batch_size, todo, plan.threads)
         return
     actor = ray.remote(ClassifierWorker).options(**plan.resources)
     pool = ActorPool([actor.remote(spec, prompt, config.batch_size, plan.threads)

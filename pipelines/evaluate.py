@@ -31,7 +31,7 @@ from pipelines.commands import Stage, run_as_script
 from pipelines.config import CONFIG_DIR, dump_config
 from pipelines.fingerprints import describe_difference, digest
 from pipelines.outputs import write_atomic, write_csv, write_json
-from pipelines.ray_runtime import plan_workers, user_errors_from_ray
+from pipelines.ray_runtime import plan_workers, stream_in_one_task, user_errors_from_ray
 from pipelines.schemas.evaluate import STAGE, EvaluateConfig
 from tasks.errors import LayercutError
 from tasks.models import resolve_model
@@ -224,8 +224,6 @@ def _evaluate_tasks(config: EvaluateConfig, model, pending: list[str]):
     """Each pending task's outcome as it finishes: in this process, in one Ray task (one worker:
     a pooled worker process, warm when an earlier evaluation used it), or over a pool of actors
     that each load the model once."""
-    import ray
-
     from tasks.evaluation_task import EvaluationWorker, evaluate_in_turn
 
     if not pending:
@@ -237,18 +235,10 @@ def _evaluate_tasks(config: EvaluateConfig, model, pending: list[str]):
                                     selection=config.task_selection(), show_progress=config.show_progress)
         return
     plan = plan_workers(workers, len(pending))
-    if plan.count == 1:
-        # max_retries=0 as for the actors: a crashed evaluation stops here, and its rerun resumes
-        # from the tasks already saved (a retried generator would run them all again).
-        one = ray.remote(num_returns="streaming", max_retries=0, **plan.task_options)(evaluate_in_turn)
-        stream = one.remote(model, config.data_root, pending, plan.threads, config.max_samples_per_split,
-                            config.task_selection(), config.show_progress)
-        try:
-            with user_errors_from_ray():
-                for outcome in stream:
-                    yield ray.get(outcome)
-        finally:  # stopped early (a failure saving a result): the task must not run on unowned
-            ray.cancel(stream)
+    if plan.count == 1:  # a pooled worker, warm when an earlier evaluation used it (on CPU)
+        yield from stream_in_one_task(evaluate_in_turn, plan, model, config.data_root, pending, plan.threads,
+                                      config.max_samples_per_split, config.task_selection(),
+                                      config.show_progress)
         return
     from ray.util import ActorPool
 

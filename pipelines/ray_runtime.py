@@ -111,3 +111,24 @@ def user_errors_from_ray() -> Iterator[None]:
         if cause is None or cause is exc:
             raise
         raise cause from None
+
+
+def stream_in_one_task(function, plan: WorkerPlan, *args):
+    """Yield what the generator ``function(*args)`` yields, run as one Ray streaming task with
+    ``plan``'s task options, each value as soon as it is ready. No retries: a retried generator
+    would start over, while the caller's rerun resumes from what it saved. A stream the caller
+    stops early (a failure saving a value) is cancelled, so the task does not run on unowned.
+
+    Raises:
+        LayercutError: the task's user-fixable error, as one line (``user_errors_from_ray``).
+    """
+    import ray
+
+    remote = ray.remote(num_returns="streaming", max_retries=0, **plan.task_options)(function)
+    stream = remote.remote(*args)
+    try:
+        with user_errors_from_ray():
+            for value in stream:
+                yield ray.get(value)
+    finally:
+        ray.cancel(stream)
