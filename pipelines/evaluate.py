@@ -174,8 +174,8 @@ def guard_results(run_dir: Path, settings: dict[str, Any], tasks: dict[str, dict
 
 
 def run(config: EvaluateConfig) -> dict[str, Any]:
-    """Evaluate (or resume) and write the run's outputs; returns the summary, with ``run_dir``
-    and ``fingerprint``. Raises LayercutError on bad input or results of other inputs."""
+    """Evaluate (or resume) and write the run's outputs; returns the summary, with ``run_dir``,
+    ``fingerprint`` and ``items`` (per task, the evaluated items of a subsampled run; else None). Raises LayercutError on bad input or results of other inputs."""
     import mteb
 
     names = check_tasks(config)
@@ -209,10 +209,13 @@ def run(config: EvaluateConfig) -> dict[str, Any]:
         throughput[outcome["task"]] = [outcome["texts"], outcome["encode_seconds"]]
         write_json(throughput_path, throughput)
     results = {name: mteb.TaskResult.from_disk(result_path(name)) for name in names}
-    summary = _summary(results, facts, {name: throughput[name] for name in names if name in throughput},
-                       _load_items(run_dir, names) if config.max_samples_per_split else None)
+    items = _load_items(run_dir, names) if config.max_samples_per_split else None
+    summary = _summary(results, facts, {name: throughput[name] for name in names if name in throughput}, items)
     summary.update(run_dir=str(run_dir), fingerprint=digest(settings), model_identity=settings["model"])
     _write_summary(run_dir, model, summary)
+    # Per subsampled task, what its score was computed from (None: tasks run in full): a caller
+    # comparing two models on the same items pairs their resamples (tasks/bootstrap.py).
+    summary["items"] = items
     return summary
 
 

@@ -25,7 +25,7 @@ from pipelines.plots import (plot_accuracy_vs_layers, plot_layer_losses, plot_sc
 COLUMNS = ["model", "layers", "total_layers", "origins", "parameters", "parameters_removed_pct",
            "mteb_mean", "mteb_mean_ci95_low", "mteb_mean_ci95_high",
            "untrained_mean", "untrained_mean_ci95_low", "untrained_mean_ci95_high", "change_vs_untrained",
-           "change_vs_full", "latency_ms", "latency_batch_size", "peak_memory_mib", "final_loss", "status"]
+           "change_vs_untrained_ci95_low", "change_vs_untrained_ci95_high", "change_vs_full", "latency_ms", "latency_batch_size", "peak_memory_mib", "final_loss", "status"]
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
@@ -75,10 +75,12 @@ def _rows(trials, outcomes: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
             row.update({key: outcome.get(key) for key in COLUMNS if key not in row}, status="done",
                        **_interval_columns("mteb_mean", outcome.get("mteb_mean_interval")),
                        **_interval_columns("untrained_mean", outcome.get("untrained_mean_interval")),
+                       **_interval_columns("change_vs_untrained", outcome.get("change_vs_untrained_interval")),
                        mteb_task_intervals=outcome.get("mteb_task_intervals") or {},
                        mteb_per_type=outcome["mteb_per_type"], mteb_tasks=outcome["mteb_tasks"],
                        untrained_tasks=outcome.get("untrained_tasks") or {},
                        untrained_task_intervals=outcome.get("untrained_task_intervals") or {},
+                       mteb_items=outcome.get("mteb_items"),
                        training_log=outcome["training_log"],
                        probe_accuracy=outcome.get("probe_accuracy", {}))
             # Computed here, as change_vs_full: the report can be rebuilt from the two means.
@@ -101,19 +103,27 @@ def _interval_columns(name: str, interval: list[float] | None) -> dict[str, Any]
 
 
 def outside_untrained_interval(row: dict[str, Any]) -> bool | None:
-    """Whether a finished row's trained MTEB mean lies outside the 95% interval of the same depth
-    untrained (then the change is more than this evaluation's noise); None without an interval
-    (a full evaluation, or no untrained score)."""
+    """Whether a finished row's change vs untrained is more than this evaluation's noise: its
+    paired 95% interval (both scored on the same items, resampled alike) excludes 0. A result
+    written before paired intervals existed falls back to whether the trained mean lies outside
+    the untrained mean's own interval (a far weaker test). None without an interval (a full
+    evaluation, or no untrained score)."""
+    if row.get("untrained_mean") is None:
+        return None
+    paired = row.get("change_vs_untrained_interval")
+    if paired:
+        return not paired[0] <= 0 <= paired[1]
     interval = row.get("untrained_mean_interval")
-    if not interval or row.get("untrained_mean") is None:
+    if not interval:
         return None
     return not interval[0] <= row["mteb_mean"] <= interval[1]
 
 
 def fine_tuning_effect(rows: list[dict[str, Any]]) -> dict[str, dict[str, list[int]]]:
-    """Per model, the layers of its finished depths with an untrained score, by where the trained
-    mean lies: ``outside_interval`` / ``inside_interval`` of the untrained mean's 95% interval, or
-    ``no_interval`` (a full evaluation: nothing to test the change against)."""
+    """Per model, the layers of its finished depths with an untrained score, by whether the change
+    vs untrained is beyond the evaluation's noise (``outside_interval``: its paired 95%
+    interval excludes 0) or not (``inside_interval``), or ``no_interval`` (a full evaluation:
+    nothing to test the change against)."""
     kinds = {True: "outside_interval", False: "inside_interval", None: "no_interval"}
     effect: dict[str, dict[str, list[int]]] = {}
     for row in rows:
@@ -125,20 +135,19 @@ def fine_tuning_effect(rows: list[dict[str, Any]]) -> dict[str, dict[str, list[i
 
 
 def untrained_wording(model: str, groups: dict[str, list[int]], rows: list[dict[str, Any]]) -> str:
-    """One sentence per model on fine-tuning's effect. A change whose trained mean lies inside the
-    untrained mean's interval is said to be indistinguishable, never called a gain or a loss."""
-    change = {row["layers"]: row["change_vs_untrained"] for row in rows
-              if row["model"] == model and row["status"] == "done"}
+    """One sentence per model on fine-tuning's effect. A change whose 95% interval holds 0 is said
+    to be indistinguishable from no change, never called a gain or a loss."""
+    done = {row["layers"]: row for row in rows if row["model"] == model and row["status"] == "done"}
 
     def depths(layers: list[int]) -> str:
-        return ", ".join(f"l{depth} ({change[depth]:+.4f})" for depth in layers)
+        return ", ".join(f"l{depth} ({_change_text(done[depth]['change_vs_untrained'], done[depth].get('change_vs_untrained_interval'))})"
+                         for depth in layers)
 
     parts = []
     if groups["outside_interval"]:
-        parts.append(f"the trained mean lies outside the untrained mean's 95% interval at "
-                     f"{depths(groups['outside_interval'])}")
+        parts.append(f"beyond this evaluation's noise at {depths(groups['outside_interval'])}")
     if groups["inside_interval"]:
-        parts.append(f"inside it at {depths(groups['inside_interval'])}, where this evaluation "
+        parts.append(f"within it at {depths(groups['inside_interval'])}, where this evaluation "
                      "does not tell the fine-tuned depth from the untrained one")
     if groups["no_interval"]:
         parts.append(f"change vs untrained at {depths(groups['no_interval'])}, from a full "
@@ -146,15 +155,38 @@ def untrained_wording(model: str, groups: dict[str, list[int]], rows: list[dict[
     return f"- **{model}**: " + "; ".join(parts) + "."
 
 
+def differences_from_best(best: dict[str, Any], rows: list[dict[str, Any]]
+                          ) -> dict[int, tuple[float, list[float] | None]]:
+    """Per other finished depth of ``best``'s model (by layers kept): best's MTEB mean minus its
+    own, and the paired bootstrap 95% interval of that difference when both were scored on the
+    same subsampled items (tasks/bootstrap.paired_change_intervals), else None."""
+    from tasks.bootstrap import paired_change_intervals
+
+    differences = {}
+    for row in rows:
+        if row["status"] != "done" or row["model"] != best["model"] or row["layers"] == best["layers"]:
+            continue
+        interval = None
+        if best.get("mteb_items") and row.get("mteb_items"):
+            interval = paired_change_intervals(best["mteb_items"], row["mteb_items"])[1]
+        differences[row["layers"]] = (best["mteb_mean"] - row["mteb_mean"], interval)
+    return differences
+
+
 def within_interval(best: dict[str, Any], rows: list[dict[str, Any]]) -> list[int]:
-    """Layers of the other finished depths of ``best``'s model whose MTEB mean lies inside
-    ``best``'s 95% interval: the evaluation cannot tell them from it (empty without an interval)."""
-    interval = best.get("mteb_mean_interval")
-    if not interval:
-        return []
-    return sorted((row["layers"] for row in rows if row["layers"] != best["layers"] and row["status"] == "done"
-                   and row["model"] == best["model"] and interval[0] <= row["mteb_mean"] <= interval[1]),
-                  reverse=True)
+    """Layers of the other finished depths of ``best``'s model that this evaluation cannot tell
+    from it: the paired 95% interval of their difference holds 0, or, for results without
+    paired items (older results), their mean lies inside ``best``'s own 95% interval. Empty for
+    a full evaluation (no interval)."""
+    own = best.get("mteb_mean_interval")
+    close = []
+    for layers, (difference, paired) in differences_from_best(best, rows).items():
+        if paired is not None:
+            if paired[0] <= 0 <= paired[1]:
+                close.append(layers)
+        elif own and own[0] <= best["mteb_mean"] - difference <= own[1]:
+            close.append(layers)
+    return sorted(close, reverse=True)
 
 
 def best_wording(best: dict[str, Any], rows: list[dict[str, Any]]) -> str:
@@ -172,8 +204,11 @@ def _mean_text(row: dict[str, Any], name: str = "mteb_mean") -> str:
     return f"{row[name]:.4f}" + (f" [{interval[0]:.4f}, {interval[1]:.4f}]" if interval else "")
 
 
-def _change_text(change: float | None) -> str:
-    return "n/a" if change is None else f"{change:+.4f}"
+def _change_text(change: float | None, interval: list[float] | None = None) -> str:
+    """A change, and its paired 95% interval when it has one; n/a without the change."""
+    if change is None:
+        return "n/a"
+    return f"{change:+.4f}" + (f" [{interval[0]:+.4f}, {interval[1]:+.4f}]" if interval else "")
 
 
 def _fmt(value: Any, spec: str = "") -> str:
@@ -188,7 +223,8 @@ def _markdown(config, rows, best, plans) -> str:
              "selection named in its trial key), fine-tuned with LoRA "
              "(stage 2) and evaluated on MTEB (stage 3). *Untrained*: the same depth of the base "
              "model with no fine-tuning, evaluated alike; *change vs untrained* (trained minus "
-             "untrained) is what fine-tuning did. *Change vs full* compares with the same "
+             "untrained, with the paired 95% interval of a subsampled evaluation: both scored on the "
+             "same items, resampled alike) is what fine-tuning did. *Change vs full* compares with the same "
              "model keeping all its layers, fine-tuned alike. Latency: median ms per batch of "
              "documents; memory: peak while encoding (GPU allocated, or process RSS on CPU).", ""]
     for plan in (p for p in plans if p.stage1):
@@ -208,7 +244,8 @@ def _markdown(config, rows, best, plans) -> str:
             f"| {row['model']} | {row['layers']}/{row['total_layers']} | {', '.join(row['origins'])} "
             f"| {row['parameters'] / 1e6:,.1f}M | {row['parameters_removed_pct']:.1f}% "
             f"| {_mean_text(row)} | {_mean_text(row, 'untrained_mean')} "
-            f"| {_change_text(row['change_vs_untrained'])} | {_change_text(row['change_vs_full'])} "
+            f"| {_change_text(row['change_vs_untrained'], row.get('change_vs_untrained_interval'))} "
+            f"| {_change_text(row['change_vs_full'])} "
             f"| {_fmt(row['latency_ms'], '.1f')} | {_fmt(row['peak_memory_mib'], '.0f')} "
             f"| {_fmt(row['final_loss'], '.4f')} |")
     budget = config.budget
@@ -223,8 +260,11 @@ def _markdown(config, rows, best, plans) -> str:
                      f"{_fmt(row['latency_ms'], '.1f')} ms)"))
     if any(row.get("mteb_mean_interval") for row in rows):
         lines += ["", "MTEB means of subsampled evaluations carry their 95% bootstrap interval "
-                  "(resampled evaluated pairs / texts; tasks/bootstrap.py). A depth whose mean lies "
-                  "inside the best one's interval is not ranked below it by this evaluation."]
+                  "(resampled evaluated pairs / texts; tasks/bootstrap.py). Every depth is scored "
+                  "on the same items, so a depth is compared with the best one by the paired 95% "
+                  "interval of their difference (both resampled alike); where it holds 0, this "
+                  "evaluation does not rank the depth below the best one."]
+        lines += _best_differences_markdown(best, rows)
     lines += _effect_markdown(config, rows)
     lines += _overlap_markdown(plans)
     lines += ["", "Plots: plots/score_vs_parameters.png (score against parameters, Pareto front "
@@ -233,9 +273,23 @@ def _markdown(config, rows, best, plans) -> str:
     return "\n".join(lines)
 
 
+def _best_differences_markdown(best, rows) -> list[str]:
+    """Per model with paired items: the best depth's lead over each other depth, with the paired
+    interval of the difference."""
+    lines = []
+    for model, row in best.items():
+        differences = {layers: value for layers, value in differences_from_best(row, rows).items()
+                       if value[1] is not None} if row else {}
+        if differences:
+            lines.append(f"- **{model}**, l{row['layers']} minus: " + ", ".join(
+                f"l{layers} {_change_text(difference, interval)}"
+                for layers, (difference, interval) in differences.items()))
+    return [""] + lines if lines else []
+
+
 def _effect_markdown(config, rows) -> list[str]:
-    """Fine-tuning's effect per model: where each depth's trained mean lies against its untrained
-    mean's interval."""
+    """Fine-tuning's effect per model: whether each depth's change vs untrained is beyond the
+    evaluation's noise (its paired interval excludes 0)."""
     lines = ["", "## Fine-tuning's effect: each depth against itself untrained", ""]
     if not config.untrained_baseline:
         return lines + ["Not measured: `untrained_baseline: false` in the sweep config."]
@@ -415,15 +469,18 @@ def write_report(run_dir: Path, config, plans, trials, outcomes,
               [[";".join(row[c]) if c == "origins" else row.get(c) for c in COLUMNS]
                + [json.dumps(row.get("mteb_per_type"))] for row in rows])
     write_atomic(run_dir / "report.md", markdown)
-    summary = {"run_dir": str(run_dir), "trials": rows,
+    # The evaluated items stay in the trials' result files (report.py reads them there).
+    summary = {"run_dir": str(run_dir), "trials": [{k: v for k, v in row.items() if k != "mteb_items"}
+                                                   for row in rows],
                "pareto_front": {model: [series[model][0][k][2] for k in front]
                                 for model, (_, front) in series.items()},
                "best_within_budget": {model: (row["layers"] if row else None) for model, row in best.items()},
-               # Per model: the depths whose MTEB mean lies inside the best one's 95% interval.
+               # Per model: the depths this evaluation does not tell from the best one (the
+               # paired interval of their difference holds 0; within_interval).
                "best_within_interval_of": {model: within_interval(row, rows) if row else []
                                            for model, row in best.items()},
-               # Per model: its depths whose trained mean lies outside / inside the untrained
-               # mean's 95% interval, or that have no interval (a full evaluation).
+               # Per model: its depths whose change vs untrained is beyond / within this
+               # evaluation's noise (paired interval), or that have no interval (a full evaluation).
                "fine_tuning_effect": fine_tuning_effect(rows),
                "budget": config.budget.model_dump(),
                "stage1": {plan.label: {"small": plan.stage1["small"]["layers"],

@@ -81,8 +81,8 @@ def execute(spec: TrialSpec) -> dict[str, Any]:
     scores = evaluate.run(evaluation)
     untrained = {}
     if spec.untrained is not None:  # the base model cut alike: training's effect is the change
-        untrained = score_fields("untrained", evaluate.run(spec.untrained))
-        untrained["change_vs_untrained"] = scores["mean"] - untrained["untrained_mean"]
+        baseline = evaluate.run(spec.untrained)
+        untrained = {**score_fields("untrained", baseline), **change_fields(scores, baseline)}
     probes = {}
     if spec.probe_tasks:  # a separate run: the probes stay out of the MTEB mean
         probe_run = evaluate.run(evaluation.model_copy(update={
@@ -102,6 +102,8 @@ def execute(spec: TrialSpec) -> dict[str, Any]:
         **footprint, "artifact": trained["artifact"],
         "training_log": str(Path(trained["artifact"]).parent / "training_log.csv"),
         "probe_accuracy": probes,
+        # What the subsampled scores were computed from: the report pairs depths on them.
+        "mteb_items": scores.get("items"),
     }
     write_json(result_path, result)
     return result
@@ -115,6 +117,21 @@ def score_fields(prefix: str, scores: dict[str, Any]) -> dict[str, Any]:
             f"{prefix}_tasks": {row["task"]: row["main_score"] for row in scores["tasks"]},
             f"{prefix}_mean_interval": scores.get("mean_interval"),
             f"{prefix}_task_intervals": {row["task"]: row.get("interval") for row in scores["tasks"]}}
+
+
+def change_fields(trained: dict[str, Any], untrained: dict[str, Any]) -> dict[str, Any]:
+    """result.json's keys of fine-tuning's effect: change_vs_untrained (trained minus untrained
+    MTEB mean) and, for a subsampled evaluation, the paired bootstrap 95% intervals of the change
+    of the mean and per task (both scored on the same items, resampled alike:
+    tasks/bootstrap.paired_change_intervals); None when tasks ran in full."""
+    from tasks.bootstrap import paired_change_intervals
+
+    per_task, mean_interval = {}, None
+    if trained.get("items") and untrained.get("items"):
+        per_task, mean_interval = paired_change_intervals(trained["items"], untrained["items"])
+    return {"change_vs_untrained": trained["mean"] - untrained["mean"],
+            "change_vs_untrained_interval": mean_interval,
+            "change_vs_untrained_task_intervals": per_task}
 
 
 def _card_scores(artifact: Path, spec: TrialSpec, rows: list[dict[str, Any]], probes: dict[str, float]) -> None:

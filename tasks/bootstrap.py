@@ -17,6 +17,14 @@ part is resampled on its own. Randomness: task ``name`` draws from
 97.5th percentile of the resampled scores (resamples where a correlation is undefined, all ranks
 tied, are left out). The mean over tasks takes, per resample, the mean of the tasks' resampled
 scores, so its interval is narrower than any one task's.
+
+A change between two models scored on the same items (a depth trained against itself untrained)
+gets a *paired* interval: both are resampled with the same rows (the draw depends only on the
+task, the seed and the item counts) and the interval is the percentiles of the resampled
+differences. Item-to-item variation that both models share (an easy pair is easy for both)
+cancels, so the paired interval of a change is much narrower than either score's own interval;
+it is the interval to test the change against (Efron & Tibshirani, *An Introduction to the
+Bootstrap*, 1993, sec. 16.3: bootstrapping a difference of paired statistics).
 """
 
 from __future__ import annotations
@@ -131,3 +139,45 @@ def evaluated_items(task, predictions: dict[str, Any]) -> dict[str, Any] | None:
     if not parts:
         return None
     return {"main_score": task.metadata.main_score, "statistic": statistic, "parts": parts}
+
+
+def same_items(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two models' items of one task are the same evaluated items: the same statistic and
+    parts, each part as long, and (STS) the same gold scores in the same order."""
+    if a["statistic"] != b["statistic"] or sorted(a["parts"]) != sorted(b["parts"]):
+        return False
+    for key, part in a["parts"].items():
+        other = b["parts"][key]
+        if a["statistic"] == "spearman":
+            if part["gold"] != other["gold"]:
+                return False
+        elif len(part["values"]) != len(other["values"]):
+            return False
+    return True
+
+
+def paired_change_intervals(after: dict[str, dict[str, Any] | None], before: dict[str, dict[str, Any] | None],
+                            *, seed: int = SEED, resamples: int = RESAMPLES
+                            ) -> tuple[dict[str, list[float] | None], list[float] | None]:
+    """Paired bootstrap 95% intervals of the change ``after`` - ``before`` of two models scored on
+    the same items: ({task: [low, high] or None}, [low, high] of the change of the mean over
+    the tasks, or None unless every task has a paired interval).
+
+    Both models' task scores are recomputed on the same resampled rows (``task_resamples`` draws
+    them from the task name, the seed and the item counts), and the interval is the central 95%
+    of the resampled differences. A task gets None when either side has no items or their items
+    differ (``same_items``: another subsample, other gold scores), as nothing pairs them then.
+    """
+    per_task, draws = {}, []
+    names = list(after)
+    for name in names:
+        a, b = after.get(name), before.get(name)
+        if not a or not b or not same_items(a, b):
+            per_task[name] = None
+            continue
+        change = (task_resamples(name, a, seed=seed, resamples=resamples)
+                  - task_resamples(name, b, seed=seed, resamples=resamples))
+        per_task[name] = percentile_interval(change)
+        draws.append(change)
+    complete = names and len(draws) == len(names) and set(before) == set(after)
+    return per_task, percentile_interval(np.mean(draws, axis=0)) if complete else None

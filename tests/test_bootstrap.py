@@ -184,3 +184,86 @@ def test_classification_items_are_the_fraction_of_classifiers_right():
     assert full_score(items) == pytest.approx(np.mean([np.mean([p == y for p, y in zip(run, labels)])
                                                         for run in runs]), abs=1e-12)
     assert evaluated_items(task, {"default": {"test": [labels[:9]]}}) is None  # misaligned: no items
+
+
+def _independent_paired(name: str, after: dict, before: dict, seed: int = 42, resamples: int = 1000) -> np.ndarray:
+    """Resampled changes of one task's score, one resample at a time: each resample draws one set of
+    rows per part and scores both models on it."""
+    rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
+    per_part = []
+    for key in sorted(after["parts"]):
+        a, b = after["parts"][key], before["parts"][key]
+        gold = np.asarray(a["gold"])
+        changes = []
+        for _ in range(resamples):
+            rows = rng.integers(0, len(gold), size=len(gold))
+            changes.append(spearmanr(gold[rows], np.asarray(a["predicted"])[rows]).statistic
+                           - spearmanr(gold[rows], np.asarray(b["predicted"])[rows]).statistic)
+        per_part.append(changes)
+    return np.mean(per_part, axis=0)
+
+
+def test_paired_change_intervals_equal_an_independent_paired_bootstrap():
+    """The change of two models scored on the same pairs: its paired interval equals a plain-loop
+    paired bootstrap, is far narrower than the unpaired intervals of either score (the pairs' own
+    difficulty cancels), and is refused (None) when the items are not the same pairs."""
+    from tasks.bootstrap import paired_change_intervals
+
+    rng = np.random.default_rng(3)
+    gold = rng.uniform(0, 5, size=100)
+    shared = gold / 5 + rng.normal(0, 0.4, size=100)  # what both models get right or wrong alike
+    before = {"STSBenchmark": {"main_score": "cosine_spearman", "statistic": "spearman", "parts": {
+        "default/test": {"gold": gold.tolist(), "predicted": (shared + rng.normal(0, 0.05, 100)).tolist()}}}}
+    after = {"STSBenchmark": {"main_score": "cosine_spearman", "statistic": "spearman", "parts": {
+        "default/test": {"gold": gold.tolist(), "predicted": (shared + gold / 20 + rng.normal(0, 0.05, 100)).tolist()}}}}
+    per_task, mean = paired_change_intervals(after, before)
+    expected = np.percentile(_independent_paired("STSBenchmark", after["STSBenchmark"], before["STSBenchmark"]),
+                             [2.5, 97.5])
+    assert per_task["STSBenchmark"] == pytest.approx(expected.tolist(), abs=1e-12)
+    assert mean == pytest.approx(expected.tolist(), abs=1e-12)  # one task: the mean's change is its change
+    unpaired, _ = intervals(before)
+    low, high = per_task["STSBenchmark"]
+    assert high - low < (unpaired["STSBenchmark"][1] - unpaired["STSBenchmark"][0]) / 2
+    # The change is real here: the paired interval shows it, while the trained score still lies
+    # inside the untrained score's own interval (the unpaired test would call it noise).
+    assert low > 0
+    assert unpaired["STSBenchmark"][0] <= full_score(after["STSBenchmark"]) <= unpaired["STSBenchmark"][1]
+    # Other gold scores (another subsample) pair nothing; a task missing on one side neither.
+    other = {"STSBenchmark": {**before["STSBenchmark"], "parts": {"default/test": {
+        "gold": gold[::-1].tolist(), "predicted": before["STSBenchmark"]["parts"]["default/test"]["predicted"]}}}}
+    assert paired_change_intervals(after, other) == ({"STSBenchmark": None}, None)
+    assert paired_change_intervals(after, {"STSBenchmark": None}) == ({"STSBenchmark": None}, None)
+
+
+def test_best_is_compared_with_each_depth_by_the_paired_interval_of_their_difference():
+    """Depths scored on the same pairs: l6 is the best; l30 trails it by a little on every pair
+    alike (its mean inside l6's own interval, yet the paired difference excludes 0: ranked
+    below); l15's errors are its own (the paired difference holds 0: not ranked below).
+    Expected intervals come from the plain-loop paired bootstrap above."""
+    from pipelines.report import differences_from_best
+
+    rng = np.random.default_rng(11)
+    gold = rng.uniform(0, 5, size=120)
+    shared = gold / 5 + rng.normal(0, 0.5, size=120)
+
+    def row(layers, predicted):
+        items = {"STSBenchmark": {"main_score": "cosine_spearman", "statistic": "spearman",
+                                  "parts": {"default/test": {"gold": gold.tolist(), "predicted": predicted.tolist()}}}}
+        return {**_row(layers, full_score(items["STSBenchmark"]), intervals(items)[1]), "mteb_items": items}
+
+    best = row(6, shared + gold / 25)
+    trailing = row(30, shared + rng.normal(0, 0.02, size=120))
+    own_errors = row(15, gold / 5 + rng.normal(0, 0.5, size=120))
+    rows = [trailing, own_errors, best]
+    assert best["mteb_mean"] > max(trailing["mteb_mean"], own_errors["mteb_mean"])
+    assert best["mteb_mean_interval"][0] <= trailing["mteb_mean"]  # the unpaired rule would not rank it
+    differences = differences_from_best(best, rows)
+    for other in (trailing, own_errors):
+        expected = np.percentile(_independent_paired("STSBenchmark", best["mteb_items"]["STSBenchmark"],
+                                                     other["mteb_items"]["STSBenchmark"]), [2.5, 97.5])
+        difference, interval = differences[other["layers"]]
+        assert difference == best["mteb_mean"] - other["mteb_mean"]
+        assert interval == pytest.approx(expected.tolist(), abs=1e-12)
+    assert differences[30][1][0] > 0 and differences[15][1][0] <= 0 <= differences[15][1][1]
+    assert within_interval(best, rows) == [15]
+    assert best_wording(best, rows) == "best (within the interval of l15)"

@@ -183,12 +183,18 @@ def test_a_trial_records_its_depth_untrained_and_a_finished_one_evaluates_nothin
     means = {"k/evaluate": 0.70, "k/untrained": 0.60}
     runs = []
 
+    gold = [float(k % 6) for k in range(40)]
+    predicted = {"k/evaluate": [g + (k % 3) / 4 for k, g in enumerate(gold)],
+                 "k/untrained": [g + (k % 5) for k, g in enumerate(gold)]}
+
     def evaluated(config):
         runs.append(config.name)
         mean = means[config.name]
+        items = {"STSBenchmark": {"main_score": "cosine_spearman", "statistic": "spearman",
+                                  "parts": {"default/test": {"gold": gold, "predicted": predicted[config.name]}}}}
         return {"mean": mean, "mean_per_type": {"STS": mean}, "mean_interval": [mean - 0.05, mean + 0.05],
                 "tasks": [{"task": "STSBenchmark", "main_score": mean, "interval": [mean - 0.05, mean + 0.05]}],
-                "texts_per_second": 10.0}
+                "texts_per_second": 10.0, "items": items}
 
     trained = {"artifact": str(tmp_path / "model"), "model": "base", "total_layers": 6, "parameters": 4,
                "parameters_full": 6, "parameters_removed_pct": 33.3, "final_loss": 0.5, "first_loss": 1.0,
@@ -208,6 +214,14 @@ def test_a_trial_records_its_depth_untrained_and_a_finished_one_evaluates_nothin
     assert result["mteb_mean"] == 0.70 and result["untrained_mean"] == 0.60
     assert result["change_vs_untrained"] == 0.70 - 0.60
     assert result["untrained_mean_interval"] == [0.60 - 0.05, 0.60 + 0.05]
+    # The change's interval pairs the two evaluations' items (tasks/bootstrap.py, tested there).
+    from tasks.bootstrap import paired_change_intervals
+
+    per_task, paired = paired_change_intervals(evaluated(EvaluateConfig(name="k/evaluate"))["items"],
+                                               evaluated(EvaluateConfig(name="k/untrained"))["items"])
+    del runs[2:]
+    assert paired is not None and result["change_vs_untrained_interval"] == paired
+    assert result["change_vs_untrained_task_intervals"] == per_task
     assert result["untrained_tasks"] == {"STSBenchmark": 0.60} and result["mteb_tasks"] == {"STSBenchmark": 0.70}
     assert (tmp_path / "on" / "result.json").exists()
     assert trial.execute(spec(tmp_path / "on", EvaluateConfig(name="k/untrained"))) == result
@@ -220,16 +234,24 @@ def test_a_trial_records_its_depth_untrained_and_a_finished_one_evaluates_nothin
 def _untrained_outcomes() -> dict[str, dict]:
     """Trial results as trial.execute writes them: "tiny" subsampled (intervals), its l2 from
     before the untrained baseline; "whole" evaluated in full (no interval)."""
-    def result(layers, mean, interval, untrained, untrained_interval, total=6):
+    def result(layers, mean, interval, untrained, untrained_interval, total=6, paired="none"):
         scores = {} if untrained is None else {
             "untrained_mean": untrained, "untrained_mean_interval": untrained_interval,
             "untrained_tasks": {"STSBenchmark": untrained}, "untrained_task_intervals": {"STSBenchmark": untrained_interval}}
+        if paired != "none":  # a result with the change's paired interval (absent: an older result)
+            scores.update(change_vs_untrained_interval=paired,
+                          change_vs_untrained_task_intervals={"STSBenchmark": paired})
         return {"total_layers": total, "parameters": layers * 1e6, "parameters_removed_pct": 0.0,
                 "mteb_mean": mean, "mteb_mean_interval": interval, "mteb_per_type": {},
                 "mteb_tasks": {"STSBenchmark": mean}, "training_log": "no-such-log.csv",
                 "latency_ms": 1.0, "peak_memory_mib": 1.0, "final_loss": 1.0, **scores}
-    return {"tiny-l6": result(6, 0.70, [0.63, 0.77], 0.60, [0.52, 0.67]),  # outside
-            "tiny-l4": result(4, 0.62, [0.55, 0.69], 0.60, [0.53, 0.66]),  # inside
+    # tiny-l6 and tiny-l5: the paired interval excludes 0, though l5's trained mean lies inside
+    # its untrained mean's own interval (pairing cancels the noise both share); tiny-l4: it holds 0;
+    # tiny-l3: an older result without a paired interval, judged by the untrained mean's interval.
+    return {"tiny-l6": result(6, 0.70, [0.63, 0.77], 0.60, [0.52, 0.67], paired=[0.05, 0.15]),
+            "tiny-l5": result(5, 0.63, [0.56, 0.70], 0.60, [0.53, 0.66], paired=[0.01, 0.05]),
+            "tiny-l4": result(4, 0.62, [0.55, 0.69], 0.60, [0.53, 0.66], paired=[-0.01, 0.05]),
+            "tiny-l3": result(3, 0.55, [0.48, 0.62], 0.45, [0.38, 0.52]),
             "tiny-l2": result(2, 0.51, [0.44, 0.58], None, None),  # no untrained score
             "tiny-l1": {"error": "boom"},
             "whole-l3": result(3, 0.50, None, 0.45, None, total=3)}
@@ -246,7 +268,7 @@ def test_report_shows_each_depth_untrained_the_change_and_whether_it_is_noise(tm
     from pipelines.report import _markdown, write_report
     from pipelines.sweep import Trial
 
-    trials = [Trial("tiny", layers, ("grid",)) for layers in (6, 4, 2, 1)] + [Trial("whole", 3, ("grid",))]
+    trials = [Trial("tiny", layers, ("grid",)) for layers in (6, 5, 4, 3, 2, 1)] + [Trial("whole", 3, ("grid",))]
     config = _config(tmp_path, name="report")
     summary = write_report(tmp_path, config, [], trials, _untrained_outcomes())
     rows = {row["key"]: row for row in summary["trials"]}
@@ -254,12 +276,13 @@ def test_report_shows_each_depth_untrained_the_change_and_whether_it_is_noise(tm
     assert rows["tiny-l4"]["change_vs_untrained"] == 0.62 - 0.60
     assert rows["whole-l3"]["change_vs_untrained"] == 0.50 - 0.45
     assert rows["tiny-l2"]["untrained_mean"] is None and rows["tiny-l2"]["change_vs_untrained"] is None
-    assert [rows[key]["change_vs_untrained_outside_interval"] for key in ("tiny-l6", "tiny-l4", "tiny-l2", "whole-l3")] == [
-        True, False, None, None]
+    assert [rows[key]["change_vs_untrained_outside_interval"]
+            for key in ("tiny-l6", "tiny-l5", "tiny-l4", "tiny-l3", "tiny-l2", "whole-l3")] == [
+        True, True, False, True, None, None]
     assert rows["tiny-l6"]["untrained_tasks"] == {"STSBenchmark": 0.60}
     assert rows["tiny-l6"]["untrained_mean_ci95_low"] == 0.52 and rows["tiny-l6"]["untrained_mean_ci95_high"] == 0.67
     assert summary["fine_tuning_effect"] == {
-        "tiny": {"outside_interval": [6], "inside_interval": [4], "no_interval": []},
+        "tiny": {"outside_interval": [6, 5, 3], "inside_interval": [4], "no_interval": []},
         "whole": {"outside_interval": [], "inside_interval": [], "no_interval": [3]}}
     assert json.loads((tmp_path / "summary.json").read_text())["fine_tuning_effect"] == summary["fine_tuning_effect"]
 
@@ -268,16 +291,20 @@ def test_report_shows_each_depth_untrained_the_change_and_whether_it_is_noise(tm
     assert float(table[("tiny", "6")]["untrained_mean"]) == 0.60
     assert float(table[("tiny", "6")]["change_vs_untrained"]) == 0.70 - 0.60
     assert float(table[("tiny", "6")]["untrained_mean_ci95_low"]) == 0.52
+    assert float(table[("tiny", "6")]["change_vs_untrained_ci95_low"]) == 0.05
+    assert float(table[("tiny", "6")]["change_vs_untrained_ci95_high"]) == 0.15
+    assert table[("tiny", "3")]["change_vs_untrained_ci95_low"] == ""
     assert table[("tiny", "2")]["untrained_mean"] == table[("tiny", "2")]["change_vs_untrained"] == ""
 
     report = (tmp_path / "report.md").read_text()
     assert "| MTEB mean [95% interval] | untrained [95% interval] | change vs untrained | change vs full |" in report
-    assert "| 0.7000 [0.6300, 0.7700] | 0.6000 [0.5200, 0.6700] | +0.1000 | +0.0000 |" in report
+    assert "| 0.7000 [0.6300, 0.7700] | 0.6000 [0.5200, 0.6700] | +0.1000 [+0.0500, +0.1500] | +0.0000 |" in report
+    assert "| 0.5500 [0.4800, 0.6200] | 0.4500 [0.3800, 0.5200] | +0.1000 | -0.1500 |" in report
     assert "| 0.5100 [0.4400, 0.5800] | n/a | n/a |" in report
     assert "| 0.5000 | 0.4500 | +0.0500 |" in report
-    assert ("- **tiny**: the trained mean lies outside the untrained mean's 95% interval at l6 (+0.1000); "
-            "inside it at l4 (+0.0200), where this evaluation does not tell the fine-tuned depth from "
-            "the untrained one.") in report
+    assert ("- **tiny**: beyond this evaluation's noise at l6 (+0.1000 [+0.0500, +0.1500]), "
+            "l5 (+0.0300 [+0.0100, +0.0500]), l3 (+0.1000); within it at l4 (+0.0200 [-0.0100, +0.0500]), "
+            "where this evaluation does not tell the fine-tuned depth from the untrained one.") in report
     assert ("- **whole**: change vs untrained at l3 (+0.0500), from a full evaluation (no interval to "
             "test it against).") in report
     assert all(line.count("|") == 13 for line in report.splitlines() if line.startswith("| tiny |"))
