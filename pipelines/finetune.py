@@ -155,10 +155,7 @@ def _objective(config: FinetuneConfig, tokenizer):
         return (ContrastiveObjective(config.encoder.prompt(), config.encoder.pooling,
                                      config.loss.scale, config.loss.mask_duplicate_positives),
                 path, None, config.data.columns)
-    task = config.classification
-    if task.data_root is None and config.data.data_root is not None:  # --data-root sets data.*
-        task = task.model_copy(update={"data_root": config.data.data_root})
-        config.classification = task
+    task = config.classification  # with the data root resolved (resolve.finetune_config)
     label_names = resolve.label_names(task)
     prompt = task.prompt(label_names)
     VerbalizerScorer(tokenizer, prompt)
@@ -191,6 +188,7 @@ def run(config: FinetuneConfig) -> dict[str, Any]:
     from tasks.pruning import resolve_selection
     from tasks.training import TrainingJob
 
+    config = resolve.finetune_config(config)
     if config.layers is None:
         raise LayercutError("give the depth to keep: --layers N (layers), --layers prune:0.3 or --layers keep:0.7")
     if config.model.dtype == "float16":
