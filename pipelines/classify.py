@@ -13,8 +13,6 @@ scores are saved as they arrive, so a rerun only scores what is missing.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -24,9 +22,10 @@ import numpy as np
 
 from pipelines import resolve
 from pipelines.commands import Stage, run_as_script
-from pipelines.config import dump_config
-from pipelines.outputs import write_atomic, write_csv, write_json
+from pipelines.fingerprints import digest
 from pipelines.ray_runtime import ensure_ray, plan_workers, stream_in_one_task, user_errors_from_ray
+from pipelines.run_store.items import NPZ
+from pipelines.run_store.run import RunStore
 from pipelines.schemas.classify import STAGE, ClassifyConfig
 from tasks.classification_eval import ClassifierWorker, score_in_turn
 from tasks.errors import LayercutError
@@ -56,11 +55,12 @@ def _prompt_and_labels(config: ClassifyConfig, source) -> tuple[Any, bool, dict 
     return prompt, False, artifact
 
 
-def _fingerprint(config: ClassifyConfig, model_path: str, prompt, data_path: str) -> str:
-    relevant = [model_path, config.model.revision, config.model.dtype, config.layers,
-                prompt.template, prompt.label_names, prompt.verbalizers, prompt.max_length,
-                data_path, config.max_test_rows, config.seed, config.chunk_size]
-    return hashlib.sha256(json.dumps(relevant, default=str).encode()).hexdigest()[:16]
+def _settings(config: ClassifyConfig, model_path: str, prompt, data_path: str) -> dict[str, Any]:
+    """What decides the scores (its digest keys the chunk store and the finished summary)."""
+    return {"model": [model_path, config.model.revision, config.model.dtype,
+                      None if config.layers is None else str(config.layers)],
+            "prompt": [prompt.template, prompt.label_names, prompt.verbalizers, prompt.max_length],
+            "data": [data_path, config.max_test_rows, config.seed, config.chunk_size]}
 
 
 def _test_rows(config: ClassifyConfig, label_names: list[str]) -> tuple[list[dict], str]:
@@ -113,29 +113,28 @@ def run(config: ClassifyConfig) -> dict[str, Any]:
     selection = resolve_selection(total if config.layers is None else config.layers, total)
     kept = selection.count
     rows, data_path = _test_rows(config, label_names)
-    run_dir = config.run_dir()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    fingerprint = _fingerprint(config, source.path, prompt, data_path)
-    summary_path = run_dir / "summary.json"
-    if summary_path.exists() and json.loads(summary_path.read_text()).get("fingerprint") == fingerprint:
-        print(f"layercut: {run_dir} is finished; nothing to do", file=sys.stderr)
-        return json.loads(summary_path.read_text())
-    chunk_dir = run_dir / "chunks" / fingerprint  # scores of another setup are never mixed in
-    chunk_dir.mkdir(parents=True, exist_ok=True)
-    write_atomic(run_dir / "config.yaml", dump_config(config))
+    store = RunStore(config.run_dir()).create()
+    fingerprint = digest(_settings(config, source.path, prompt, data_path))
+    finished = store.finished("summary.json", fingerprint)
+    if finished is not None:
+        return finished
+    # Chunks are keyed by the fingerprint: scores of another setup are never mixed in, and
+    # a setup scored before is reused when it comes back.
+    saved_chunks = store.items(f"chunks/{fingerprint}", "{key:05d}.npz", NPZ)
+    store.record_config(config)
 
     texts = [row["text"] for row in rows]
     chunks = [texts[i:i + config.chunk_size] for i in range(0, len(texts), config.chunk_size)]
-    pending = [i for i in range(len(chunks)) if not (chunk_dir / f"{i:05d}.npz").exists()]
+    pending = [i for i in range(len(chunks)) if not saved_chunks.has(i)]
     spec = replace(config.model.spec(source, config.layers), lm_head=True)
     progress = _progress(config, len(chunks), len(chunks) - len(pending))
     for index, scores, seconds in _score_chunks(config, spec, prompt, chunks, pending):
-        _save_chunk(chunk_dir / f"{index:05d}.npz", scores, seconds)
+        saved_chunks.save(index, {"scores": scores, "seconds": np.float64(seconds)})
         if progress is not None:
             progress.update(1)
     if progress is not None:
         progress.close()
-    saved = [np.load(chunk_dir / f"{i:05d}.npz") for i in range(len(chunks))]
+    saved = [saved_chunks.load(i) for i in range(len(chunks))]
     scores = np.concatenate([s["scores"] for s in saved])
     seconds = float(sum(float(s["seconds"]) for s in saved))
     gold = [row["label"] for row in rows]
@@ -151,23 +150,12 @@ def run(config: ClassifyConfig) -> dict[str, Any]:
         **metrics, "texts_per_second": len(texts) / seconds if seconds else None,
         "data": data_path, "fingerprint": fingerprint,
     }
-    write_csv(run_dir / "predictions.csv", ["text", "gold", "predicted", *label_names],
+    store.files.write_csv("predictions.csv", ["text", "gold", "predicted", *label_names],
               [[t, label_names[g], label_names[p], *(f"{v:.5f}" for v in s)]
                for t, g, p, s in zip(texts, gold, predicted, scores)])
-    _write_summary(run_dir, summary)
-    write_json(summary_path, summary)
+    _write_summary(store, summary)
+    store.save_result("summary.json", summary)
     return summary
-
-
-def _save_chunk(path: Path, scores: np.ndarray, seconds: float) -> None:
-    """Atomically: a chunk file exists only complete."""
-    import os
-    import tempfile
-
-    handle, staging = tempfile.mkstemp(dir=path.parent, suffix=".npz")
-    with os.fdopen(handle, "wb") as out:
-        np.savez(out, scores=scores, seconds=np.float64(seconds))
-    os.replace(staging, path)
 
 
 def _progress(config: ClassifyConfig, total: int, done: int):
@@ -178,7 +166,7 @@ def _progress(config: ClassifyConfig, total: int, done: int):
     return tqdm(total=total, initial=done, desc="classifying", unit="chunk", file=sys.stderr)
 
 
-def _write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
+def _write_summary(store: RunStore, summary: dict[str, Any]) -> None:
     kind = "zero-shot" if summary["zero_shot"] else "prompt-tuned"
     lines = [f"# {summary['model']} on {summary['dataset']} ({summary['split']}, {kind})", "",
              f"Layers: {summary['layers']} of {summary['layers_total']}; parameters: "
@@ -190,7 +178,7 @@ def _write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
              "| label | F1 | predicted |", "|---|---|---|"]
     lines += [f"| {name} | {summary['per_class_f1'][name]:.4f} | {summary['predicted_counts'][name]} |"
               for name in summary["label_names"]]
-    write_atomic(run_dir / "summary.md", "\n".join(lines) + "\n")
+    store.files.write_text("summary.md", "\n".join(lines) + "\n")
 
 
 def print_summary(summary: dict[str, Any], run_dir: Path) -> None:

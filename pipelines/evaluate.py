@@ -21,17 +21,19 @@ from __future__ import annotations
 import json
 import sys
 from collections import defaultdict
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from pipelines.commands import Stage, run_as_script
-from pipelines.config import CONFIG_DIR, dump_config
+from pipelines.config import CONFIG_DIR
 from pipelines.fingerprints import describe_difference, digest
-from pipelines.outputs import write_atomic, write_csv, write_json
 from pipelines.ray_runtime import plan_workers, stream_in_one_task, user_errors_from_ray
+from pipelines.run_store.guard import Refusal
+from pipelines.run_store.items import ItemStore
+from pipelines.run_store.run import RunStore
 from pipelines.schemas.evaluate import STAGE, EvaluateConfig
 from tasks.errors import LayercutError
 from tasks.models import resolve_model
@@ -42,6 +44,7 @@ from tasks.mteb_tasks import (SAMPLE_SEED, describe_task, load_task, probe_tasks
                               resolve_task_names)
 
 FINGERPRINT_FILE = "fingerprint.json"
+THROUGHPUT_FILE = "throughput.json"
 ITEMS_DIR = "items"  # per subsampled task: what its score is computed from (tasks/bootstrap.py)
 
 
@@ -121,6 +124,16 @@ def list_tasks(config: EvaluateConfig) -> str:
     return "\n".join(describe_task(load_task(name, None, config.task_selection())) for name in names)
 
 
+def evaluation_run_dir(config: EvaluateConfig, fingerprint: str) -> Path:
+    """``config.run_dir`` of the run with ``fingerprint``; a fine-tuned artifact's base model and
+    depth (its layercut.json, read here: the config itself reads nothing) name the default."""
+    from tasks.artifact import read_layercut_file
+
+    path = Path(config.model.name_or_path).expanduser()
+    artifact = read_layercut_file(path) if config.name is None and path.is_dir() else None
+    return config.run_dir(fingerprint, artifact)
+
+
 def settings_fingerprint(config: EvaluateConfig, model) -> dict[str, Any]:
     """What decides every score of a run: the model's content, depth and dtype, the input format,
     pooling and subsample (not where, on how many workers or in what batch size it runs)."""
@@ -143,39 +156,38 @@ def task_inputs(config: EvaluateConfig, model, names: list[str]) -> dict[str, di
     return inputs
 
 
-def guard_results(run_dir: Path, settings: dict[str, Any], tasks: dict[str, dict[str, Any]],
+# A named directory holding results of other inputs is refused; by default each model and
+# setting gets its own directory.
+REFUSAL = Refusal("results", "of another model or settings",
+                  "use another --name (or none: each model and setting gets its own directory) or delete")
+
+
+def guard_results(store: RunStore, settings: dict[str, Any], tasks: dict[str, dict[str, Any]],
                   finished: list[str]) -> None:
     """Refuse (LayercutError) to reuse results of other settings or task inputs, then record
-    ``settings`` and ``tasks`` in run_dir/fingerprint.json (before any task runs, so every
+    ``settings`` and ``tasks`` in the run dir's fingerprint.json (before any task runs, so every
     result in the directory has its record). A directory with no results guards nothing.
 
     Raises when results exist and the record is missing or holds other settings, or when a
     finished task's recorded inputs differ from ``tasks``."""
-    path = run_dir / FINGERPRINT_FILE
-    record = json.loads(path.read_text()) if path.exists() else None
-    has_results = bool(finished) or any((run_dir / "results").rglob("*.json"))
-    fix = f"use another --name (or none: each model and setting gets its own directory) or delete {run_dir}"
-    if has_results and record is None:
-        raise LayercutError(f"run directory {run_dir} holds results without a fingerprint of "
-                            f"what computed them; {fix}")
-    if record is not None and has_results and record["settings"] != settings:
-        raise LayercutError(
-            f"run directory {run_dir} holds results of another model or settings (fingerprint "
-            f"{record['fingerprint']}, here {digest(settings)}: "
-            f"{describe_difference(record['settings'], settings)}); {fix}")
-    recorded = record["tasks"] if record is not None and record["settings"] == settings else {}
+    guard = store.guard(FINGERPRINT_FILE)
+    refusal = replace(REFUSAL, fix=f"{REFUSAL.fix} {store}")
+    has_results = bool(finished) or any(store.files.local("results").rglob("*.json"))
+    guard.check(settings, has_results=has_results, refusal=refusal)
+    record = guard.recorded()
+    recorded = (guard.extra("tasks") or {}) if record is not None and record.fingerprint == digest(settings) else {}
     for name in finished:
         if recorded.get(name) != tasks[name]:
             raise LayercutError(
-                f"the result of {name} in {run_dir} was computed with other task inputs "
-                f"({describe_difference(recorded.get(name) or {}, tasks[name])}); {fix}")
-    write_json(path, {"fingerprint": digest(settings), "settings": settings,
-                      "tasks": {**recorded, **tasks}})
+                f"the result of {name} in {store} was computed with other task inputs "
+                f"({describe_difference(recorded.get(name) or {}, tasks[name])}); {refusal.fix}")
+    guard.record(settings, tasks={**recorded, **tasks})
 
 
 def run(config: EvaluateConfig) -> dict[str, Any]:
     """Evaluate (or resume) and write the run's outputs; returns the summary, with ``run_dir``,
-    ``fingerprint`` and ``items`` (per task, the evaluated items of a subsampled run; else None). Raises LayercutError on bad input or results of other inputs."""
+    ``fingerprint`` and ``items`` (per task, the evaluated items of a subsampled run; else None).
+    Raises LayercutError on bad input or results of other inputs."""
     import mteb
 
     names = check_tasks(config)
@@ -183,40 +195,85 @@ def run(config: EvaluateConfig) -> dict[str, Any]:
     facts = _model_facts(model)
     settings = settings_fingerprint(config, model)
     tasks = task_inputs(config, model, names)
-    run_dir = config.run_dir(digest(settings))
-    cache = mteb.ResultCache(cache_path=run_dir)
+    store = RunStore(evaluation_run_dir(config, digest(settings)))
+    cache = mteb.ResultCache(cache_path=store.root)
     meta = model_meta(model.name, model.revision)
-
-    def result_path(name: str) -> Path:
-        return cache.get_task_result_path(name, meta.name, meta.revision)
-
-    finished = [name for name in names if result_path(name).exists()]
-    guard_results(run_dir, settings, tasks, finished)
-    write_atomic(run_dir / "config.yaml", dump_config(config))
+    results_store = _TaskResults(store, cache, meta)
+    finished = results_store.done(names)
+    guard_results(store, settings, tasks, finished)
+    store.record_config(config)
     for name in finished:
-        score = mteb.TaskResult.from_disk(result_path(name)).get_score()
-        log(f"{name}: main score {score:.4f}, reused from {run_dir} "
+        score = results_store.load(name).get_score()
+        log(f"{name}: main score {score:.4f}, reused from {store} "
             "(same model, settings and task inputs)")
     pending = [name for name in names if name not in finished]
     # Encode throughput per task, kept beside the results: a resumed run's summary still
     # covers the tasks an earlier invocation ran.
-    throughput_path = run_dir / "throughput.json"
-    throughput = json.loads(throughput_path.read_text()) if throughput_path.exists() else {}
+    throughput = store.files.read_json(THROUGHPUT_FILE) if store.files.exists(THROUGHPUT_FILE) else {}
+    items = store.items(ITEMS_DIR)
     for outcome in _evaluate_tasks(config, model, pending):
         if outcome.get("items"):  # a subsampled task's items, for its bootstrap interval
-            write_json(run_dir / ITEMS_DIR / f"{outcome['task']}.json", outcome["items"])
-        cache.save_to_cache(outcome["result"], meta)
+            items.save(outcome["task"], outcome["items"])
+        results_store.save(outcome["result"])
         throughput[outcome["task"]] = [outcome["texts"], outcome["encode_seconds"]]
-        write_json(throughput_path, throughput)
-    results = {name: mteb.TaskResult.from_disk(result_path(name)) for name in names}
-    items = _load_items(run_dir, names) if config.max_samples_per_split else None
-    summary = _summary(results, facts, {name: throughput[name] for name in names if name in throughput}, items)
-    summary.update(run_dir=str(run_dir), fingerprint=digest(settings), model_identity=settings["model"])
-    _write_summary(run_dir, model, summary)
+        store.files.write_json(THROUGHPUT_FILE, throughput)
+    results = {name: results_store.load(name) for name in names}
+    evaluated = _load_items(items, names) if config.max_samples_per_split else None
+    summary = _summary(results, facts, {name: throughput[name] for name in names if name in throughput}, evaluated)
+    summary.update(run_dir=str(store.root), fingerprint=digest(settings), model_identity=settings["model"])
+    _write_summary(store, model, summary)
     # Per subsampled task, what its score was computed from (None: tasks run in full): a caller
     # comparing two models on the same items pairs their resamples (tasks/bootstrap.py).
-    summary["items"] = items
+    summary["items"] = evaluated
     return summary
+
+
+class _TaskResults:
+    """Finished tasks' mteb results, in mteb's own layout (results/<model>/<revision>/<task>.json
+    beside model_meta.json and run_settings.jsonl, which mteb's tooling reads).
+
+    mteb writes its files in place; here it writes into a scratch cache and each file then
+    replaces its counterpart whole, the task's result last: a result file exists only complete,
+    so a crash mid-write leaves the task pending, never a half-written score."""
+
+    def __init__(self, store: RunStore, cache, meta):
+        self.store, self.cache, self.meta = store, cache, meta
+
+    def name(self, task: str) -> str:
+        path = self.cache.get_task_result_path(task, self.meta.name, self.meta.revision)
+        return Path(path).relative_to(self.store.root).as_posix()
+
+    def done(self, names: list[str]) -> list[str]:
+        return [name for name in names if self.store.files.exists(self.name(name))]
+
+    def load(self, task: str):
+        import mteb
+
+        return mteb.TaskResult.from_disk(self.store.files.local(self.name(task)))
+
+    def save(self, result) -> None:
+        import tempfile
+
+        import mteb
+
+        files = self.store.files
+        files.create()
+        with tempfile.TemporaryDirectory(dir=files.local(), prefix=".mteb-") as scratch:
+            mteb.ResultCache(cache_path=scratch).save_to_cache(result, self.meta)
+            written = sorted(Path(scratch).rglob("*"))
+            target = self.name(result.task_name)
+            for path in [p for p in written if p.is_file()]:
+                name = path.relative_to(scratch).as_posix()
+                if name == target:
+                    continue
+                data = path.read_text()
+                if path.name == "run_settings.jsonl" and files.exists(name):
+                    # mteb merges one line per (task, split) into the file: keep other tasks' lines.
+                    kept = [line for line in files.read_text(name).splitlines()
+                            if line.strip() and json.loads(line).get("task") != result.task_name]
+                    data = "".join(f"{line}\n" for line in kept) + data
+                files.write_text(name, data)
+            files.write_text(target, (Path(scratch) / target).read_bytes())
 
 
 def log(line: str) -> None:
@@ -253,9 +310,8 @@ def _evaluate_tasks(config: EvaluateConfig, model, pending: list[str]):
         yield from pool.map_unordered(lambda worker, name: worker.evaluate.remote(name), pending)
 
 
-def _load_items(run_dir: Path, names: list[str]) -> dict[str, Any]:
-    paths = {name: run_dir / ITEMS_DIR / f"{name}.json" for name in names}
-    return {name: json.loads(path.read_text()) if path.exists() else None for name, path in paths.items()}
+def _load_items(items: ItemStore, names: list[str]) -> dict[str, Any]:
+    return {name: items.load(name) if items.has(name) else None for name in names}
 
 
 def _summary(results, facts, throughput, items: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -300,8 +356,8 @@ def _interval_text(interval) -> str:
     return "" if not interval else f"[{interval[0]:.4f}, {interval[1]:.4f}]"
 
 
-def _write_summary(run_dir: Path, model, summary: dict[str, Any]) -> None:
-    write_csv(run_dir / "summary.csv", ["task", "type", "main_score", "splits", "subsets",
+def _write_summary(store: RunStore, model, summary: dict[str, Any]) -> None:
+    store.files.write_csv("summary.csv", ["task", "type", "main_score", "splits", "subsets",
                                         "ci95_low", "ci95_high"],
               [[r["task"], r["type"], f"{r['main_score']:.6f}", " ".join(r["splits"]), " ".join(r["subsets"]),
                 *([f"{v:.6f}" for v in r["interval"]] if r["interval"] else ["", ""])]
@@ -324,7 +380,7 @@ def _write_summary(run_dir: Path, model, summary: dict[str, Any]) -> None:
     lines += [f"| {t} | {m:.4f} |" for t, m in summary["mean_per_type"].items()]
     interval = _interval_text(summary["mean_interval"])
     lines += ["", f"**Overall mean: {summary['mean']:.4f}**" + (f" (95% interval {interval})" if interval else ""), ""]
-    write_atomic(run_dir / "summary.md", "\n".join(lines))
+    store.files.write_text("summary.md", "\n".join(lines))
 
 
 def render(config: EvaluateConfig, summary: dict[str, Any]) -> int:

@@ -23,12 +23,12 @@ from typing import Any
 
 from pipelines import resolve
 from pipelines.commands import Stage, run_as_script
-from pipelines.config import dump_config
 from pipelines.evaluate import packaged_instructions  # the table `layercut evaluate` applies
 from pipelines.fingerprints import digest
-from pipelines.outputs import write_atomic, write_csv, write_json
 from pipelines.plots import plot_training_loss
 from pipelines.ray_runtime import ensure_ray, plan_workers, user_errors_from_ray
+from pipelines.run_store.guard import Refusal
+from pipelines.run_store.run import RunStore
 from pipelines.schemas.finetune import STAGE, FinetuneConfig
 from tasks.errors import LayercutError
 from tasks.lora import PROJECTIONS
@@ -36,10 +36,11 @@ from tasks.lora import PROJECTIONS
 MODEL_DIR = "model"
 
 
-def _fingerprint(config: FinetuneConfig, model_path: str, data_path: str, kept: int | list[int],
-                 workers: int, dtype: str, label_names: list[str] | None = None,
-                 wrapper: tuple[str, str] | None = None) -> str:
-    """What determines the trained weights: a run only resumes a checkpoint of the same."""
+def _settings(config: FinetuneConfig, model_path: str, data_path: str, kept: int | list[int],
+              workers: int, dtype: str, label_names: list[str] | None = None,
+              wrapper: tuple[str, str] | None = None) -> dict[str, Any]:
+    """What determines the trained weights: a run only resumes a checkpoint of the same
+    (its digest is the run's fingerprint)."""
     if config.objective == "classification":
         task = {"classification": [config.classification.model_dump(
             exclude={"data_root", "test_split", "source", "local_source"}), label_names, data_path]}
@@ -49,27 +50,18 @@ def _fingerprint(config: FinetuneConfig, model_path: str, data_path: str, kept: 
                 "wrapper": list(wrapper) if wrapper else None,
                 "data": [data_path, config.data.layout, config.data.columns, config.data.invalid_rows],
                 "loss": config.loss.model_dump()}
-    relevant = {
+    return {
         "model": [model_path, config.model.revision, dtype, kept], **task,
         "lora": config.lora.model_dump() if config.lora.enabled else None,
         "training": config.training.model_dump(
             exclude={"checkpoint_every", "keep_checkpoints", "max_failures"}),
         "deepspeed": config.deepspeed.model_dump(), "workers": workers,
     }
-    return digest(relevant)
 
 
-def _guard_fingerprint(run_dir: Path, fingerprint: str, force: bool) -> None:
-    """Refuse to resume checkpoints of another configuration (a run that failed before its
-    first checkpoint guards nothing)."""
-    marker = run_dir / "fingerprint.json"
-    has_checkpoints = any((run_dir / "ray" / "train").glob("step-*"))
-    if marker.exists() and has_checkpoints:
-        previous = json.loads(marker.read_text()).get("fingerprint")
-        if previous != fingerprint and not force:
-            raise LayercutError(
-                f"run directory {run_dir} holds a run with a different configuration; use another "
-                "--name, delete it, or pass --force to resume its checkpoint with this config")
+# A run that failed before its first checkpoint guards nothing; --force resumes anyway.
+REFUSAL = Refusal("a run", "with a different configuration", "use another --name, delete it, or "
+                  "pass --force to resume its checkpoint with this config")
 
 
 def _user_deepspeed(config: FinetuneConfig) -> dict | None:
@@ -163,10 +155,7 @@ def _objective(config: FinetuneConfig, tokenizer):
         return (ContrastiveObjective(config.encoder.prompt(), config.encoder.pooling,
                                      config.loss.scale, config.loss.mask_duplicate_positives),
                 path, None, config.data.columns)
-    task = config.classification
-    if task.data_root is None and config.data.data_root is not None:  # --data-root sets data.*
-        task = task.model_copy(update={"data_root": config.data.data_root})
-        config.classification = task
+    task = config.classification  # with the data root resolved (resolve.finetune_config)
     label_names = resolve.label_names(task)
     prompt = task.prompt(label_names)
     VerbalizerScorer(tokenizer, prompt)
@@ -189,7 +178,7 @@ def run(config: FinetuneConfig) -> dict[str, Any]:
     """Train (or resume) and export; returns the summary written to summary.json."""
     import ray
 
-    from tasks.artifact import ArtifactInfo, export_from_checkpoint
+    from tasks.artifact import LAYERCUT_FILE, ArtifactInfo, export_from_checkpoint
     from tasks.classification_data import annotated_labeled
     from tasks.data import annotated_triplets
     from tasks.deepspeed_config import OptimizationSettings, deepspeed_config
@@ -199,6 +188,7 @@ def run(config: FinetuneConfig) -> dict[str, Any]:
     from tasks.pruning import resolve_selection
     from tasks.training import TrainingJob
 
+    config = resolve.finetune_config(config)
     if config.layers is None:
         raise LayercutError("give the depth to keep: --layers N (layers), --layers prune:0.3 or --layers keep:0.7")
     if config.model.dtype == "float16":
@@ -234,18 +224,18 @@ def run(config: FinetuneConfig) -> dict[str, Any]:
     deepspeed_config(optimization, plan.count, user_deepspeed, config.deepspeed.config_file or "")
 
     objective, data_path, label_names, data_columns = _objective(config, tokenizer)
-    run_dir = config.run_dir(selection)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    fingerprint = _fingerprint(config, source.path, data_path, selection.to_json(), plan.count, dtype,
-                               label_names, wrapper)
-    summary_path = run_dir / "summary.json"
-    if summary_path.exists() and (run_dir / MODEL_DIR / "layercut.json").exists():
-        summary = json.loads(summary_path.read_text())
-        if summary.get("fingerprint") == fingerprint:
-            print(f"layercut: {run_dir} is finished; nothing to do", file=sys.stderr)
-            return summary
-    _guard_fingerprint(run_dir, fingerprint, config.force)
-    write_atomic(run_dir / "config.yaml", dump_config(config))
+    store = RunStore(config.run_dir(selection)).create()
+    run_dir = store.root
+    settings = _settings(config, source.path, data_path, selection.to_json(), plan.count, dtype,
+                         label_names, wrapper)
+    fingerprint = digest(settings)
+    finished = store.finished("summary.json", fingerprint, requires=(f"{MODEL_DIR}/{LAYERCUT_FILE}",))
+    if finished is not None:
+        return finished
+    guard = store.guard()
+    guard.check(settings, has_results=bool(store.files.names("ray/train", "step-*")),
+                refusal=REFUSAL, force=config.force)
+    store.record_config(config)
 
     global_batch = plan.count * config.training.batch_size
     if objective.name == "classification":
@@ -280,7 +270,7 @@ def run(config: FinetuneConfig) -> dict[str, Any]:
         user_deepspeed_path=config.deepspeed.config_file or "the DeepSpeed JSON",
         threads=plan.threads, show_progress=config.show_progress,
         metrics_tags={"run": run_dir.name})
-    write_json(run_dir / "fingerprint.json", {"fingerprint": fingerprint})
+    guard.record(settings)
     checkpoint = _fit(config, job, datasets, plan, run_dir)
 
     state = _trainer_state(checkpoint)
@@ -308,12 +298,12 @@ def run(config: FinetuneConfig) -> dict[str, Any]:
     log_columns = ["step", "loss", "learning_rate", "tokens", "tokens_per_second", "seconds"]
     if any("masked_pairs" in entry for entry in history):  # contrastive: false negatives masked
         log_columns.append("masked_pairs")
-    write_csv(run_dir / "training_log.csv", log_columns,
+    store.files.write_csv("training_log.csv", log_columns,
               [[entry.get(k, "") for k in log_columns] for entry in history])
     plot_training_loss([h["step"] for h in history], [h["loss"] for h in history],
                        f"{config.model.name_or_path} cut to {kept}/{total_layers} layers"
                        + ("" if selection.is_prefix else f" ({selection.label})"),
-                       run_dir / "loss_curve.png",
+                       store.files.local("loss_curve.png"),
                        ylabel="classification loss" if objective.name == "classification" else "InfoNCE loss")
     summary = {
         "model": config.model.name_or_path, "objective": objective.name, "layers": kept, "total_layers": total_layers,
@@ -329,7 +319,7 @@ def run(config: FinetuneConfig) -> dict[str, Any]:
         "artifact": str((run_dir / MODEL_DIR).resolve()), "data": data_report,
         "fingerprint": fingerprint,
     }
-    write_json(summary_path, summary)
+    store.save_result("summary.json", summary)
     return summary
 
 

@@ -26,3 +26,14 @@ def describe_difference(before: dict[str, Any], now: dict[str, Any]) -> str:
     """'key: before -> now; ...' over the top-level keys whose values differ."""
     keys = [key for key in sorted(set(before) | set(now)) if before.get(key) != now.get(key)]
     return "; ".join(f"{key}: {_short(before.get(key))} -> {_short(now.get(key))}" for key in keys)
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """{'a.b.c': leaf} of nested mappings (lists and other values are leaves), so that
+    ``describe_difference`` names the innermost key that differs ('finetune.training.steps')."""
+    if not isinstance(tree, dict) or not tree:
+        return {prefix or "value": tree}
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        flat.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat

@@ -11,7 +11,6 @@ and writes the outputs: layer_losses.{json,csv}, selection.json, layer_loss.png.
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 from pathlib import Path
@@ -20,11 +19,11 @@ from typing import Any
 import numpy as np
 
 from pipelines.commands import Stage, run_as_script
-from pipelines.config import dump_config
 from pipelines.fingerprints import digest
-from pipelines.outputs import write_atomic, write_csv, write_json
 from pipelines.plots import plot_layer_losses
 from pipelines.ray_runtime import ensure_ray, plan_workers, user_errors_from_ray
+from pipelines.run_store.guard import Refusal
+from pipelines.run_store.run import RunStore
 from pipelines.schemas.layer_loss import STAGE, LayerLossConfig
 from tasks.data import resolve_source, sample_triplet_batches
 from tasks.errors import LayercutError
@@ -36,8 +35,14 @@ from tasks.selection import choose_depths
 
 def _fingerprint(config: LayerLossConfig, source: ModelSource, data_path: str,
                  wrapper: tuple[str, str]) -> str:
-    """What determines the numbers: a run dir only resumes batches of the same fingerprint."""
-    relevant = {
+    """The digest of ``_settings``: a run dir only resumes batches of the same."""
+    return digest(_settings(config, source, data_path, wrapper))
+
+
+def _settings(config: LayerLossConfig, source: ModelSource, data_path: str,
+              wrapper: tuple[str, str]) -> dict[str, Any]:
+    """What determines the numbers (not where or in what forward batch size they run)."""
+    return {
         "model": [source.path, config.model.revision, config.model.dtype],
         "encoder": config.encoder.model_dump(exclude={"forward_batch_size"}),
         "wrapper": list(wrapper),  # the rendered chat-template prefix and suffix
@@ -45,39 +50,35 @@ def _fingerprint(config: LayerLossConfig, source: ModelSource, data_path: str,
                  config.data.num_batches, config.data.batch_size, config.data.seed],
         "loss": config.loss.model_dump(),
     }
-    return digest(relevant)
+
+
+# Batches of another configuration are never mixed in; a run that failed before its first batch
+# leaves nothing to guard.
+REFUSAL = Refusal("results", "of a different configuration", "choose another --name or delete it")
 
 
 class _BatchStore:
-    """Finished batches' per-layer losses, one atomically written file each (for resume).
+    """Finished batches' per-layer losses, one file each (for resume): batches/batch-<i>.json
+    ({"batch": i, "losses": [one per layer]}), the guard's record beside them."""
 
-    The fingerprint of the config that produced them sits beside them; batches of another
-    config are never mixed in. A run that failed before its first batch leaves nothing to guard.
-    """
+    def __init__(self, store: RunStore, settings: dict[str, Any]):
+        self.items = store.items("batches", "batch-{key:05d}.json")
+        self.guard = store.guard("batches/fingerprint.json")
+        self.settings = settings
+        self.guard.check(settings, has_results=self.items.any("batch-*.json"), refusal=REFUSAL)
 
-    def __init__(self, run_dir: Path, fingerprint: str):
-        self.dir = run_dir / "batches"
-        self.marker = self.dir / "fingerprint.json"
-        self.fingerprint = fingerprint
-        if any(self.dir.glob("batch-*.json")):
-            previous = json.loads(self.marker.read_text()).get("fingerprint") if self.marker.exists() else None
-            if previous != fingerprint:
-                raise LayercutError(
-                    f"run directory {run_dir} holds results of a different configuration; "
-                    "choose another --name or delete it")
-
-    def load(self, num_layers_: int) -> dict[int, np.ndarray]:
+    def load(self, indices: range, num_layers_: int) -> dict[int, np.ndarray]:
         done = {}
-        for path in sorted(self.dir.glob("batch-*.json")):
-            losses = np.asarray(json.loads(path.read_text())["losses"], dtype=np.float64)
+        for index in self.items.done(indices):
+            losses = np.asarray(self.items.load(index)["losses"], dtype=np.float64)
             if losses.shape == (num_layers_,):
-                done[int(path.stem.split("-")[1])] = losses
+                done[index] = losses
         return done
 
     def save(self, index: int, losses: np.ndarray) -> None:
-        if not self.marker.exists():
-            write_json(self.marker, {"fingerprint": self.fingerprint})
-        write_json(self.dir / f"batch-{index:05d}.json", {"batch": index, "losses": losses.tolist()})
+        if self.guard.recorded() is None:
+            self.guard.record(self.settings)
+        self.items.save(index, {"batch": index, "losses": losses.tolist()})
 
 
 def _scan_with_ray(config: LayerLossConfig, spec, pending: list[tuple[int, dict]], on_result) -> None:
@@ -139,10 +140,9 @@ def run(config: LayerLossConfig, *, show_progress: bool = True) -> dict[str, Any
                                                revision=config.model.revision), config.encoder.prompt())
     wrapper = (formatter.prefix, formatter.suffix)
     data_path = resolve_source(config.data.source, config.data.local_source, config.data.data_root)
-    run_dir = config.run_dir()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    store = _BatchStore(run_dir, _fingerprint(config, source, data_path, wrapper))
-    write_atomic(run_dir / "config.yaml", dump_config(config))
+    run = RunStore(config.run_dir()).create()
+    store = _BatchStore(run, _settings(config, source, data_path, wrapper))
+    run.record_config(config)
 
     ensure_ray(config.workers.address)
     batches, data_report = sample_triplet_batches(
@@ -153,7 +153,7 @@ def run(config: LayerLossConfig, *, show_progress: bool = True) -> dict[str, Any
         print(f"layercut: skipped {data_report['skipped_rows']} of {data_report['rows']} rows "
               f"(a field missing, empty or not text); first: {data_report['first_problem']}", file=sys.stderr)
 
-    per_batch = store.load(total_layers)
+    per_batch = store.load(range(len(batches)), total_layers)
     pending = [(i, batch) for i, batch in enumerate(batches) if i not in per_batch]
     bar = tqdm(total=len(batches), initial=len(per_batch), desc="per-layer loss", unit="batch",
                disable=not show_progress)
@@ -180,10 +180,10 @@ def run(config: LayerLossConfig, *, show_progress: bool = True) -> dict[str, Any
     summary = _summary(config, source, total_layers, params, losses, small, large, data_report)
     summary["duplicates"] = _duplicate_report(config, batches)
     summary["prompt"] = {"prefix": wrapper[0], "suffix": wrapper[1]}  # exactly what wrapped texts
-    _write_outputs(run_dir, summary, losses, params)
+    _write_outputs(run, summary, losses, params)
     plot_layer_losses(losses.tolist(), small, large,
                       f"{config.model.name_or_path}: loss of the model cut to l layers",
-                      run_dir / "layer_loss.png")
+                      run.files.local("layer_loss.png"))
     return summary
 
 
@@ -219,14 +219,13 @@ def _summary(config, source, total_layers, params, losses, small, large, data_re
     }
 
 
-def _write_outputs(run_dir: Path, summary: dict, losses: np.ndarray, params: list[int]) -> None:
+def _write_outputs(run: RunStore, summary: dict, losses: np.ndarray, params: list[int]) -> None:
     rows = [{"layers": l, "loss": float(losses[l - 1]), "parameters": params[l],
              "parameters_removed_pct": round(100.0 * (1 - params[l] / params[-1]), 2)}
             for l in range(1, len(losses) + 1)]
-    write_json(run_dir / "layer_losses.json", {"model": summary["model"], "layers": rows})
-    write_csv(run_dir / "layer_losses.csv", list(rows[0]),
-              [list(row.values()) for row in rows])
-    write_json(run_dir / "selection.json", summary)
+    run.files.write_json("layer_losses.json", {"model": summary["model"], "layers": rows})
+    run.files.write_csv("layer_losses.csv", list(rows[0]), [list(row.values()) for row in rows])
+    run.save_result("selection.json", summary)
 
 
 def print_summary(summary: dict[str, Any], run_dir: Path) -> None:

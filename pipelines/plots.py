@@ -6,7 +6,7 @@ import io
 from pathlib import Path
 from typing import Sequence
 
-from pipelines.outputs import write_atomic
+from pipelines.run_store.files import write_atomic
 
 
 def plot_layer_losses(losses: Sequence[float], small: int, large: int, title: str, path: Path) -> None:

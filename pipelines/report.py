@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
-from pipelines.outputs import write_atomic, write_csv, write_json
+from pipelines.run_store.files import write_atomic, write_csv, write_json
 from pipelines.plots import (plot_accuracy_vs_layers, plot_layer_losses, plot_score_vs_parameters,
                              plot_training_curves)
 

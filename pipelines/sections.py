@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from pipelines.config import StrictModel
+from tasks.classification_presets import PRESETS
 from tasks.depth import Depth
 from tasks.data import FIELD_ALIASES
 from tasks.models import DEFAULT_MODEL, ModelSource, ModelSpec
@@ -124,10 +125,9 @@ class WorkersSection(RayWorkersSection):
 
 
 def classification_presets() -> dict:
-    import yaml
-
-    return yaml.safe_load((Path(__file__).parents[1] / "tasks" / "classification_datasets.yaml")
-                          .read_text())
+    """{name: preset} of the packaged classification datasets (tasks/classification_presets.py:
+    read once at import, so the validators below do no I/O)."""
+    return {name: dict(preset) for name, preset in PRESETS.items()}
 
 
 class ClassificationSection(StrictModel):

@@ -27,10 +27,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipelines.commands import Stage, run_as_script
-from pipelines.config import dump_config, find_config, load_config
-from pipelines.fingerprints import digest
-from pipelines.outputs import write_atomic, write_json
+from pipelines.config import find_config, load_config
+from pipelines.fingerprints import digest, flatten
 from pipelines.ray_runtime import ensure_ray, layercut_cause, plan_workers, user_errors_from_ray
+from pipelines.run_store.guard import Record, Refusal, check
+from pipelines.run_store.run import RunStore
 from pipelines.schemas.classify import ClassifyConfig
 from pipelines.schemas.evaluate import EvaluateConfig
 from pipelines.schemas.finetune import FinetuneConfig
@@ -276,6 +277,11 @@ def _largest(nodes: list[dict[str, float]], need: dict[str, float]) -> dict[str,
 
 
 def _fingerprint(plan: ModelPlan) -> str:
+    """The digest of a model's ``_settings``, in their order (sweep.json's fingerprint)."""
+    return digest(list(_settings(plan).values()))
+
+
+def _settings(plan: ModelPlan) -> dict[str, Any]:
     """What determines a model's trial results: not the grid (adding depths keeps the others),
     nor where or on how many CPUs the work runs (only finetune's worker count: the global batch)."""
     # The acknowledgement of an instruction mismatch changes no number.
@@ -285,14 +291,14 @@ def _fingerprint(plan: ModelPlan) -> str:
         return None if stage is None else stage.model_dump(
             mode="json", exclude={"workers": True, **dict.fromkeys(exclude, True), **acknowledged})
 
-    relevant = [dump(plan.layer_loss),
-                dump(plan.finetune, {"show_progress", "force"}),
-                plan.finetune.workers.num_workers,
-                dump(plan.evaluate, {"corpus_workers", "corpus_min_texts", "show_progress"}),
-                plan.probe_tasks,
-                {name: dump(c, {"show_progress", "force"}) for name, c in plan.classifiers.items()},
-                {name: dump(c, {"show_progress"}) for name, c in plan.classify.items()}]
-    return digest(relevant)
+    # The order is the fingerprint's: sweep.json of earlier runs stays valid.
+    return {"layer_loss": dump(plan.layer_loss),
+            "finetune": dump(plan.finetune, {"show_progress", "force"}),
+            "finetune_workers": plan.finetune.workers.num_workers,
+            "evaluate": dump(plan.evaluate, {"corpus_workers", "corpus_min_texts", "show_progress"}),
+            "probe_tasks": plan.probe_tasks,
+            "classifiers": {name: dump(c, {"show_progress", "force"}) for name, c in plan.classifiers.items()},
+            "classify": {name: dump(c, {"show_progress"}) for name, c in plan.classify.items()}}
 
 
 def _has_results(run_dir: Path, plan: ModelPlan) -> bool:
@@ -303,20 +309,27 @@ def _has_results(run_dir: Path, plan: ModelPlan) -> bool:
         any(any((run_dir / "trials").glob(pattern)) for pattern in patterns)
 
 
+SWEEP_RECORD = "sweep.json"  # {"models": {label: fingerprint}, "settings": {label: flat settings}}
+
+
 def guard_and_record(run_dir: Path, config: SweepConfig, plans: list[ModelPlan]) -> None:
-    """A model's earlier results in this run dir came from the same configuration, or we stop.
-    (A run that stopped before any result, e.g. on a resource error, guards nothing.)"""
-    marker = run_dir / "sweep.json"
-    previous = json.loads(marker.read_text()).get("models", {}) if marker.exists() else {}
+    """A model's earlier results in this run dir came from the same configuration, or we stop
+    (one line naming the model and the keys that differ). A run that stopped before any
+    result, e.g. on a resource error, guards nothing."""
+    files = RunStore(run_dir).files
+    record = files.read_json(SWEEP_RECORD) if files.exists(SWEEP_RECORD) else {}
+    previous, described = record.get("models", {}), record.get("settings", {})
+    settings = {plan.label: flatten(_settings(plan)) for plan in plans}
     current = {plan.label: _fingerprint(plan) for plan in plans}
-    changed = [plan.label for plan in plans
-               if previous.get(plan.label, current[plan.label]) != current[plan.label]
-               and _has_results(run_dir, plan)]
-    if changed:
-        raise LayercutError(f"run directory {run_dir} holds results of {', '.join(changed)} with "
-                            "a different configuration; use another --name or delete it")
-    write_json(marker, {"models": {**previous, **current}})
-    write_atomic(run_dir / "config.yaml", dump_config(config))
+    for plan in plans:
+        label = plan.label
+        recorded = Record(previous[label], described.get(label)) if label in previous else None
+        check(run_dir, recorded, settings[label], fingerprint=current[label],
+              has_results=recorded is not None and _has_results(run_dir, plan),
+              refusal=Refusal(f"results of {label}", "with a different configuration",
+                              "use another --name or delete it"))
+    files.write_json(SWEEP_RECORD, {"models": {**previous, **current}, "settings": {**described, **settings}})
+    RunStore(run_dir).record_config(config)
 
 
 def query_instructions(evaluate) -> dict[str, str]:
@@ -435,7 +448,7 @@ def describe_plan(config: SweepConfig) -> str:
     origins). L3Prune picks come from stage 1's selection.json when this run directory holds one
     of the same configuration; otherwise they are listed as "after stage 1"."""
     run_dir = config.run_dir().resolve()
-    marker = run_dir / "sweep.json"
+    marker = run_dir / SWEEP_RECORD
     recorded = json.loads(marker.read_text()).get("models", {}) if marker.exists() else {}
     lines = []
     for plan in resolve_models(config):
@@ -587,10 +600,12 @@ def logger_callbacks(tune_section: TuneSection) -> list:
 
 
 def _read_result(trial_dir: Path) -> dict[str, Any]:
-    path = trial_dir / "result.json"
-    if not path.exists():  # Tune stopped (Ctrl-C) before the trial ended
+    from pipelines.trial import RESULT_FILE
+
+    result = RunStore(trial_dir).finished(RESULT_FILE, announce=False)
+    if result is None:  # Tune stopped (Ctrl-C) before the trial ended
         return {"error": "not finished; rerun the same command to resume it"}
-    return json.loads(path.read_text())
+    return result
 
 
 def render(config: SweepConfig, summary: dict[str, Any]) -> int:

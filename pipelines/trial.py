@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipelines.outputs import write_json
+from pipelines.run_store.files import write_atomic
+from pipelines.run_store.run import RunStore
 
 if TYPE_CHECKING:  # configs only name types here: a Tune trial's worker imports little
     from pipelines.schemas.classify import ClassifyConfig
@@ -42,6 +43,9 @@ class TrialSpec:
     untrained: EvaluateConfig | None = None
 
 
+RESULT_FILE = "result.json"  # in result_dir: a trial whose result exists is not run again
+
+
 def _measure(spec: TrialSpec, artifact: str) -> dict[str, Any]:
     """Encode latency and peak memory, in a fresh Ray task with one evaluation worker's resources."""
     import ray
@@ -67,13 +71,14 @@ def execute(spec: TrialSpec) -> dict[str, Any]:
     from pipelines import evaluate, finetune
     from pipelines.ray_runtime import user_errors_from_ray
 
-    result_path = Path(spec.result_dir) / "result.json"
-    if result_path.exists():
-        return json.loads(result_path.read_text())
+    store = RunStore(spec.result_dir)
+    done = store.finished(RESULT_FILE, announce=False)
+    if done is not None:
+        return done
     trained = finetune.run(spec.finetune)
     if spec.dataset is not None:
         result = _classification_result(spec, trained)
-        write_json(result_path, result)
+        store.save_result(RESULT_FILE, result)
         return result
     evaluation = spec.evaluate.model_copy(update={
         "name": f"{spec.key}/evaluate",
@@ -105,7 +110,7 @@ def execute(spec: TrialSpec) -> dict[str, Any]:
         # What the subsampled scores were computed from: the report pairs depths on them.
         "mteb_items": scores.get("items"),
     }
-    write_json(result_path, result)
+    store.save_result(RESULT_FILE, result)
     return result
 
 
@@ -136,7 +141,6 @@ def change_fields(trained: dict[str, Any], untrained: dict[str, Any]) -> dict[st
 
 def _card_scores(artifact: Path, spec: TrialSpec, rows: list[dict[str, Any]], probes: dict[str, float]) -> None:
     """The artifact's model card with the scores this trial measured (tasks/card_scores.py)."""
-    from pipelines.outputs import write_atomic
     from tasks.card_scores import card_with_scores
 
     card = artifact / "README.md"

@@ -21,13 +21,12 @@ The directory is built beside the target and renamed into place: never seen half
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from tasks.atomic_files import staged_directory
 from tasks.errors import LayercutError
 from tasks.layer_selection import LayerSelection
 from tasks.prompts import PromptConfig, PromptFormatter
@@ -348,9 +347,8 @@ def export_artifact(spec, trained_dir: Path, target: Path, info: ArtifactInfo) -
     artifact directory ``target``."""
     merged, tokenizer = _trained_model(spec, Path(trained_dir))
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    # Swapped in whole: a rerun, or a reader, never sees half an export (a previous one is replaced).
+    with staged_directory(target) as staging:
         merged.save_pretrained(staging)
         layercut = {"format": 1, "objective": info.objective, "base_model": info.base_model,
                     "layers": info.layers, "total_layers": info.total_layers,
@@ -374,15 +372,4 @@ def export_artifact(spec, trained_dir: Path, target: Path, info: ArtifactInfo) -
             layercut.update(pooling=info.pooling, prompt=asdict(formatter.recorded()))
             (staging / "README.md").write_text(_model_card(info))
         (staging / LAYERCUT_FILE).write_text(json.dumps(layercut, indent=2))
-        if target.exists():  # a previous export of the same run: replace it whole
-            old = target.with_name(f".{target.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(target, old)
-            os.replace(staging, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return target

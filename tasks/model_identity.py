@@ -16,10 +16,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 
+from tasks.atomic_files import write_atomic
 from tasks.errors import LayercutError
 from tasks.models import ModelSource, cache_root
 
@@ -46,11 +45,7 @@ def file_sha256(path: Path) -> str:
         for chunk in iter(lambda: handle.read(CHUNK), b""):
             digest.update(chunk)
     try:  # the cache only saves time: a failed write costs a re-hash next time, nothing else
-        record.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{record.name}.", dir=record.parent)
-        with os.fdopen(fd, "w") as out:
-            json.dump({**key, "sha256": digest.hexdigest()}, out)
-        os.replace(tmp, record)
+        write_atomic(record, json.dumps({**key, "sha256": digest.hexdigest()}))
     except OSError:
         pass
     return digest.hexdigest()

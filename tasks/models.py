@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -18,6 +17,7 @@ from typing import Literal
 import torch
 from filelock import FileLock
 
+from tasks.atomic_files import staged_directory
 from tasks.depth import Depth
 from tasks.errors import LayercutError
 from tasks.layer_selection import LayerSelection
@@ -103,10 +103,9 @@ def convert_gguf(gguf: Path) -> Path:
         plain_config = AutoConfig.for_model(**config_dict)
         plain = AutoModelForCausalLM.from_config(plain_config, dtype=torch.float32)
         plain.load_state_dict(quantized.state_dict())
-        staging = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
-        plain.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
-        os.replace(staging, target)  # atomic: readers never see a half-written directory
+        with staged_directory(target) as staging:  # readers never see a half-written directory
+            plain.save_pretrained(staging)
+            tokenizer.save_pretrained(staging)
     return target
 
 

@@ -26,17 +26,15 @@ def presets() -> dict[str, list[str]]:
 # classification tasks: the same logistic-regression probe mteb runs on any classification task,
 # on the embeddings of a contrastive encoder, so both routes are scored on the same data.
 PROBE_PREFIX = "Layercut"
-CLASSIFICATION_DATASETS = Path(__file__).with_name("classification_datasets.yaml")
 
 
 @lru_cache(maxsize=1)
 def probe_tasks() -> dict[str, dict]:
     """mteb task name (e.g. LayercutSST2) -> the dataset preset it reads."""
-    import yaml
+    from tasks.classification_presets import PRESETS
 
-    datasets = yaml.safe_load(CLASSIFICATION_DATASETS.read_text())
     return {f"{PROBE_PREFIX}{Path(preset['local_source']).parent.name}": {"dataset": name, **preset}
-            for name, preset in datasets.items()}
+            for name, preset in PRESETS.items()}
 
 
 def probe_task_name(dataset: str) -> str:

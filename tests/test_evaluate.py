@@ -396,9 +396,11 @@ def test_default_run_dir_names_an_artifact_by_base_model_and_depth(tmp_path):
     artifact = tmp_path / "trials" / "smollm2-135m-l6" / "finetune" / "model"
     artifact.mkdir(parents=True)
     (artifact / "layercut.json").write_text(json.dumps({"base_model": "smollm2-135m", "layers": 6}))
+    from pipelines.evaluate import evaluation_run_dir
+
     config = _config(tmp_path / "out", model={"name_or_path": str(artifact)})
-    assert config.run_dir("0123456789abcdef") == tmp_path / "out" / "eval-smollm2-135m-l6-01234567"
+    assert evaluation_run_dir(config, "0123456789abcdef") == tmp_path / "out" / "eval-smollm2-135m-l6-01234567"
     plain = _config(tmp_path / "out", model={"name_or_path": "org/Some Model"}, layers=8)
-    assert plain.run_dir("fedcba9876543210") == tmp_path / "out" / "eval-Some-Model-8l-fedcba98"
+    assert evaluation_run_dir(plain, "fedcba9876543210") == tmp_path / "out" / "eval-Some-Model-8l-fedcba98"
     named = _config(tmp_path / "out", model={"name_or_path": str(artifact)}, name="mine")
-    assert named.run_dir("0123456789abcdef") == tmp_path / "out" / "mine"
+    assert evaluation_run_dir(named, "0123456789abcdef") == tmp_path / "out" / "mine"

@@ -44,16 +44,13 @@ class EvaluateConfig(StrictModel):
                              {name: tuple(v) for name, v in self.task_splits.items()},
                              {name: tuple(v) for name, v in self.task_subsets.items()})
 
-    def run_dir(self, fingerprint: str) -> Path:
+    def run_dir(self, fingerprint: str, artifact: dict | None = None) -> Path:
         """``name``, else eval-<model>[-<layers>l]-<fingerprint's first 8 digits>: another
         model or setting gets another directory. A fine-tuned artifact (a folder usually named
-        ``model``) is named by its base model and depth."""
+        ``model``; ``artifact`` is its layercut.json, pipelines.evaluate.evaluation_run_dir
+        reads it) is named by its base model and depth."""
         if self.name:
             return Path(self.output_dir) / self.name
-        from tasks.artifact import read_layercut_file
-
-        path = Path(self.model.name_or_path).expanduser()
-        artifact = read_layercut_file(path) if path.is_dir() else None
         label = self.model.slug()
         if artifact is not None:
             base = self.model.model_copy(update={"name_or_path": artifact["base_model"]}).slug()

@@ -140,11 +140,11 @@ class ClassificationRoute(StrictModel):
     @field_validator("datasets")
     @classmethod
     def _datasets(cls, value):
-        from pipelines.sections import classification_presets
+        from tasks.classification_presets import PRESETS  # package data: no I/O here
 
-        unknown = [name for name in value if name not in classification_presets()]
+        unknown = [name for name in value if name not in PRESETS]
         if unknown or not value or len(set(value)) != len(value):
-            raise ValueError(f"datasets are distinct packaged names ({', '.join(classification_presets())}); "
+            raise ValueError(f"datasets are distinct packaged names ({', '.join(PRESETS)}); "
                              f"got {value}")
         return value
 
