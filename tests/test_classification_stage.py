@@ -17,14 +17,11 @@ from __future__ import annotations
 
 import csv
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, SHARED_DATA
-from tests.test_finetune import _env
+from tests.conftest import SHARED_DATA
 
 pytestmark = pytest.mark.slow
 
@@ -35,14 +32,9 @@ TRAIN = ["--layers", "4", "--data-root", str(SHARED_DATA), "--no-progress",
          "workers.num_workers=2", "workers.address=local"]
 
 
-def _train_command(output: Path, name: str) -> list[str]:
-    return [sys.executable, "-m", "pipelines.finetune", "--output-dir", str(output), "--name", name,
-            *TRAIN]
-
-
 def _classify(capsys, output: Path, model: str, *extra: str) -> tuple[int, str]:
     """``layercut evaluate-classifier`` in this process, on the session's Ray: (exit status,
-    stderr). The training above is the separate-process CLI run; these only read and score."""
+    stderr). These only read and score."""
     from pipelines.cli import main
 
     capsys.readouterr()
@@ -58,11 +50,14 @@ def _losses(run_dir: Path) -> list[float]:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> Path:
+def trained(tmp_path_factory, ray_cluster) -> Path:
+    """The training run: the CLI's ``main``, in this process on the session's Ray (a separate
+    process would only add a Python start with torch and a Ray start of its own, about 20 s on 2
+    cores; the CLI in its own process is test_finetune.py's killed and resumed runs)."""
+    from pipelines.cli import main
+
     output = tmp_path_factory.mktemp("classification")
-    result = subprocess.run(_train_command(output, "straight"), cwd=REPO, env=_env(),
-                            capture_output=True, text=True, timeout=1200)
-    assert result.returncode == 0, result.stderr[-4000:]
+    assert main(["finetune", "--output-dir", str(output), "--name", "straight", *TRAIN]) == 0
     return output / "straight"
 
 
