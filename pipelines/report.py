@@ -147,7 +147,8 @@ def untrained_wording(model: str, groups: dict[str, list[int]], rows: list[dict[
     if groups["outside_interval"]:
         parts.append(f"beyond this evaluation's noise at {depths(groups['outside_interval'])}")
     if groups["inside_interval"]:
-        parts.append(f"within it at {depths(groups['inside_interval'])}, where this evaluation "
+        noise = "it" if parts else "this evaluation's noise"  # "it": the part before names it
+        parts.append(f"within {noise} at {depths(groups['inside_interval'])}, where this evaluation "
                      "does not tell the fine-tuned depth from the untrained one")
     if groups["no_interval"]:
         parts.append(f"change vs untrained at {depths(groups['no_interval'])}, from a full "

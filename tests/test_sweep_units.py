@@ -307,6 +307,13 @@ def test_report_shows_each_depth_untrained_the_change_and_whether_it_is_noise(tm
             "where this evaluation does not tell the fine-tuned depth from the untrained one.") in report
     assert ("- **whole**: change vs untrained at l3 (+0.0500), from a full evaluation (no interval to "
             "test it against).") in report
+    # A model whose every change is within the noise: the sentence names the noise itself.
+    from pipelines.report import untrained_wording
+
+    assert untrained_wording("tiny", {"outside_interval": [], "inside_interval": [4], "no_interval": []},
+                             summary["trials"]) == (
+        "- **tiny**: within this evaluation's noise at l4 (+0.0200 [-0.0100, +0.0500]), where this "
+        "evaluation does not tell the fine-tuned depth from the untrained one.")
     assert all(line.count("|") == 13 for line in report.splitlines() if line.startswith("| tiny |"))
     assert (tmp_path / "plots" / "score_vs_parameters.png").stat().st_size > 10_000
 
