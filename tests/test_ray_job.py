@@ -13,9 +13,7 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -116,17 +114,12 @@ def local_cluster(ray_cluster, tmp_path_factory):
                  f"--runtime-env-agent-port={free_port()}", f"--node-manager-port={free_port()}",
                  f"--object-manager-port={free_port()}"]
     head = subprocess.Popen(
-        # Five logical CPUs on the machine's two cores: three trials of the main job run side by
-        # side (each waits on process start-up and imports far more than it computes), each
-        # training on one CPU, with one more for their Ray Data, export and evaluation tasks.
-        [ray_cli, "start", "--head", "--block", f"--port={gcs_port}", "--num-cpus=5",
+        # Four logical CPUs on the machine's two cores: two trials of the main job run side by
+        # side (each waits on process start-up and imports far more than it computes).
+        [ray_cli, "start", "--head", "--block", f"--port={gcs_port}", "--num-cpus=4",
          f"--dashboard-port={dashboard_port}", "--dashboard-host=127.0.0.1", "--include-dashboard=true",
          *own_ports, f"--temp-dir={temp_dir}", "--disable-usage-stats"],
-        # On SIGTERM `ray start --block` first drains the node for up to 30 s, waiting for it to
-        # go idle, which a node with detached actors (Ray Train's, Ray Data's) never does: the
-        # teardown took 35 s. Ray's own switch for immediate teardown; nothing here is served.
-        env={**env, "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"},
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         yield LocalCluster(f"http://127.0.0.1:{dashboard_port}", f"127.0.0.1:{gcs_port}", env, ray_cli,
                            workdir)
@@ -140,7 +133,6 @@ def local_cluster(ray_cluster, tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.usefixtures("first_submission")  # the main job runs meanwhile
 def test_the_readmes_local_cluster_block_submits_stage_1(local_cluster):
     """The README's block after `ray start --head`, pasted into the user's shell: the stage-1 job
     is submitted under Ray's default token authentication and finishes; only the README's own
@@ -164,7 +156,6 @@ def test_the_readmes_local_cluster_block_submits_stage_1(local_cluster):
 
 
 @pytest.mark.slow
-@pytest.mark.usefixtures("first_submission")  # the main job runs meanwhile
 def test_a_refused_token_is_one_line_naming_what_to_set(local_cluster, tmp_path):
     """layercut connecting to the token-auth cluster without a usable token: exit 2 and one line
     that says what to set, not Ray's traceback."""
@@ -185,9 +176,7 @@ def _sweep_config(path: Path, model_dir: str) -> Path:
     worker (several workers, their failures and resume are test_finetune's), STSBenchmark cut to
     16 pairs, mteb's logistic-regression probe on SST-2. The classification route: SST-2
     prompt-tuned at 1 and 6 layers, scored on 24 test rows, the unpruned model's zero-shot
-    reference. Tune's TensorBoard logger is on. Every size is set here: the packaged run config
-    (`layercut run`'s local default, pipelines/configs/run/) is never read, so a longer default
-    training does not make this test slower."""
+    reference. Tune's TensorBoard logger is on."""
     model = {"model": {"name_or_path": model_dir}}
     path.write_text(yaml.safe_dump({
         "name": "sweep", "grid": ["keep:1.0"], "l3prune": True,
@@ -204,65 +193,12 @@ def _sweep_config(path: Path, model_dir: str) -> Path:
                          "workers": {"cpus_per_worker": 1}},
             "classify": {**model, "max_test_rows": 24, "chunk_size": 8,
                          "workers": {"num_workers": 1, "cpus_per_worker": 1}}},
-        # Three trials at a time. Tune starts the trials in key order, so the contrastive depths
-        # (two or three; the same tiny model, steps and data) train side by side and finish
-        # within seconds of each other: the stop after the first one finds the others done, or
-        # so nearly done that their resume only finishes the evaluation (a finished fine-tuning
-        # and finished evaluation tasks are not run again). The resubmitted job then runs the
-        # classification route's two trials in that same round. Each round costs every trial a
-        # Ray Train start-up, which on two cores waits far more than it computes: at two at a
-        # time the main job took three rounds, the last one a single trial on its own.
-        "tune": {"loggers": ["tensorboard"], "max_concurrent_trials": 3},
+        # Two trials at a time: the stop after the first one interrupts one other, not three
+        # (each interrupted trial starts its Ray Train processes again on resume).
+        "tune": {"loggers": ["tensorboard"], "max_concurrent_trials": 2},
         "latency": {"texts": 8, "batch_size": 2},
         "budget": {"max_parameters": 10**9}}))
     return path
-
-
-def _stop_after_the_first_trial(cluster: LocalCluster, run_dir: Path, job_id: str, abandon: threading.Event):
-    """Wait for the job's first finished trial, then `ray job stop` it; returns (trial key ->
-    result.json mtime, trial key -> training log) of the trials finished when it stopped.
-    ``abandon``: stop now (the module ends without having asked for the main job)."""
-    deadline, asked = time.time() + 900, 0.0
-    while not list(run_dir.glob("trials/*/result.json")) and not abandon.is_set():
-        if time.time() - asked > 15:  # each `ray job status` is a Python process: not every second
-            status, asked = cluster.job("status", job_id).stdout, time.time()
-            assert "FAILED" not in status and "SUCCEEDED" not in status, cluster.job("logs", job_id).stdout[-3000:]
-        assert time.time() < deadline, "no trial finished in time"
-        time.sleep(1)
-    stopped = cluster.job("stop", job_id)
-    assert stopped.returncode == 0, stopped.stderr
-    finished = {path.parent.name: path.stat().st_mtime_ns for path in run_dir.glob("trials/*/result.json")}
-    logs = {name: (run_dir / "trials" / name / "finetune" / "training_log.csv").read_text() for name in finished}
-    return finished, logs
-
-
-@dataclass
-class FirstSubmission:
-    run_dir: Path
-    entrypoint: list[str]  # the job's command, submitted again to resume
-    stopped: Future  # of _stop_after_the_first_trial
-
-
-@pytest.fixture(scope="module")
-def first_submission(tmp_path_factory, tiny_causal_lm, local_cluster):
-    """The main job's first submission (``ray job submit --no-wait``), made as soon as the cluster
-    is up, and a thread that stops it once a trial has finished, whatever the tests do meanwhile.
-    The README block's stage-1 job and the refused-token test run beside it (they ask for this
-    fixture for that alone): the cluster has logical CPUs for both jobs, and on two cores each
-    waits on process start-up more than it computes."""
-    tmp_path = tmp_path_factory.mktemp("main-job")
-    out = tmp_path / "runs"
-    config = _sweep_config(tmp_path / "sweep.yaml", tiny_causal_lm)
-    entrypoint = ["python", "-m", "pipelines.sweep", "--config", str(config), "--no-progress",
-                  "--data-root", str(SHARED_DATA), "--output-dir", str(out)]
-    first = local_cluster.submit(*entrypoint, wait=False)
-    assert first.returncode == 0, (first.stdout + first.stderr)[-3000:]
-    job_id = re.search(r"raysubmit_\w+", first.stdout + first.stderr).group(0)
-    abandon = threading.Event()
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        yield FirstSubmission(out / "sweep", entrypoint, pool.submit(
-            _stop_after_the_first_trial, local_cluster, out / "sweep", job_id, abandon))
-        abandon.set()  # a no-op once main_job has its result; else (a -k selection) stop now
 
 
 @dataclass
@@ -276,13 +212,33 @@ class MainJob:
 
 
 @pytest.fixture(scope="module")
-def main_job(first_submission, tiny_causal_lm, local_cluster) -> MainJob:
+def main_job(tmp_path_factory, tiny_causal_lm, local_cluster) -> MainJob:
     """One run of the main job at toy size, both routes, through `ray job submit`: the first
     submission is stopped with `ray job stop` once a trial has finished, the same command is
     submitted again and completes. The tests below read this one run (a sweep costs minutes)."""
-    finished, logs = first_submission.stopped.result()
-    second = local_cluster.submit(*first_submission.entrypoint)
-    return MainJob(first_submission.run_dir, tiny_causal_lm, finished, logs, second)
+    tmp_path = tmp_path_factory.mktemp("main-job")
+    out = tmp_path / "runs"
+    config = _sweep_config(tmp_path / "sweep.yaml", tiny_causal_lm)
+    entrypoint = ["python", "-m", "pipelines.sweep", "--config", str(config), "--no-progress",
+                  "--data-root", str(SHARED_DATA), "--output-dir", str(out)]
+    run_dir = out / "sweep"
+
+    first = local_cluster.submit(*entrypoint, wait=False)
+    assert first.returncode == 0, (first.stdout + first.stderr)[-3000:]
+    job_id = re.search(r"raysubmit_\w+", first.stdout + first.stderr).group(0)
+    deadline, asked = time.time() + 900, 0.0
+    while not list(run_dir.glob("trials/*/result.json")):
+        if time.time() - asked > 15:  # each `ray job status` is a Python process: not every second
+            status, asked = local_cluster.job("status", job_id).stdout, time.time()
+            assert "FAILED" not in status and "SUCCEEDED" not in status, local_cluster.job("logs", job_id).stdout[-3000:]
+        assert time.time() < deadline, "no trial finished in time"
+        time.sleep(1)
+    stopped = local_cluster.job("stop", job_id)
+    assert stopped.returncode == 0, stopped.stderr
+    finished = {path.parent.name: path.stat().st_mtime_ns for path in run_dir.glob("trials/*/result.json")}
+    logs = {name: (run_dir / "trials" / name / "finetune" / "training_log.csv").read_text() for name in finished}
+    second = local_cluster.submit(*entrypoint)
+    return MainJob(run_dir, tiny_causal_lm, finished, logs, second)
 
 
 @pytest.mark.slow
