@@ -8,11 +8,20 @@ from pipelines.routes.classification.training import ClassificationTraining
 from pipelines.sweep_plan import CLASSIFICATION
 
 ROUTE = Route(
-    name=CLASSIFICATION, training=ClassificationTraining(),
-    active=lambda model: bool(model.classifiers),
-    resolve=plan.resolve, stage_workers=lambda model: [("classify", stage.workers) for stage in model.classify.values()],
-    check_inputs=nothing, prepare=plan.prepare, trials=plan.trials, preview=plan.preview,
-    serving_texts=lambda model, count: None, references=plan.references,
-    finetune_config=lambda model, one: model.classifiers[one.dataset],
-    trial_configs=trial.trial_configs, evaluate_trial=trial.evaluate_trial,
-    tune_metrics=lambda result: {}, report=report.report)
+    name=CLASSIFICATION,
+    training=ClassificationTraining(),
+    active=lambda model: bool(model.classifiers),  # resolve sets one stage-2 config per dataset
+    resolve=plan.resolve,
+    stage_workers=lambda model: [("classify", stage.workers) for stage in model.classify.values()],
+    check_inputs=nothing,
+    prepare=plan.prepare,
+    trials=plan.trials,
+    preview=plan.preview,
+    serving_texts=lambda model, count: None,  # a classifier's latency is not measured
+    references=plan.references,
+    finetune_config=lambda model, one: model.classifiers[one.dataset],  # the trial's dataset's
+    trial_configs=trial.trial_configs,
+    evaluate_trial=trial.evaluate_trial,
+    tune_metrics=lambda result: {},  # accuracy and macro-F1 are the result's own numbers
+    report=report.report,
+)

@@ -17,6 +17,7 @@ from pipelines.routes.contrastive.rows import (COLUMNS, _rows, best_within_budge
                                                fine_tuning_effect, pareto_front, within_interval)
 from pipelines.run_store.files import write_csv
 
+
 def untrained_wording(model: str, groups: dict[str, list[int]], rows: list[dict[str, Any]]) -> str:
     """One sentence per model on fine-tuning's effect. A change whose 95% interval holds 0 is said
     to be indistinguishable from no change, never called a gain or a loss."""
