@@ -9,6 +9,10 @@ model directory with sentence-transformers files and a model card.
     layercut finetune --config smollm2-135m --layers 8 --data-root ../shared/data
     python -m pipelines.finetune --config llama3-8b --layers prune:0.3
 
+What depends on the objective (``objective: contrastive`` or ``classification``: the data it
+reads, its loss, its part of the fingerprint, what the artifact carries) comes from that route's
+``training`` (pipelines/routes/<route>/training.py); ``run`` reads as the steps in order.
+
 Rerunning the same command resumes: Ray Train restores the run (same name and storage) from its
 latest checkpoint; a finished run is not trained again.
 """
@@ -17,41 +21,169 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipelines import resolve
 from pipelines.commands import Stage, run_as_script
-from pipelines.evaluate import packaged_instructions  # the table `layercut evaluate` applies
 from pipelines.fingerprints import digest
 from pipelines.plots import plot_training_loss
 from pipelines.ray_runtime import ensure_ray, plan_workers, user_errors_from_ray
 from pipelines.run_store.guard import Refusal
+from pipelines.routes.registry import ROUTES
 from pipelines.run_store.run import RunStore
 from pipelines.schemas.finetune import STAGE, FinetuneConfig
 from tasks.errors import LayercutError
 from tasks.lora import PROJECTIONS
 
+if TYPE_CHECKING:
+    from pipelines.ray_runtime import WorkerPlan
+    from pipelines.routes.base import TrainingInputs, TrainingRoute
+    from tasks.deepspeed_config import OptimizationSettings
+    from tasks.layer_selection import LayerSelection
+    from tasks.models import ModelSource
+    from transformers import PreTrainedTokenizerBase
+
 MODEL_DIR = "model"
 
+# A run that failed before its first checkpoint guards nothing; --force resumes anyway.
+REFUSAL = Refusal("a run", "with a different configuration", "use another --name, delete it, or "
+                  "pass --force to resume its checkpoint with this config")
 
-def _settings(config: FinetuneConfig, model_path: str, data_path: str, kept: int | list[int],
-              workers: int, dtype: str, label_names: list[str] | None = None,
-              wrapper: tuple[str, str] | None = None) -> dict[str, Any]:
+
+@dataclass(frozen=True)
+class CutModel:
+    """The base model and the depth stage 2 trains: ``source`` (tasks.models.ModelSource),
+    ``total_layers``, ``params`` (parameters per depth; ``params[-1]``: the whole model),
+    ``selection`` (the kept layers), ``tokenizer``."""
+
+    source: ModelSource
+    total_layers: int
+    params: list[int]
+    selection: LayerSelection
+    tokenizer: PreTrainedTokenizerBase
+
+    @property
+    def parameters(self) -> int:
+        return self.selection.parameters(self.params)
+
+
+@dataclass(frozen=True)
+class Hardware:
+    """Where and how the run trains: the worker plan (pipelines.ray_runtime.plan_workers), the
+    dtype, DeepSpeed's settings and the user's DeepSpeed JSON (None without one)."""
+
+    plan: WorkerPlan
+    dtype: str
+    optimization: OptimizationSettings
+    user_deepspeed: dict | None
+
+
+def run(config: FinetuneConfig) -> dict[str, Any]:
+    """Train (or resume) and export; returns the summary written to summary.json.
+
+    Raises:
+        LayercutError: no depth, float16, a prompt or DeepSpeed JSON that cannot work, another
+            run's checkpoints in the run directory (without --force).
+    """
+    from tasks.artifact import LAYERCUT_FILE
+
+    config = resolve.finetune_config(config)
+    _check(config)
+    training = ROUTES[config.objective].training  # the objective's steps (pipelines/routes/)
+    model = _cut_model(config, training)
+    wrapper = training.wrapper(config, model.tokenizer)  # a bad input format fails now
+    _note_lora_targets(config)
+    hardware = _hardware(config)
+    inputs = training.inputs(config, model.tokenizer, wrapper)
+    store = RunStore(config.run_dir(model.selection)).create()
+    settings = _settings(config, model.source.path, model.selection.to_json(), hardware.plan.count,
+                         hardware.dtype, inputs.settings)
+    fingerprint = digest(settings)
+    finished = store.finished("summary.json", fingerprint, requires=(f"{MODEL_DIR}/{LAYERCUT_FILE}",))
+    if finished is not None:
+        return finished
+    guard = store.guard()
+    guard.check(settings, has_results=bool(store.files.names("ray/train", "step-*")),
+                refusal=REFUSAL, force=config.force)
+    store.record_config(config)
+
+    datasets, data_report, epoch_steps = _datasets(config, training, inputs, hardware.plan)
+    job = _job(config, model, inputs, hardware, fingerprint, epoch_steps, store.root)
+    guard.record(settings)
+    checkpoint = _fit(config, job, datasets, hardware.plan, store.root)
+    history, steps_done = _trained_history(config, checkpoint, fingerprint, store.root)
+    _export(config, training, model, inputs, hardware, job, checkpoint, history, steps_done, store.root)
+    _write_log_and_curve(config, training, model, history, store)
+    summary = _summary(config, model, inputs, hardware, job, history, steps_done, data_report,
+                       fingerprint, store.root)
+    store.save_result("summary.json", summary)
+    return summary
+
+
+def _check(config: FinetuneConfig) -> None:
+    if config.layers is None:
+        raise LayercutError("give the depth to keep: --layers N (layers), --layers prune:0.3 or --layers keep:0.7")
+    if config.model.dtype == "float16":
+        raise LayercutError("float16 training is not supported: use model.dtype bfloat16 or float32")
+
+
+def _cut_model(config: FinetuneConfig, training: TrainingRoute) -> CutModel:
+    """The base model's layer count and parameters per depth (with its LM head when the
+    objective keeps it), the selection of the config's depth, the tokenizer."""
+    from tasks.models import load_tokenizer, parameters_per_depth, resolve_model
+    from tasks.pruning import resolve_selection
+
+    source = resolve_model(config.model.name_or_path)
+    total_layers, params = parameters_per_depth(
+        source, trust_remote_code=config.model.trust_remote_code, revision=config.model.revision,
+        lm_head=training.lm_head)
+    selection = resolve_selection(config.layers, total_layers)
+    tokenizer = load_tokenizer(source, trust_remote_code=config.model.trust_remote_code,
+                               revision=config.model.revision)
+    return CutModel(source, total_layers, params, selection, tokenizer)
+
+
+def _note_lora_targets(config: FinetuneConfig) -> None:
+    unknown = [t for t in (config.lora.target_modules or []) if t not in PROJECTIONS]
+    if unknown:
+        print(f"layercut: note: lora.target_modules {unknown} are not standard projections",
+              file=sys.stderr)
+
+
+def _hardware(config: FinetuneConfig) -> Hardware:
+    """Ray up, the worker plan, the dtype (auto: bfloat16 on GPU, else float32) and DeepSpeed's
+    settings; a contradicting DeepSpeed JSON fails here, before any worker starts."""
+    from tasks.deepspeed_config import OptimizationSettings, deepspeed_config
+
+    user_deepspeed = _user_deepspeed(config)
+    ensure_ray(config.workers.address)
+    plan = plan_workers(config.workers, jobs=10**9)
+    dtype = config.model.dtype if config.model.dtype != "auto" else (
+        "bfloat16" if plan.use_gpu else "float32")
+    optimization = OptimizationSettings(
+        per_device_batch=config.training.batch_size, zero_stage=config.deepspeed.zero_stage,
+        bf16=dtype == "bfloat16", learning_rate=config.training.learning_rate,
+        weight_decay=config.training.weight_decay, max_grad_norm=config.training.max_grad_norm,
+        offload_optimizer=config.deepspeed.offload_optimizer)
+    deepspeed_config(optimization, plan.count, user_deepspeed, config.deepspeed.config_file or "")
+    return Hardware(plan, dtype, optimization, user_deepspeed)
+
+
+def _user_deepspeed(config: FinetuneConfig) -> dict | None:
+    from tasks.deepspeed_config import read_user_config
+
+    return read_user_config(config.deepspeed.config_file) if config.deepspeed.config_file else None
+
+
+def _settings(config: FinetuneConfig, model_path: str, kept: int | list[int], workers: int,
+              dtype: str, objective_settings: dict[str, Any]) -> dict[str, Any]:
     """What determines the trained weights: a run only resumes a checkpoint of the same
-    (its digest is the run's fingerprint)."""
-    if config.objective == "classification":
-        task = {"classification": [config.classification.model_dump(
-            exclude={"data_root", "test_split", "source", "local_source"}), label_names, data_path]}
-    else:
-        # The rendered wrapper too: the same config on another tokenizer revision is another run.
-        task = {"encoder": config.encoder.model_dump(exclude={"forward_batch_size"}),
-                "wrapper": list(wrapper) if wrapper else None,
-                "data": [data_path, config.data.layout, config.data.columns, config.data.invalid_rows],
-                "loss": config.loss.model_dump()}
+    (its digest is the run's fingerprint). ``objective_settings``: the route's part
+    (``TrainingInputs.settings``), in its order."""
     return {
-        "model": [model_path, config.model.revision, dtype, kept], **task,
+        "model": [model_path, config.model.revision, dtype, kept], **objective_settings,
         "lora": config.lora.model_dump() if config.lora.enabled else None,
         "training": config.training.model_dump(
             exclude={"checkpoint_every", "keep_checkpoints", "max_failures"}),
@@ -59,15 +191,37 @@ def _settings(config: FinetuneConfig, model_path: str, data_path: str, kept: int
     }
 
 
-# A run that failed before its first checkpoint guards nothing; --force resumes anyway.
-REFUSAL = Refusal("a run", "with a different configuration", "use another --name, delete it, or "
-                  "pass --force to resume its checkpoint with this config")
+def _datasets(config: FinetuneConfig, training: TrainingRoute, inputs: TrainingInputs,
+              plan: WorkerPlan) -> tuple[dict[str, Any], dict[str, Any], int]:
+    """(one Ray Dataset per worker, the data report, global batches per epoch): the training
+    rows read by the objective, skipped rows announced, planned into global batches."""
+    annotated, data_report = training.read(config, inputs)
+    if data_report["skipped_rows"]:
+        print(f"layercut: skipped {data_report['skipped_rows']} of {data_report['rows']} rows "
+              f"(a field missing, empty or not text); first: {data_report.get('first_problem')}",
+              file=sys.stderr)
+    batch_plan, epoch_steps = _plan(annotated, config, plan.count * config.training.batch_size)
+    datasets = _worker_datasets(annotated, batch_plan, plan.count, config.training.batch_size,
+                                inputs.objective.fields)
+    return datasets, data_report, epoch_steps
 
 
-def _user_deepspeed(config: FinetuneConfig) -> dict | None:
-    from tasks.deepspeed_config import read_user_config
+def _plan(annotated, config: FinetuneConfig, global_batch: int):
+    """(the batch plan, global batches in one pass over the data)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
 
-    return read_user_config(config.deepspeed.config_file) if config.deepspeed.config_file else None
+    from tasks.batch_plan import batches_per_epoch, plan_global_batches
+
+    parts = [batch for batch in annotated.select_columns(["_key", "source", "_problem"])
+             .iter_batches(batch_format="pyarrow", batch_size=65536)]
+    table = pa.concat_tables(parts)
+    table = table.filter(pc.equal(table["_problem"], ""))
+    keys, sources = np.asarray(table["_key"].to_numpy(zero_copy_only=False)), table["source"].to_pylist()
+    return (plan_global_batches(keys, sources, steps=config.training.steps,
+                                global_batch=global_batch, seed=config.training.seed),
+            batches_per_epoch(keys, sources, global_batch))
 
 
 def _worker_datasets(annotated, plan, workers: int, per_worker: int,
@@ -88,22 +242,30 @@ def _worker_datasets(annotated, plan, workers: int, per_worker: int,
             for rank in range(workers)}
 
 
-def _plan(annotated, config: FinetuneConfig, global_batch: int):
-    """(the batch plan, global batches in one pass over the data)."""
-    import numpy as np
-    import pyarrow as pa
-    import pyarrow.compute as pc
+def _job(config: FinetuneConfig, model: CutModel, inputs: TrainingInputs, hardware: Hardware,
+         fingerprint: str, epoch_steps: int, run_dir: Path):
+    """The training loop's job (tasks.training.TrainingJob): the cut model, the objective,
+    LoRA, DeepSpeed, the schedule."""
+    from tasks.lora import LoraSettings
+    from tasks.training import TrainingJob
 
-    from tasks.batch_plan import batches_per_epoch, plan_global_batches
-
-    parts = [batch for batch in annotated.select_columns(["_key", "source", "_problem"])
-             .iter_batches(batch_format="pyarrow", batch_size=65536)]
-    table = pa.concat_tables(parts)
-    table = table.filter(pc.equal(table["_problem"], ""))
-    keys, sources = np.asarray(table["_key"].to_numpy(zero_copy_only=False)), table["source"].to_pylist()
-    return (plan_global_batches(keys, sources, steps=config.training.steps,
-                                global_batch=global_batch, seed=config.training.seed),
-            batches_per_epoch(keys, sources, global_batch))
+    spec = replace(config.model.spec(model.source, layers=model.selection), dtype=hardware.dtype,
+                   lm_head=inputs.objective.lm_head)
+    gradient_checkpointing = (hardware.plan.use_gpu if config.training.gradient_checkpointing == "auto"
+                              else config.training.gradient_checkpointing)
+    return TrainingJob(
+        spec=spec, objective=inputs.objective,
+        lora=LoraSettings(r=config.lora.r, alpha=config.lora.alpha, dropout=config.lora.dropout,
+                          target_modules=tuple(config.lora.target_modules or ()) or None)
+        if config.lora.enabled else None,
+        optimization=hardware.optimization, steps=config.training.steps,
+        warmup_steps=config.training.warmup_steps, decay_steps=config.training.decay_horizon(epoch_steps),
+        gradient_checkpointing=gradient_checkpointing,
+        checkpoint_every=config.training.checkpoint_every, seed=config.training.seed,
+        fingerprint=fingerprint, user_deepspeed=hardware.user_deepspeed,
+        user_deepspeed_path=config.deepspeed.config_file or "the DeepSpeed JSON",
+        threads=hardware.plan.threads, show_progress=config.show_progress,
+        metrics_tags={"run": run_dir.name})
 
 
 def _fit(config: FinetuneConfig, job, datasets: dict, plan, run_dir: Path):
@@ -134,183 +296,77 @@ def _fit(config: FinetuneConfig, job, datasets: dict, plan, run_dir: Path):
     return result.checkpoint
 
 
+def _trained_history(config: FinetuneConfig, checkpoint, fingerprint: str,
+                     run_dir: Path) -> tuple[list[dict], int]:
+    """(the loss history, steps done) of the final checkpoint, refused when another
+    configuration trained it (unless --force)."""
+    state = _trainer_state(checkpoint)
+    if state.get("fingerprint") != fingerprint and not config.force:
+        raise LayercutError(f"the latest checkpoint in {run_dir} was trained with a different "
+                            "configuration; pass --force to export it anyway")
+    return state["history"], state["step"]
+
+
 def _trainer_state(checkpoint) -> dict[str, Any]:
     """The small trainer-state file of a checkpoint, read without fetching the rest."""
     with checkpoint.filesystem.open_input_file(f"{checkpoint.path}/trainer_state.json") as handle:
         return json.loads(handle.read().decode())
 
 
-def _objective(config: FinetuneConfig, tokenizer):
-    """(objective, training data path, label names or None, column mapping) of the config.
-
-    The classification prompt is checked against the tokenizer here, before any worker starts
-    (a label word that encodes to nothing, a max_length that leaves no room for the text).
-    """
-    from tasks.data import resolve_source
-    from tasks.objectives import ClassificationObjective, ContrastiveObjective
-    from tasks.verbalizer import VerbalizerScorer
-
-    if config.objective == "contrastive":
-        path = resolve_source(config.data.source, config.data.local_source, config.data.data_root)
-        return (ContrastiveObjective(config.encoder.prompt(), config.encoder.pooling,
-                                     config.loss.scale, config.loss.mask_duplicate_positives),
-                path, None, config.data.columns)
-    task = config.classification  # with the data root resolved (resolve.finetune_config)
-    label_names = resolve.label_names(task)
-    prompt = task.prompt(label_names)
-    VerbalizerScorer(tokenizer, prompt)
-    path, columns = task.split_path(task.train_split)
-    return ClassificationObjective(prompt, task.loss), path, label_names, columns
-
-
-def _classification_info(config: FinetuneConfig, objective) -> dict[str, Any] | None:
-    """What the artifact must carry to classify: template, labels, words (tasks.verbalizer)."""
-    if objective.name != "classification":
-        return None
-    prompt = objective.prompt
-    return {"dataset": config.classification.label(), "template": prompt.template,
-            "label_names": list(prompt.label_names),
-            "verbalizers": [list(words) for words in prompt.verbalizers],
-            "max_length": prompt.max_length, "loss": objective.loss}
-
-
-def run(config: FinetuneConfig) -> dict[str, Any]:
-    """Train (or resume) and export; returns the summary written to summary.json."""
+def _export(config: FinetuneConfig, training: TrainingRoute, model: CutModel, inputs: TrainingInputs,
+            hardware: Hardware, job, checkpoint, history: list[dict], steps_done: int,
+            run_dir: Path) -> None:
+    """The artifact in <run>/model: the adapter merged into the cut backbone, in a Ray task
+    where a training worker would run (merging needs the model in memory)."""
     import ray
 
-    from tasks.artifact import LAYERCUT_FILE, ArtifactInfo, export_from_checkpoint
-    from tasks.classification_data import annotated_labeled
-    from tasks.data import annotated_triplets
-    from tasks.deepspeed_config import OptimizationSettings, deepspeed_config
-    from tasks.lora import LoraSettings
-    from tasks.models import load_tokenizer, parameters_per_depth, resolve_model
-    from tasks.prompts import PromptFormatter
-    from tasks.pruning import resolve_selection
-    from tasks.training import TrainingJob
+    from tasks.artifact import ArtifactInfo, export_from_checkpoint
 
-    config = resolve.finetune_config(config)
-    if config.layers is None:
-        raise LayercutError("give the depth to keep: --layers N (layers), --layers prune:0.3 or --layers keep:0.7")
-    if config.model.dtype == "float16":
-        raise LayercutError("float16 training is not supported: use model.dtype bfloat16 or float32")
-    source = resolve_model(config.model.name_or_path)
-    total_layers, params = parameters_per_depth(
-        source, trust_remote_code=config.model.trust_remote_code, revision=config.model.revision,
-        lm_head=config.objective == "classification")
-    selection = resolve_selection(config.layers, total_layers)
-    kept, parameters = selection.count, selection.parameters(params)
-    tokenizer = load_tokenizer(source, trust_remote_code=config.model.trust_remote_code,
-                               revision=config.model.revision)
-    wrapper = None
-    if config.objective == "contrastive":
-        formatter = PromptFormatter(tokenizer, config.encoder.prompt())  # a bad setup fails now
-        wrapper = (formatter.prefix, formatter.suffix)
-    unknown = [t for t in (config.lora.target_modules or []) if t not in PROJECTIONS]
-    if unknown:
-        print(f"layercut: note: lora.target_modules {unknown} are not standard projections",
-              file=sys.stderr)
-    user_deepspeed = _user_deepspeed(config)
-
-    ensure_ray(config.workers.address)
-    plan = plan_workers(config.workers, jobs=10**9)
-    dtype = config.model.dtype if config.model.dtype != "auto" else (
-        "bfloat16" if plan.use_gpu else "float32")
-    optimization = OptimizationSettings(
-        per_device_batch=config.training.batch_size, zero_stage=config.deepspeed.zero_stage,
-        bf16=dtype == "bfloat16", learning_rate=config.training.learning_rate,
-        weight_decay=config.training.weight_decay, max_grad_norm=config.training.max_grad_norm,
-        offload_optimizer=config.deepspeed.offload_optimizer)
-    # A contradicting DeepSpeed JSON fails here, before any worker starts.
-    deepspeed_config(optimization, plan.count, user_deepspeed, config.deepspeed.config_file or "")
-
-    objective, data_path, label_names, data_columns = _objective(config, tokenizer)
-    store = RunStore(config.run_dir(selection)).create()
-    run_dir = store.root
-    settings = _settings(config, source.path, data_path, selection.to_json(), plan.count, dtype,
-                         label_names, wrapper)
-    fingerprint = digest(settings)
-    finished = store.finished("summary.json", fingerprint, requires=(f"{MODEL_DIR}/{LAYERCUT_FILE}",))
-    if finished is not None:
-        return finished
-    guard = store.guard()
-    guard.check(settings, has_results=bool(store.files.names("ray/train", "step-*")),
-                refusal=REFUSAL, force=config.force)
-    store.record_config(config)
-
-    global_batch = plan.count * config.training.batch_size
-    if objective.name == "classification":
-        annotated, data_report = annotated_labeled(
-            data_path, label_names=label_names, columns=data_columns, seed=config.training.seed,
-            invalid_rows=config.classification.invalid_rows, source=config.classification.label())
-    else:
-        annotated, data_report = annotated_triplets(
-            data_path, seed=config.training.seed, invalid_rows=config.data.invalid_rows,
-            columns=config.data.columns, layout=config.data.layout)
-    if data_report["skipped_rows"]:
-        print(f"layercut: skipped {data_report['skipped_rows']} of {data_report['rows']} rows "
-              f"(a field missing, empty or not text); first: {data_report.get('first_problem')}",
-              file=sys.stderr)
-    batch_plan, epoch_steps = _plan(annotated, config, global_batch)
-    datasets = _worker_datasets(annotated, batch_plan, plan.count, config.training.batch_size,
-                                objective.fields)
-
-    spec = replace(config.model.spec(source, layers=selection), dtype=dtype, lm_head=objective.lm_head)
-    gradient_checkpointing = (plan.use_gpu if config.training.gradient_checkpointing == "auto"
-                              else config.training.gradient_checkpointing)
-    job = TrainingJob(
-        spec=spec, objective=objective,
-        lora=LoraSettings(r=config.lora.r, alpha=config.lora.alpha, dropout=config.lora.dropout,
-                          target_modules=tuple(config.lora.target_modules or ()) or None)
-        if config.lora.enabled else None,
-        optimization=optimization, steps=config.training.steps,
-        warmup_steps=config.training.warmup_steps, decay_steps=config.training.decay_horizon(epoch_steps),
-        gradient_checkpointing=gradient_checkpointing,
-        checkpoint_every=config.training.checkpoint_every, seed=config.training.seed,
-        fingerprint=fingerprint, user_deepspeed=user_deepspeed,
-        user_deepspeed_path=config.deepspeed.config_file or "the DeepSpeed JSON",
-        threads=plan.threads, show_progress=config.show_progress,
-        metrics_tags={"run": run_dir.name})
-    guard.record(settings)
-    checkpoint = _fit(config, job, datasets, plan, run_dir)
-
-    state = _trainer_state(checkpoint)
-    if state.get("fingerprint") != fingerprint and not config.force:
-        raise LayercutError(f"the latest checkpoint in {run_dir} was trained with a different "
-                            "configuration; pass --force to export it anyway")
-    history = state["history"]
+    selection = model.selection
     info = ArtifactInfo(
-        base_model=config.model.name_or_path, base_model_path=source.path,
-        layers=kept, total_layers=total_layers, parameters=parameters,
+        base_model=config.model.name_or_path, base_model_path=model.source.path,
+        layers=selection.count, total_layers=model.total_layers, parameters=model.parameters,
         kept_layers=None if selection.is_prefix else selection.indices,
-        parameters_full=params[-1], pooling=config.encoder.pooling,
+        parameters_full=model.params[-1], pooling=config.encoder.pooling,
         prompt=config.encoder.prompt(), training=config.training.model_dump(),
         lora=config.lora.model_dump() if config.lora.enabled else None,
-        loss_scale=config.loss.scale, objective=objective.name,
-        classification=_classification_info(config, objective),
-        final_loss=history[-1]["loss"] if history else None, steps_done=state["step"],
-        workers=plan.count, data=data_path,
-        instructions=packaged_instructions() if objective.name == "contrastive" else None)
-    # Merging needs the cut backbone in memory: do it where a training worker would run.
-    export = ray.remote(**plan.task_options)(export_from_checkpoint)
+        loss_scale=config.loss.scale, objective=inputs.objective.name,
+        final_loss=history[-1]["loss"] if history else None, steps_done=steps_done,
+        workers=hardware.plan.count, data=inputs.data_path,
+        **training.artifact_fields(config, inputs))
+    export = ray.remote(**hardware.plan.task_options)(export_from_checkpoint)
     with user_errors_from_ray():
-        ray.get(export.remote(spec, checkpoint, (run_dir / MODEL_DIR).resolve(), info))
+        ray.get(export.remote(job.spec, checkpoint, (run_dir / MODEL_DIR).resolve(), info))
 
+
+def _write_log_and_curve(config: FinetuneConfig, training: TrainingRoute, model: CutModel,
+                         history: list[dict], store: RunStore) -> None:
+    """training_log.csv (one row per step) and loss_curve.png."""
     log_columns = ["step", "loss", "learning_rate", "tokens", "tokens_per_second", "seconds"]
     if any("masked_pairs" in entry for entry in history):  # contrastive: false negatives masked
         log_columns.append("masked_pairs")
     store.files.write_csv("training_log.csv", log_columns,
               [[entry.get(k, "") for k in log_columns] for entry in history])
+    selection = model.selection
     plot_training_loss([h["step"] for h in history], [h["loss"] for h in history],
-                       f"{config.model.name_or_path} cut to {kept}/{total_layers} layers"
+                       f"{config.model.name_or_path} cut to {selection.count}/{model.total_layers} layers"
                        + ("" if selection.is_prefix else f" ({selection.label})"),
-                       store.files.local("loss_curve.png"),
-                       ylabel="classification loss" if objective.name == "classification" else "InfoNCE loss")
-    summary = {
-        "model": config.model.name_or_path, "objective": objective.name, "layers": kept, "total_layers": total_layers,
+                       store.files.local("loss_curve.png"), ylabel=training.loss_label)
+
+
+def _summary(config: FinetuneConfig, model: CutModel, inputs: TrainingInputs, hardware: Hardware,
+             job, history: list[dict], steps_done: int, data_report: dict[str, Any], fingerprint: str,
+             run_dir: Path) -> dict[str, Any]:
+    """summary.json: the depth, parameters, losses, throughput, the artifact's path."""
+    selection, parameters, full = model.selection, model.parameters, model.params[-1]
+    return {
+        "model": config.model.name_or_path, "objective": inputs.objective.name,
+        "layers": selection.count, "total_layers": model.total_layers,
         **({} if selection.is_prefix else {"kept_layers": list(selection.indices)}),
-        "parameters": parameters, "parameters_full": params[-1],
-        "parameters_removed_pct": round(100.0 * (1 - parameters / params[-1]), 2),
-        "steps": state["step"], "lr_decay_steps": job.decay_steps, "workers": plan.count, "global_batch": global_batch,
+        "parameters": parameters, "parameters_full": full,
+        "parameters_removed_pct": round(100.0 * (1 - parameters / full), 2),
+        "steps": steps_done, "lr_decay_steps": job.decay_steps, "workers": hardware.plan.count,
+        "global_batch": hardware.plan.count * config.training.batch_size,
         "first_loss": history[0]["loss"] if history else None,
         "final_loss": history[-1]["loss"] if history else None,
         "mean_tokens_per_second": (sum(h["tokens"] for h in history)
@@ -319,8 +375,6 @@ def run(config: FinetuneConfig) -> dict[str, Any]:
         "artifact": str((run_dir / MODEL_DIR).resolve()), "data": data_report,
         "fingerprint": fingerprint,
     }
-    store.save_result("summary.json", summary)
-    return summary
 
 
 def print_summary(summary: dict[str, Any], run_dir: Path) -> None:

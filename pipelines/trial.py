@@ -1,6 +1,7 @@
-"""One Tune trial of the sweep: fine-tune a depth (its own Ray Train run), evaluate it and the
-same depth untrained, measure what it costs to serve, report to Tune. A classification trial
-prompt-tunes the depth on one dataset and scores accuracy and macro-F1 on its test split instead.
+"""One Tune trial of the sweep: fine-tune a depth (its own Ray Train run), then what the trial's
+route does with the artifact (pipelines/routes/<route>/trial.py: the contrastive route evaluates
+it and the same depth untrained and measures what it costs to serve; the classification route
+scores accuracy and macro-F1 on the dataset's test split), report to Tune.
 
 The trial is a Ray Train *driver* (Ray docs, Train V2 + Tune): it holds no model itself. Each
 step resumes on its own: finetune from its Ray Train checkpoints (or says "nothing to do"),
@@ -11,11 +12,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipelines.run_store.files import write_atomic
+from pipelines.routes.registry import ROUTES
 from pipelines.run_store.run import RunStore
+from pipelines.sweep_plan import CONTRASTIVE
 
 if TYPE_CHECKING:  # configs only name types here: a Tune trial's worker imports little
     from pipelines.schemas.classify import ClassifyConfig
@@ -30,143 +31,39 @@ class TrialSpec:
     layers: int
     origins: tuple[str, ...]
     finetune: FinetuneConfig  # with this depth and run name
-    evaluate: EvaluateConfig | None  # its model path is set to the trial's artifact; None: classification
     latency_texts: list[str]
     latency_batch_size: int
     result_dir: str
+    objective: str = CONTRASTIVE  # the trial's route: a key of pipelines.routes.ROUTES
+    # The contrastive route's stage 3: its model path is set to the trial's artifact.
+    evaluate: EvaluateConfig | None = None
     dataset: str | None = None  # the classification route's dataset; None: contrastive
     classify: ClassifyConfig | None = None  # stage 3 of a classification trial
     probe_tasks: tuple[str, ...] = ()  # mteb logistic-regression probes of a contrastive trial
     # Per evaluation task {"texts", "overlapping"}: its texts in the training data (model card).
     overlap: dict[str, dict[str, int]] | None = None
-    # The same depth untrained (pipelines/untrained.py); None: classification, or switched off.
+    # The same depth untrained (pipelines/routes/contrastive/untrained.py); None: classification,
+    # or switched off.
     untrained: EvaluateConfig | None = None
 
 
 RESULT_FILE = "result.json"  # in result_dir: a trial whose result exists is not run again
 
 
-def _measure(spec: TrialSpec, artifact: str) -> dict[str, Any]:
-    """Encode latency and peak memory, in a fresh Ray task with one evaluation worker's resources."""
-    import ray
-
-    from pipelines.ray_runtime import plan_workers
-    from tasks.artifact import read_layercut_file
-    from tasks.footprint import measure_encoding
-    from tasks.models import resolve_model
-    from tasks.prompts import PromptConfig
-
-    evaluate = spec.evaluate
-    plan = plan_workers(evaluate.workers, jobs=1)
-    facts = read_layercut_file(artifact)
-    model_spec = evaluate.model.spec(resolve_model(artifact))
-    task = ray.remote(**plan.task_options)(measure_encoding)
-    return ray.get(task.remote(model_spec, PromptConfig(**facts["prompt"]), facts["pooling"],
-                               spec.latency_texts, spec.latency_batch_size, plan.threads))
-
-
 def execute(spec: TrialSpec) -> dict[str, Any]:
-    """The trial's work, without Tune: finetune -> evaluate (and the same depth untrained) ->
-    measure; writes result.json."""
-    from pipelines import evaluate, finetune
-    from pipelines.ray_runtime import user_errors_from_ray
+    """The trial's work, without Tune: finetune, then the route's evaluation of the artifact
+    (contrastive: MTEB, the same depth untrained, latency; classification: accuracy); writes
+    result.json and returns it. A trial whose result.json exists returns it at once."""
+    from pipelines import finetune
 
     store = RunStore(spec.result_dir)
     done = store.finished(RESULT_FILE, announce=False)
     if done is not None:
         return done
     trained = finetune.run(spec.finetune)
-    if spec.dataset is not None:
-        result = _classification_result(spec, trained)
-        store.save_result(RESULT_FILE, result)
-        return result
-    evaluation = spec.evaluate.model_copy(update={
-        "name": f"{spec.key}/evaluate",
-        "model": spec.evaluate.model.model_copy(update={"name_or_path": trained["artifact"]})})
-    scores = evaluate.run(evaluation)
-    untrained = {}
-    if spec.untrained is not None:  # the base model cut alike: training's effect is the change
-        baseline = evaluate.run(spec.untrained)
-        untrained = {**score_fields("untrained", baseline), **change_fields(scores, baseline)}
-    probes = {}
-    if spec.probe_tasks:  # a separate run: the probes stay out of the MTEB mean
-        probe_run = evaluate.run(evaluation.model_copy(update={
-            "name": f"{spec.key}/probe", "tasks": list(spec.probe_tasks)}))
-        probes = {row["task"]: row["main_score"] for row in probe_run["tasks"]}
-    _card_scores(Path(trained["artifact"]), spec, scores["tasks"], probes)
-    with user_errors_from_ray():
-        footprint = _measure(spec, trained["artifact"])
-    result = {
-        "trial": spec.key, "model": spec.model, "base_model": trained["model"],
-        "layers": spec.layers, "total_layers": trained["total_layers"], "origins": list(spec.origins),
-        "parameters": trained["parameters"], "parameters_full": trained["parameters_full"],
-        "parameters_removed_pct": trained["parameters_removed_pct"],
-        **score_fields("mteb", scores), **untrained,
-        "final_loss": trained["final_loss"], "first_loss": trained["first_loss"],
-        "steps": trained["steps"], "encode_texts_per_second": scores["texts_per_second"],
-        **footprint, "artifact": trained["artifact"],
-        "training_log": str(Path(trained["artifact"]).parent / "training_log.csv"),
-        "probe_accuracy": probes,
-        # What the subsampled scores were computed from: the report pairs depths on them.
-        "mteb_items": scores.get("items"),
-    }
+    result = ROUTES[spec.objective].evaluate_trial(spec, trained)
     store.save_result(RESULT_FILE, result)
     return result
-
-
-def score_fields(prefix: str, scores: dict[str, Any]) -> dict[str, Any]:
-    """result.json's keys of one stage-3 summary: <prefix>_mean, _per_type, _tasks (main score
-    per task) and the bootstrap 95% intervals of a subsampled evaluation, _mean_interval and
-    _task_intervals (None when tasks run in full)."""
-    return {f"{prefix}_mean": scores["mean"], f"{prefix}_per_type": scores["mean_per_type"],
-            f"{prefix}_tasks": {row["task"]: row["main_score"] for row in scores["tasks"]},
-            f"{prefix}_mean_interval": scores.get("mean_interval"),
-            f"{prefix}_task_intervals": {row["task"]: row.get("interval") for row in scores["tasks"]}}
-
-
-def change_fields(trained: dict[str, Any], untrained: dict[str, Any]) -> dict[str, Any]:
-    """result.json's keys of fine-tuning's effect: change_vs_untrained (trained minus untrained
-    MTEB mean) and, for a subsampled evaluation, the paired bootstrap 95% intervals of the change
-    of the mean and per task (both scored on the same items, resampled alike:
-    tasks/bootstrap.paired_change_intervals); None when tasks ran in full."""
-    from tasks.bootstrap import paired_change_intervals
-
-    per_task, mean_interval = {}, None
-    if trained.get("items") and untrained.get("items"):
-        per_task, mean_interval = paired_change_intervals(trained["items"], untrained["items"])
-    return {"change_vs_untrained": trained["mean"] - untrained["mean"],
-            "change_vs_untrained_interval": mean_interval,
-            "change_vs_untrained_task_intervals": per_task}
-
-
-def _card_scores(artifact: Path, spec: TrialSpec, rows: list[dict[str, Any]], probes: dict[str, float]) -> None:
-    """The artifact's model card with the scores this trial measured (tasks/card_scores.py)."""
-    from tasks.card_scores import card_with_scores
-
-    card = artifact / "README.md"
-    write_atomic(card, card_with_scores(card.read_text(), f"{spec.key} (layercut)", rows,
-                                        spec.overlap, probes))
-
-
-def _classification_result(spec: TrialSpec, trained: dict[str, Any]) -> dict[str, Any]:
-    from pipelines import classify
-
-    scored = classify.run(spec.classify.model_copy(update={
-        "name": f"{spec.key}/classify",
-        "model": spec.classify.model.model_copy(update={"name_or_path": trained["artifact"]})}))
-    return {
-        "trial": spec.key, "model": spec.model, "base_model": trained["model"],
-        "objective": "classification", "dataset": spec.dataset,
-        "layers": spec.layers, "total_layers": trained["total_layers"], "origins": list(spec.origins),
-        "parameters": trained["parameters"], "parameters_full": trained["parameters_full"],
-        "parameters_removed_pct": trained["parameters_removed_pct"],
-        "accuracy": scored["accuracy"], "macro_f1": scored["macro_f1"],
-        "majority_rate": scored["majority_rate"], "test_examples": scored["examples"],
-        "final_loss": trained["final_loss"], "first_loss": trained["first_loss"],
-        "steps": trained["steps"], "classify_texts_per_second": scored["texts_per_second"],
-        "artifact": trained["artifact"],
-        "training_log": str(Path(trained["artifact"]).parent / "training_log.csv"),
-    }
 
 
 def training_progress(spec: TrialSpec) -> dict[str, Any] | None:
@@ -205,6 +102,5 @@ def run_trial(params: dict[str, Any], specs: dict[str, TrialSpec], poll_seconds:
     result = ray.get(pending)
     metrics = {key: value for key, value in result.items()
                if isinstance(value, (int, float)) and not isinstance(value, bool)}
-    metrics.update({f"mteb_{kind}": value for kind, value in result.get("mteb_per_type", {}).items()})
-    metrics.update({f"probe_{task}": value for task, value in result.get("probe_accuracy", {}).items()})
+    metrics.update(ROUTES[spec.objective].tune_metrics(result))
     ray.tune.report(metrics)

@@ -21,7 +21,8 @@ from scipy.stats import spearmanr
 from conftest import SHARED_DATA
 from pipelines.config import load_config
 from pipelines.evaluate import EvaluateConfig, run
-from pipelines.report import best_wording, within_interval
+from pipelines.routes.contrastive.report import best_wording
+from pipelines.routes.contrastive.rows import within_interval
 from tasks.bootstrap import full_score, intervals
 
 
@@ -141,7 +142,8 @@ def test_report_table_best_line_and_error_bars(tmp_path):
     """The sweep report from constructed trial results: intervals in the table, the qualified
     "best", and error bars on the score-vs-parameters plot."""
     from pipelines.plots import plot_score_vs_parameters
-    from pipelines.report import _markdown, _rows, best_within_budget
+    from pipelines.routes.contrastive.report import _markdown
+    from pipelines.routes.contrastive.rows import _rows, best_within_budget
     from pipelines.sweep import SweepConfig, Trial
 
     trials = [Trial("tiny", layers, ("grid",)) for layers in (6, 4, 2)]
@@ -240,7 +242,7 @@ def test_best_is_compared_with_each_depth_by_the_paired_interval_of_their_differ
     alike (its mean inside l6's own interval, yet the paired difference excludes 0: ranked
     below); l15's errors are its own (the paired difference holds 0: not ranked below).
     Expected intervals come from the plain-loop paired bootstrap above."""
-    from pipelines.report import differences_from_best
+    from pipelines.routes.contrastive.rows import differences_from_best
 
     rng = np.random.default_rng(11)
     gold = rng.uniform(0, 5, size=120)

@@ -18,7 +18,8 @@ import pytest
 
 from conftest import SHARED_DATA
 from pipelines.config import load_config
-from pipelines.sweep import SweepConfig, check_instructions, resolve_models
+from pipelines.routes.contrastive.plan import check_instructions
+from pipelines.sweep import SweepConfig, resolve_models
 from tasks.batch_plan import plan_global_batches
 from tasks.data import annotated_triplets, check_e5_folder
 from tasks.errors import LayercutError

@@ -43,8 +43,9 @@ def test_overlap_with_sick_r_is_the_marked_triplets():
 
 def test_the_sweep_marks_overlapping_tasks(tmp_path, ray_cluster):
     from pipelines.config import find_config, load_config
-    from pipelines.report import _overlap_markdown
-    from pipelines.sweep import SweepConfig, resolve_models, training_overlap
+    from pipelines.routes.contrastive.plan import training_overlap
+    from pipelines.routes.contrastive.report import _overlap_markdown
+    from pipelines.sweep import SweepConfig, resolve_models
 
     config = load_config(SweepConfig, find_config("smollm2-135m", "run"),
                          [f"output_dir={tmp_path}", f"data_root={SHARED_DATA}",

@@ -272,7 +272,7 @@ def test_the_main_job_through_ray_job_submit_and_its_resume(main_job):
         assert {r.dataset_name: r.metric_value for r in ModelCard(card).data.eval_results} == {
             f"MTEB {task}": round(score, 6) for task, score in result["mteb_tasks"].items()}
         assert str(run_dir.parent.parent) not in card and str(SHARED_DATA) not in card
-        # Each depth beside itself untrained (pipelines/untrained.py): the base model cut to the
+        # Each depth beside itself untrained (pipelines/routes/contrastive/untrained.py): the base model cut to the
         # same depth, scored with the trained evaluation's tasks, input format, pooling, dtype and
         # subsample (the two stage-3 fingerprints differ in the model and its cut only).
         assert result["untrained_tasks"].keys() == {"STSBenchmark"} and -1 <= row["untrained_mean"] <= 1

@@ -8,7 +8,7 @@ import pytest
 
 from conftest import SHARED_DATA
 from pipelines.config import find_config, load_config
-from pipelines.report import best_within_budget, pareto_front
+from pipelines.routes.contrastive.rows import best_within_budget, pareto_front
 from pipelines.schemas.sweep import DEFAULT_GRID
 from pipelines.sweep import ModelPlan, SweepConfig, check_resources, plan_trials, resolve_models
 from tasks.depth import Depth
@@ -178,6 +178,7 @@ def test_a_trial_records_its_depth_untrained_and_a_finished_one_evaluates_nothin
     are tested on their own): result.json holds both evaluations, the change is their difference,
     a finished trial runs no stage again, and a spec without an untrained config runs none."""
     from pipelines import evaluate, finetune, trial
+    from pipelines.routes.contrastive import trial as contrastive_trial
     from pipelines.evaluate import EvaluateConfig
 
     means = {"k/evaluate": 0.70, "k/untrained": 0.60}
@@ -201,8 +202,8 @@ def test_a_trial_records_its_depth_untrained_and_a_finished_one_evaluates_nothin
                "steps": 3}
     monkeypatch.setattr(evaluate, "run", evaluated)
     monkeypatch.setattr(finetune, "run", lambda config: trained)
-    monkeypatch.setattr(trial, "_measure", lambda spec, artifact: {"latency_ms": 1.0})
-    monkeypatch.setattr(trial, "_card_scores", lambda *args: None)
+    monkeypatch.setattr(contrastive_trial, "_measure", lambda spec, artifact: {"latency_ms": 1.0})
+    monkeypatch.setattr(contrastive_trial, "_card_scores", lambda *args: None)
 
     def spec(result_dir, untrained):
         return trial.TrialSpec(key="k", model="m", layers=4, origins=("grid 4",), finetune=None,
@@ -265,7 +266,8 @@ def test_report_shows_each_depth_untrained_the_change_and_whether_it_is_noise(tm
     import csv
     import json
 
-    from pipelines.report import _markdown, write_report
+    from pipelines.report import write_report
+    from pipelines.routes.contrastive.report import _markdown
     from pipelines.sweep import Trial
 
     trials = [Trial("tiny", layers, ("grid",)) for layers in (6, 5, 4, 3, 2, 1)] + [Trial("whole", 3, ("grid",))]
@@ -308,7 +310,7 @@ def test_report_shows_each_depth_untrained_the_change_and_whether_it_is_noise(tm
     assert ("- **whole**: change vs untrained at l3 (+0.0500), from a full evaluation (no interval to "
             "test it against).") in report
     # A model whose every change is within the noise: the sentence names the noise itself.
-    from pipelines.report import untrained_wording
+    from pipelines.routes.contrastive.report import untrained_wording
 
     assert untrained_wording("tiny", {"outside_interval": [], "inside_interval": [4], "no_interval": []},
                              summary["trials"]) == (
@@ -448,7 +450,7 @@ def test_classification_route_resolves_per_dataset_configs(tmp_path):
 
 
 def test_classification_report_rows_best_depth_and_side_by_side():
-    from pipelines.report import _side_by_side, best_accuracy, classification_rows
+    from pipelines.routes.classification.report import _side_by_side, best_accuracy, classification_rows
     from pipelines.sweep import Trial
 
     trials = [Trial("m", 4, ("layers",), "sst2"), Trial("m", 2, ("layers",), "sst2"),

@@ -165,7 +165,7 @@ class SweepConfig(StrictModel):
         default_factory=lambda: list(DEFAULT_GRID))
     l3prune: bool = True  # add stage 1's small and large depths to the grid
     # Evaluate each contrastive depth also untrained (the base model cut alike, no fine-tuning;
-    # pipelines/untrained.py): the report's change between the two is the method's effect.
+    # pipelines/routes/contrastive/untrained.py): the report's change between the two is the method's effect.
     # false halves stage 3's MTEB work and leaves that column n/a (as it stays for trials that
     # finished while it was false: a finished trial is not evaluated again).
     untrained_baseline: bool = True

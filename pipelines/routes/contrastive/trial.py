@@ -1,0 +1,124 @@
+"""A contrastive trial after stage 2: evaluate the artifact on MTEB (stage 3), the same depth
+untrained and the classification probes, write the scores into the artifact's card, measure
+encode latency and peak memory; the result is result.json's record of the trial.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pipelines.run_store.files import write_atomic
+
+if TYPE_CHECKING:
+    from pipelines.schemas.sweep import SweepConfig
+    from pipelines.sweep_plan import ModelPlan, Trial
+    from pipelines.trial import TrialSpec
+
+
+def trial_configs(config: SweepConfig, plan: ModelPlan, trial: Trial) -> dict[str, Any]:
+    """The TrialSpec fields of a contrastive trial: stage 3's config, the probes, the overlap
+    for the card, and the depth untrained (None when ``untrained_baseline`` is off)."""
+    from pipelines.routes.contrastive.untrained import untrained_evaluation
+
+    return {"evaluate": plan.evaluate, "probe_tasks": tuple(plan.probe_tasks), "overlap": plan.overlap,
+            "untrained": untrained_evaluation(plan.evaluate, plan.finetune, trial.key, trial.depth)
+            if config.untrained_baseline else None}
+
+
+def _measure(spec: TrialSpec, artifact: str) -> dict[str, Any]:
+    """Encode latency and peak memory, in a fresh Ray task with one evaluation worker's resources."""
+    import ray
+
+    from pipelines.ray_runtime import plan_workers
+    from tasks.artifact import read_layercut_file
+    from tasks.footprint import measure_encoding
+    from tasks.models import resolve_model
+    from tasks.prompts import PromptConfig
+
+    evaluate = spec.evaluate
+    plan = plan_workers(evaluate.workers, jobs=1)
+    facts = read_layercut_file(artifact)
+    model_spec = evaluate.model.spec(resolve_model(artifact))
+    task = ray.remote(**plan.task_options)(measure_encoding)
+    return ray.get(task.remote(model_spec, PromptConfig(**facts["prompt"]), facts["pooling"],
+                               spec.latency_texts, spec.latency_batch_size, plan.threads))
+
+
+def evaluate_trial(spec: TrialSpec, trained: dict[str, Any]) -> dict[str, Any]:
+    """Stage 3 on the artifact (and on the same depth untrained, and the probes), the card's
+    scores, latency and memory: the trial's result (stage 2's ``trained`` summary beside them)."""
+    from pipelines import evaluate
+    from pipelines.ray_runtime import user_errors_from_ray
+
+    evaluation = spec.evaluate.model_copy(update={
+        "name": f"{spec.key}/evaluate",
+        "model": spec.evaluate.model.model_copy(update={"name_or_path": trained["artifact"]})})
+    scores = evaluate.run(evaluation)
+    untrained = {}
+    if spec.untrained is not None:  # the base model cut alike: training's effect is the change
+        baseline = evaluate.run(spec.untrained)
+        untrained = {**score_fields("untrained", baseline), **change_fields(scores, baseline)}
+    probes = {}
+    if spec.probe_tasks:  # a separate run: the probes stay out of the MTEB mean
+        probe_run = evaluate.run(evaluation.model_copy(update={
+            "name": f"{spec.key}/probe", "tasks": list(spec.probe_tasks)}))
+        probes = {row["task"]: row["main_score"] for row in probe_run["tasks"]}
+    _card_scores(Path(trained["artifact"]), spec, scores["tasks"], probes)
+    with user_errors_from_ray():
+        footprint = _measure(spec, trained["artifact"])
+    return {
+        "trial": spec.key, "model": spec.model, "base_model": trained["model"],
+        "layers": spec.layers, "total_layers": trained["total_layers"], "origins": list(spec.origins),
+        "parameters": trained["parameters"], "parameters_full": trained["parameters_full"],
+        "parameters_removed_pct": trained["parameters_removed_pct"],
+        **score_fields("mteb", scores), **untrained,
+        "final_loss": trained["final_loss"], "first_loss": trained["first_loss"],
+        "steps": trained["steps"], "encode_texts_per_second": scores["texts_per_second"],
+        **footprint, "artifact": trained["artifact"],
+        "training_log": str(Path(trained["artifact"]).parent / "training_log.csv"),
+        "probe_accuracy": probes,
+        # What the subsampled scores were computed from: the report pairs depths on them.
+        "mteb_items": scores.get("items"),
+    }
+
+
+def score_fields(prefix: str, scores: dict[str, Any]) -> dict[str, Any]:
+    """result.json's keys of one stage-3 summary: <prefix>_mean, _per_type, _tasks (main score
+    per task) and the bootstrap 95% intervals of a subsampled evaluation, _mean_interval and
+    _task_intervals (None when tasks run in full)."""
+    return {f"{prefix}_mean": scores["mean"], f"{prefix}_per_type": scores["mean_per_type"],
+            f"{prefix}_tasks": {row["task"]: row["main_score"] for row in scores["tasks"]},
+            f"{prefix}_mean_interval": scores.get("mean_interval"),
+            f"{prefix}_task_intervals": {row["task"]: row.get("interval") for row in scores["tasks"]}}
+
+
+def change_fields(trained: dict[str, Any], untrained: dict[str, Any]) -> dict[str, Any]:
+    """result.json's keys of fine-tuning's effect: change_vs_untrained (trained minus untrained
+    MTEB mean) and, for a subsampled evaluation, the paired bootstrap 95% intervals of the change
+    of the mean and per task (both scored on the same items, resampled alike:
+    tasks/bootstrap.paired_change_intervals); None when tasks ran in full."""
+    from tasks.bootstrap import paired_change_intervals
+
+    per_task, mean_interval = {}, None
+    if trained.get("items") and untrained.get("items"):
+        per_task, mean_interval = paired_change_intervals(trained["items"], untrained["items"])
+    return {"change_vs_untrained": trained["mean"] - untrained["mean"],
+            "change_vs_untrained_interval": mean_interval,
+            "change_vs_untrained_task_intervals": per_task}
+
+
+def _card_scores(artifact: Path, spec: TrialSpec, rows: list[dict[str, Any]], probes: dict[str, float]) -> None:
+    """The artifact's model card with the scores this trial measured (tasks/card_scores.py)."""
+    from tasks.card_scores import card_with_scores
+
+    card = artifact / "README.md"
+    write_atomic(card, card_with_scores(card.read_text(), f"{spec.key} (layercut)", rows,
+                                        spec.overlap, probes))
+
+
+def tune_metrics(result: dict[str, Any]) -> dict[str, float]:
+    """The MTEB mean per task type and each probe's accuracy, as flat Tune metrics."""
+    metrics = {f"mteb_{kind}": value for kind, value in result.get("mteb_per_type", {}).items()}
+    metrics.update({f"probe_{task}": value for task, value in result.get("probe_accuracy", {}).items()})
+    return metrics
