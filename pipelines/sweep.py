@@ -119,7 +119,8 @@ def describe_plan(config: SweepConfig) -> str:
         plan.stage1 = {"num_layers": plan.total_layers}
         same = recorded.get(plan.label) == fingerprint(plan)
         notes = [line for route in routes_of(plan) for line in route.preview(plan, same, config)]
-        for trial in plan_trials([plan], config.l3prune and "small" in plan.stage1, config.classification):
+        for trial in plan_trials([plan], config.l3prune if "small" in plan.stage1 else False,
+                                 config.classification):
             lines.append(_trial_line(trial, plan.total_layers))
         lines += notes
     return "\n".join(lines)

@@ -16,16 +16,25 @@ if TYPE_CHECKING:
     from pipelines.trial import TrialSpec
 
 
-def plan_trials(plans: list[ModelPlan], use_l3prune: bool,
+def l3prune_picks(setting: bool | str) -> tuple[str, ...]:
+    """The L3Prune picks a sweep's ``l3prune`` setting adds to the grid: true both ("small",
+    "large"), false none, "small" or "large" that one."""
+    if isinstance(setting, str):
+        return (setting,)
+    return ("small", "large") if setting else ()
+
+
+def plan_trials(plans: list[ModelPlan], use_l3prune: bool | str,
                 route: ClassificationRoute | None = None) -> list[Trial]:
     """Depths per model, route by route. Contrastive: the grid's depths of L (tasks/depth.py)
-    and, with ``use_l3prune``, the L3Prune picks. Classification: per dataset, the ``route``
-    section's depths (or its grid's).
+    and the L3Prune picks ``use_l3prune`` names (the sweep's ``l3prune``: true both, false
+    none, "small" or "large" one). Classification: per dataset, the ``route`` section's depths
+    (or its grid's).
 
     Raises:
         LayercutError: a depth out of range, naming where it was given.
     """
-    options = TrialOptions(use_l3prune, route)
+    options = TrialOptions(l3prune_picks(use_l3prune), route)
     trials = []
     for plan in plans:
         total = plan.total_layers or plan.stage1["num_layers"]

@@ -5,6 +5,7 @@ subsampling."""
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
 
 from conftest import SHARED_DATA
 from pipelines.config import find_config, load_config
@@ -94,6 +95,18 @@ def test_trials_join_the_grid_and_the_l3prune_picks():
     with pytest.raises(LayercutError, match="m's grid: depth 31 is out of range"):
         plan_trials([_plan([Depth.parse(31)])], use_l3prune=False)
     assert trials[1].key == "m-l21"
+
+
+def test_one_l3prune_pick_joins_the_grid_alone():
+    """`l3prune: small` (or large) adds that pick only; other values are refused at load."""
+    plan = _plan([Depth.parse("keep:0.2")])
+    assert [(t.layers, t.origins) for t in plan_trials([plan], use_l3prune="small")] == [
+        (7, ("l3prune-small",)), (6, ("grid keep:0.2",))]
+    assert [(t.layers, t.origins) for t in plan_trials([plan], use_l3prune="large")] == [
+        (21, ("l3prune-large",)), (6, ("grid keep:0.2",))]
+    assert SweepConfig.model_validate({"models": [{"config": "smollm2-135m"}], "l3prune": "small"}).l3prune == "small"
+    with pytest.raises(ValidationError, match="l3prune"):
+        SweepConfig.model_validate({"models": [{"config": "smollm2-135m"}], "l3prune": "medium"})
 
 
 def test_resources_no_node_can_satisfy_are_an_error(tmp_path, ray_cluster):

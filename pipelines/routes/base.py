@@ -61,10 +61,11 @@ class ResolveContext:
 
 @dataclass(frozen=True)
 class TrialOptions:
-    """The sweep-wide choices trial planning reads: whether the L3Prune picks join the grid, and
-    the classification section (its datasets' depths; None: no classification trials)."""
+    """The sweep-wide choices trial planning reads: which L3Prune picks join the grid ("small",
+    "large"; empty: none), and the classification section (its datasets' depths; None: no
+    classification trials)."""
 
-    l3prune: bool
+    l3prune: tuple[str, ...]
     classification: ClassificationRoute | None = None
 
 

@@ -163,7 +163,9 @@ class SweepConfig(StrictModel):
     data_root: str | None = None  # local mirror for every stage (also LAYERCUT_DATA_ROOT)
     grid: Annotated[list[DepthSetting], AfterValidator(_check_grid)] = Field(
         default_factory=lambda: list(DEFAULT_GRID))
-    l3prune: bool = True  # add stage 1's small and large depths to the grid
+    # Add stage 1's L3Prune depths to the grid: both picks (true), only the small or the large
+    # one, or none (false; stage 1 still runs, and the report shows its picks).
+    l3prune: bool | Literal["small", "large"] = True
     # Evaluate each contrastive depth also untrained (the base model cut alike, no fine-tuning;
     # pipelines/routes/contrastive/untrained.py): the report's change between the two is the method's effect.
     # false halves stage 3's MTEB work and leaves that column n/a (as it stays for trials that

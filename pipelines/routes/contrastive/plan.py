@@ -128,13 +128,12 @@ def training_overlap(plan: ModelPlan) -> dict[str, dict[str, int]]:
 
 
 def trials(plan: ModelPlan, total: int, options: TrialOptions) -> list[Trial]:
-    """The grid's depths of ``total`` layers (tasks/depth.py) and, with ``options.l3prune``,
-    stage 1's small and large picks."""
+    """The grid's depths of ``total`` layers (tasks/depth.py) and the stage-1 picks named in
+    ``options.l3prune`` ("small", "large")."""
     origins = depth_origins(plan.grid, total, "grid", f"{plan.label}'s grid")
-    if options.l3prune:
-        for pick in ("small", "large"):
-            picked = LayerSelection.prefix(plan.stage1[pick]["layers"], total)
-            origins.setdefault(picked, []).append(f"l3prune-{pick}")
+    for pick in options.l3prune:
+        picked = LayerSelection.prefix(plan.stage1[pick]["layers"], total)
+        origins.setdefault(picked, []).append(f"l3prune-{pick}")
     return trials_of(plan.label, origins)
 
 
@@ -153,7 +152,9 @@ def preview(plan: ModelPlan, same_config: bool, config: SweepConfig) -> list[str
     for the same configuration (``same_config``; loaded into ``plan.stage1``), else a note that
     they come after stage 1."""
     picked = recorded_picks(plan, same_config)
-    return [] if picked or not config.l3prune else [f"  {plan.label}: L3Prune small and large depths after stage 1"]
+    picks = {True: "small and large depths", "small": "small depth", "large": "large depth"}
+    return ([] if picked or not config.l3prune
+            else [f"  {plan.label}: L3Prune {picks[config.l3prune]} after stage 1"])
 
 
 def serving_texts(plan: ModelPlan, count: int) -> list[str]:
