@@ -492,10 +492,8 @@ def test_plan_prints_the_trials_without_training(tmp_path, capsys):
     argv = ["run", "--plan", "--output-dir", str(tmp_path), "--data-root", str(SHARED_DATA)]
     assert main(argv) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines == ["smollm2-135m: 30 layers, global batch 8 (2 workers x 4), 8 steps",
-                     "  smollm2-135m-l30: 30/30 layers (grid keep:1.0)",
+    assert lines == ["smollm2-135m: 30 layers, global batch 8 (2 workers x 4), 32 steps",
                      "  smollm2-135m-l15: 15/30 layers (grid keep:0.5)",
-                     "  smollm2-135m-l6: 6/30 layers (grid keep:0.2)",
                      "  smollm2-135m: L3Prune small and large depths after stage 1"]
     assert not any(tmp_path.iterdir())  # nothing was run or written
 
@@ -510,10 +508,9 @@ def test_plan_prints_the_trials_without_training(tmp_path, capsys):
         {"num_layers": 30, "small": {"layers": 6}, "large": {"layers": 22}}))
     assert main(argv) == 0
     assert capsys.readouterr().out.splitlines()[1:] == [
-        "  smollm2-135m-l30: 30/30 layers (grid keep:1.0)",
         "  smollm2-135m-l22: 22/30 layers (l3prune-large)",
         "  smollm2-135m-l15: 15/30 layers (grid keep:0.5)",
-        "  smollm2-135m-l6: 6/30 layers (grid keep:0.2, l3prune-small)"]
+        "  smollm2-135m-l6: 6/30 layers (l3prune-small)"]
     # Another stage-1 configuration: its picks are not this run's.
     assert main([*argv, "overrides.layer_loss.data.num_batches=2"]) == 0
     assert capsys.readouterr().out.splitlines()[-1] == "  smollm2-135m: L3Prune small and large depths after stage 1"
