@@ -162,6 +162,18 @@ def test_a_missing_bucket_is_one_line_before_any_work(s3):
         RunStore("s3://no-such-bucket/x").create()
 
 
+def test_an_endpoint_that_does_not_answer_is_one_line(s3, monkeypatch):
+    from conftest import free_port
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
+    with pytest.raises(LayercutError) as refused:
+        RunStore(f"s3://{BUCKET}/x").create()
+    message = str(refused.value)
+    assert message.startswith(f"output directory s3://{BUCKET}/x: ") and "\n" not in message
+    assert "Could not connect" in message and message.endswith("(credentials and endpoint come from "
+                                                               "AWS_* variables, see README)")
+
+
 @pytest.mark.parametrize("command", ["finetune", "evaluate", "evaluate-classifier", "run"])
 def test_commands_that_need_a_filesystem_refuse_a_uri_in_one_line(command, capsys, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
