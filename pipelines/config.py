@@ -161,9 +161,19 @@ def load_config(model: type[Config], path: Path | None, overrides: list[str] = (
         return model.model_validate(tree)
     except ValidationError as exc:
         described = describe_validation_error(exc, list(overrides))
-        # The file is named only when it, not a command-line override, holds the bad value.
-        source = f" in {path}" if path and "(from override" not in described else ""
+        # The file is named only when it, not a command-line override or flag, holds the bad value.
+        flagged = all(".".join(map(str, item["loc"])) in _leaf_keys(extra or {}) for item in exc.errors())
+        source = f" in {path}" if path and "(from override" not in described and not flagged else ""
         raise LayercutError(f"invalid config{source}: {described}") from exc
+
+
+def _leaf_keys(tree: dict[str, Any], prefix: str = "") -> set[str]:
+    """The dotted keys of a config tree's values ({"data": {"root": x}} -> {"data.root"})."""
+    keys = set()
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        keys |= _leaf_keys(value, f"{dotted}.") if isinstance(value, dict) else {dotted}
+    return keys
 
 
 def dump_config(config: BaseModel) -> str:
