@@ -10,8 +10,9 @@ from types import UnionType
 from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, PlainSerializer, PlainValidator, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, PlainSerializer, PlainValidator, ValidationError
 
+from pipelines.run_store.location import is_uri
 from tasks.depth import Depth
 from tasks.errors import LayercutError
 from tasks.trees import merge_trees
@@ -160,9 +161,19 @@ def load_config(model: type[Config], path: Path | None, overrides: list[str] = (
         return model.model_validate(tree)
     except ValidationError as exc:
         described = describe_validation_error(exc, list(overrides))
-        # The file is named only when it, not a command-line override, holds the bad value.
-        source = f" in {path}" if path and "(from override" not in described else ""
+        # The file is named only when it, not a command-line override or flag, holds the bad value.
+        flagged = all(".".join(map(str, item["loc"])) in _leaf_keys(extra or {}) for item in exc.errors())
+        source = f" in {path}" if path and "(from override" not in described and not flagged else ""
         raise LayercutError(f"invalid config{source}: {described}") from exc
+
+
+def _leaf_keys(tree: dict[str, Any], prefix: str = "") -> set[str]:
+    """The dotted keys of a config tree's values ({"data": {"root": x}} -> {"data.root"})."""
+    keys = set()
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        keys |= _leaf_keys(value, f"{dotted}.") if isinstance(value, dict) else {dotted}
+    return keys
 
 
 def dump_config(config: BaseModel) -> str:
@@ -185,3 +196,18 @@ def _dump_depth(depth: Depth | int) -> int | str:
 # A depth in any config (tasks/depth.py): 8, "keep:0.7", "prune:0.3" or "keep-indices:0-2,5-6" (or a
 # list of layer indices); written back as that text.
 DepthSetting = Annotated[Depth, PlainValidator(_depth), PlainSerializer(_dump_depth)]
+
+
+def filesystem_output_dir(command: str, why: str) -> Any:
+    """The type of a stage's ``output_dir`` when the stage needs a filesystem path, not an object
+    store URI; ``why`` names the part that does. A URI is refused at validation, before any
+    work, in one line naming the command, the part and the way out."""
+
+    def check(value: str) -> str:
+        if is_uri(value):
+            raise ValueError(f"{value}: layercut {command} needs a filesystem path ({why}); give a "
+                             "directory every node mounts (README: Shared storage); of the "
+                             "commands, only layer-loss writes to an object store")
+        return value
+
+    return Annotated[str, AfterValidator(check)]

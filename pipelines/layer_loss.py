@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -183,7 +184,7 @@ def run(config: LayerLossConfig, *, show_progress: bool = True) -> dict[str, Any
     _write_outputs(run, summary, losses, params)
     plot_layer_losses(losses.tolist(), small, large,
                       f"{config.model.name_or_path}: loss of the model cut to l layers",
-                      run.files.local("layer_loss.png"))
+                      partial(run.files.write_text, "layer_loss.png"))
     return summary
 
 
@@ -228,7 +229,7 @@ def _write_outputs(run: RunStore, summary: dict, losses: np.ndarray, params: lis
     run.save_result("selection.json", summary)
 
 
-def print_summary(summary: dict[str, Any], run_dir: Path) -> None:
+def print_summary(summary: dict[str, Any], run_dir: Path | str) -> None:
     from rich.console import Console
     from rich.table import Table
 

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from pipelines.run_store.files import write_atomic
 
 
-def plot_layer_losses(losses: Sequence[float], small: int, large: int, title: str, path: Path) -> None:
-    """Loss of the depth-l model against l, with the L3Prune picks marked (paper, Figure 1)."""
+def plot_layer_losses(losses: Sequence[float], small: int, large: int, title: str,
+                      path: Path | Callable[[bytes], None]) -> None:
+    """Loss of the depth-l model against l, with the L3Prune picks marked (paper, Figure 1).
+
+    ``path``: where the PNG goes, or a function that stores its bytes (a run store's file)."""
     plt = _pyplot()
 
     layers = list(range(1, len(losses) + 1))
@@ -39,8 +42,9 @@ def _pyplot():
     return plt
 
 
-def _finish(fig, ax, path: Path) -> None:
-    """Grid, legend, layout; then write the PNG atomically and free the figure."""
+def _finish(fig, ax, path: Path | Callable[[bytes], None]) -> None:
+    """Grid, legend, layout; then write the PNG atomically (to ``path``, or through it when it
+    is a function taking the bytes) and free the figure."""
     import matplotlib.pyplot as plt
 
     ax.grid(alpha=0.3)
@@ -49,7 +53,10 @@ def _finish(fig, ax, path: Path) -> None:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     plt.close(fig)
-    write_atomic(path, buffer.getvalue())
+    if callable(path):
+        path(buffer.getvalue())
+    else:
+        write_atomic(path, buffer.getvalue())
 
 
 def plot_training_loss(steps: Sequence[int], losses: Sequence[float], title: str, path: Path,

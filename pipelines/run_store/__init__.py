@@ -3,8 +3,9 @@
 One idea per module:
 
 - ``files``: ``RunFiles``, a run directory's files by relative name, every write atomic (text,
-  JSON, CSV, staged files and directories); the one place that touches the filesystem, so a
-  later step can back it by a pyarrow filesystem (s3://, gs://).
+  JSON, CSV, staged files and directories); the one place that touches the filesystem.
+- ``object_store``: ``ObjectStoreFiles``, the same on a pyarrow filesystem (s3://, gs://).
+- ``location``: a run directory's path or URI (``is_uri``, ``run_path``).
 - ``guard``: the fingerprint guard, a record of what computed a directory's results and the
   one-line refusal of other settings (naming what differs).
 - ``items``: ``ItemStore``, finished units (batches, chunks, tasks) one file each, for resume.

@@ -1,10 +1,10 @@
 """The files of one run directory, named relative to it, every write atomic.
 
 ``RunFiles`` is the only part of the run store that touches a filesystem: guards, finished
-results and item stores go through its methods, never through ``open`` or ``Path``. It is
-backed by a local directory today; a pyarrow filesystem (s3://, gs://; issue 18 item 2) would
-implement the same methods. What must stay local (Ray Train's storage, mteb's result cache,
-plots drawn by matplotlib) asks for ``local(name)`` explicitly.
+results and item stores go through its methods, never through ``open`` or ``Path``. It is a
+local directory; ``ObjectStoreFiles`` (object_store.py) implements the same methods on a
+pyarrow filesystem (s3://, gs://). What must stay local (Ray Train's storage, mteb's result
+cache) asks for ``local(name)`` explicitly, which an object store refuses.
 
 The module functions (``write_atomic``, ``write_json``, ``write_csv``) write one file at an
 absolute path, for outputs outside a run's own files (the report, plots, a model card).

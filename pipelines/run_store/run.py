@@ -9,10 +9,12 @@ from typing import Any
 from pipelines.run_store.files import RunFiles
 from pipelines.run_store.guard import FingerprintGuard
 from pipelines.run_store.items import JSON, Codec, ItemStore
+from pipelines.run_store.location import is_uri
 
 
 class RunStore:
-    """A stage's run directory ``root`` (created by ``create``).
+    """A stage's run directory ``root`` (created by ``create``): a local path, or a URI
+    ('s3://bucket/runs/x', pipelines/run_store/object_store.py) with the same guarantees.
 
     ``files`` reads and writes inside it (atomically); ``guard(name)`` is a record of what
     computed its results; ``finished`` returns a stored result a rerun can hand back instead of
@@ -20,10 +22,15 @@ class RunStore:
     """
 
     def __init__(self, root: Path | str):
-        self.files = RunFiles(root)
+        if is_uri(root):
+            from pipelines.run_store.object_store import ObjectStoreFiles
+
+            self.files = ObjectStoreFiles(str(root))
+        else:
+            self.files = RunFiles(root)
 
     @property
-    def root(self) -> Path:
+    def root(self) -> Path | str:
         return self.files.root
 
     def __str__(self) -> str:

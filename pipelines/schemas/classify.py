@@ -7,15 +7,19 @@ from pathlib import Path
 
 from pydantic import Field
 
-from pipelines.config import DepthSetting, StrictModel
+from pipelines.config import DepthSetting, StrictModel, filesystem_output_dir
 from pipelines.sections import ClassificationSection, ModelSection, WorkersSection
 
 STAGE = "classify"
 
+# An s3:// or gs:// output_dir is refused at validation, before any work.
+OutputDir = filesystem_output_dir("evaluate-classifier",
+                                  "it reads its summary back from a path; untested on object stores")
+
 
 class ClassifyConfig(StrictModel):
     name: str | None = None  # run name; default: classify-<model>-<dataset>[-<layers>l]
-    output_dir: str = "runs"
+    output_dir: OutputDir = "runs"
     model: ModelSection = Field(default_factory=ModelSection)
     layers: DepthSetting | None = None  # score the model cut to this depth (zero-shot; tasks/depth.py)
     classification: ClassificationSection = Field(default_factory=ClassificationSection)

@@ -7,16 +7,20 @@ from pathlib import Path
 
 from pydantic import Field
 
-from pipelines.config import DepthSetting, StrictModel
+from pipelines.config import DepthSetting, StrictModel, filesystem_output_dir
 from pipelines.sections import EncoderSection, ModelSection, WorkersSection
 from tasks.mteb_tasks import TaskSelection
 
 STAGE = "evaluate"
 
+# An s3:// or gs:// output_dir is refused at validation, before any work.
+OutputDir = filesystem_output_dir("evaluate",
+                                  "mteb writes its result cache to a path")
+
 
 class EvaluateConfig(StrictModel):
     name: str | None = None  # run name; default: eval-<model>[-<layers>l]-<fingerprint>
-    output_dir: str = "runs"
+    output_dir: OutputDir = "runs"
     model: ModelSection = Field(default_factory=ModelSection)
     layers: DepthSetting | None = None  # evaluate the model cut to this depth (tasks/depth.py)
     encoder: EncoderSection = Field(default_factory=EncoderSection)

@@ -9,12 +9,16 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from pipelines.config import DepthSetting, StrictModel
+from pipelines.config import DepthSetting, StrictModel, filesystem_output_dir
 from pipelines.sections import (ClassificationSection, EncoderSection, LossSection, ModelSection,
                                 RayWorkersSection, TripletSourceSection)
 from tasks.layer_selection import LayerSelection
 
 STAGE = "finetune"
+
+# An s3:// or gs:// output_dir is refused at validation, before any work.
+OutputDir = filesystem_output_dir("finetune",
+                                  "a Ray task exports the model to a path that transformers then loads")
 
 
 class LoraSection(StrictModel):
@@ -76,7 +80,7 @@ class DeepSpeedSection(StrictModel):
 
 class FinetuneConfig(StrictModel):
     name: str | None = None  # run name; default: finetune-<model>-l<layers>
-    output_dir: str = "runs"
+    output_dir: OutputDir = "runs"
     layers: DepthSetting | None = None  # 8, keep:0.7, prune:0.3, [0, 1, 5] (tasks/depth.py)
     force: bool = False  # resume even though the config differs from the checkpoint's
     show_progress: bool = True

@@ -7,6 +7,7 @@ from pathlib import Path
 from pydantic import Field
 
 from pipelines.config import StrictModel
+from pipelines.run_store.location import run_path
 from pipelines.sections import (EncoderSection, LossSection, ModelSection, TripletDataSection,
                                 WorkersSection)
 
@@ -15,12 +16,13 @@ STAGE = "layer_loss"
 
 class LayerLossConfig(StrictModel):
     name: str | None = None  # run name; default: layer-loss-<model>
-    output_dir: str = "runs"
+    output_dir: str = "runs"  # or an object store URI: s3://bucket/prefix, gs://... (README)
     model: ModelSection = Field(default_factory=ModelSection)
     encoder: EncoderSection = Field(default_factory=EncoderSection)
     data: TripletDataSection = Field(default_factory=TripletDataSection)
     loss: LossSection = Field(default_factory=LossSection)
     workers: WorkersSection = Field(default_factory=WorkersSection)
 
-    def run_dir(self) -> Path:
-        return Path(self.output_dir) / (self.name or f"layer-loss-{self.model.slug()}")
+    def run_dir(self) -> Path | str:
+        """The run directory: a Path, or a URI string when ``output_dir`` is one."""
+        return run_path(self.output_dir, self.name or f"layer-loss-{self.model.slug()}")

@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field, field_validator, model_validator
 
-from pipelines.config import DepthSetting, StrictModel
+from pipelines.config import DepthSetting, StrictModel, filesystem_output_dir
 from pipelines.schemas.classify import ClassifyConfig
 from pipelines.schemas.evaluate import EvaluateConfig
 from pipelines.schemas.finetune import FinetuneConfig
@@ -17,6 +17,10 @@ from pipelines.schemas.layer_loss import LayerLossConfig
 from tasks.depth import Depth
 
 STAGE = "run"
+
+# An s3:// or gs:// output_dir is refused at validation, before any work.
+OutputDir = filesystem_output_dir("run",
+                                  "each trial fine-tunes and evaluates through filesystem paths")
 
 
 def _check_grid(value: list[Depth] | None) -> list[Depth] | None:
@@ -158,7 +162,7 @@ class ClassificationRoute(StrictModel):
 
 class SweepConfig(StrictModel):
     name: str | None = None  # run name; default: sweep-<first model>
-    output_dir: str = "runs"  # on a cluster: a filesystem every node mounts
+    output_dir: OutputDir = "runs"  # on a cluster: a filesystem every node mounts
     address: str | None = None  # None: RAY_ADDRESS / a running cluster, else start one in-process
     data_root: str | None = None  # local mirror for every stage (also LAYERCUT_DATA_ROOT)
     grid: Annotated[list[DepthSetting], AfterValidator(_check_grid)] = Field(

@@ -1,0 +1,225 @@
+"""A run directory on an object store (pipelines/run_store/object_store.py), against a real S3
+server on localhost (moto's, started here): what the store holds is read back with boto3, an
+S3 client independent of the pyarrow filesystem the run store writes through."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import TRIPLETS
+from pipelines.cli import main
+from pipelines.run_store.object_store import MANIFEST
+from pipelines.run_store.run import RunStore
+from tasks.errors import LayercutError
+
+BUCKET = "layercut-test"
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """A moto S3 server on a free localhost port, a bucket on it, and the AWS_* variables that
+    point every client of this process (pyarrow, boto3) at it; a boto3 client is returned."""
+    try:
+        import boto3
+        from moto.server import ThreadedMotoServer
+    except ImportError:
+        pytest.fail("moto[server] is not installed: pip install -c constraints.txt -e '.[dev]'")
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    settings = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                "AWS_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://{host}:{port}"}
+    before = {key: os.environ.get(key) for key in settings}
+    os.environ.update(settings)
+    client = boto3.client("s3")
+    client.create_bucket(Bucket=BUCKET)
+    yield client
+    for key, value in before.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    server.stop()
+
+
+def _keys(client, prefix: str) -> list[str]:
+    """Every object under ``prefix``, as the server lists them, but for the empty 'folder/'
+    markers pyarrow leaves behind when it deletes the last object of a folder."""
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
+    return sorted(item["Key"] for page in pages for item in page.get("Contents", [])
+                  if not item["Key"].endswith("/"))
+
+
+def _body(client, key: str) -> bytes:
+    return client.get_object(Bucket=BUCKET, Key=key)["Body"].read()
+
+
+def test_files_round_trip_list_and_guard_on_the_store(s3):
+    store = RunStore(f"s3://{BUCKET}/unit/run").create()
+    assert str(store) == f"s3://{BUCKET}/unit/run"
+    store.files.write_json("summary.json", {"mean": 0.5, "fingerprint": "abc"})
+    store.files.write_csv("table.csv", ["layers", "loss"], [[1, 2.5], [2, 1.5]])
+    batches = store.items("batches", "batch-{key:05d}.json")
+    for key in (3, 1):
+        batches.save(key, {"batch": key})
+    store.guard("batches/fingerprint.json").record({"seed": 1})
+
+    assert _keys(s3, "unit/run/") == ["unit/run/batches/batch-00001.json", "unit/run/batches/batch-00003.json",
+                                      "unit/run/batches/fingerprint.json", "unit/run/summary.json",
+                                      "unit/run/table.csv"]
+    assert json.loads(_body(s3, "unit/run/summary.json")) == {"mean": 0.5, "fingerprint": "abc"}
+    assert _body(s3, "unit/run/table.csv") == b"layers,loss\n1,2.5\n2,1.5\n"
+    assert store.files.names("batches", "batch-*.json") == ["batches/batch-00001.json", "batches/batch-00003.json"]
+    assert store.files.names("") == ["batches", "summary.json", "table.csv"]
+    assert store.files.names("nothing") == []
+    assert batches.done(range(5)) == [1, 3] and batches.load(3) == {"batch": 3}
+    assert store.finished("summary.json", "abc", announce=False) == {"mean": 0.5, "fingerprint": "abc"}
+    assert store.finished("summary.json", "other", announce=False) is None
+    with pytest.raises(LayercutError, match=r"holds results of a different configuration \(fingerprint"):
+        store.guard("batches/fingerprint.json").check({"seed": 2}, has_results=True, refusal=_refusal())
+    with pytest.raises(FileNotFoundError):
+        store.files.read_text("missing.json")
+    with pytest.raises(LayercutError, match=r"needs a local path"):
+        store.files.local("ray")
+
+
+def _refusal():
+    from pipelines.run_store.guard import Refusal
+
+    return Refusal("results", "of a different configuration", "choose another --name")
+
+
+def test_a_replace_is_whole_and_a_failed_write_leaves_the_old_object(s3):
+    files = RunStore(f"s3://{BUCKET}/replace").files
+    files.write_text("plot.png", b"old")
+    with pytest.raises(RuntimeError):
+        with files.staged_file("plot.png") as staging:
+            staging.write_bytes(b"half of the new")
+            raise RuntimeError("the writer failed")
+    assert _body(s3, "replace/plot.png") == b"old"
+    with files.staged_file("plot.png") as staging:
+        assert staging.suffix == ".png"  # writers that infer the format from the name get it
+        staging.write_bytes(b"new")
+    assert _body(s3, "replace/plot.png") == b"new"
+    assert _keys(s3, "replace/") == ["replace/plot.png"]  # no staging object ever went up
+
+
+# A process killed in the middle of an upload: 12 MiB go up in pieces (pyarrow sends the first
+# 10 MiB as a part of a multipart upload), then the process dies without closing the stream.
+_CRASH = """
+import os, pyarrow.fs as fs
+s3, path = fs.FileSystem.from_uri({uri!r})
+stream = s3.open_output_stream(path)
+for _ in range(12):
+    stream.write(b"x" * (1 << 20))
+os._exit(1)
+"""
+
+
+def test_a_crash_mid_upload_leaves_no_object_and_a_rerun_redoes_the_unit(s3):
+    store = RunStore(f"s3://{BUCKET}/crash")
+    batches = store.items("batches", "batch-{key:05d}.json")
+    batches.save(0, {"batch": 0})
+    store.files.write_text("batches/batch-00002.json", b"old")
+    for name in ("batch-00001.json", "batch-00002.json"):
+        crashed = subprocess.run([sys.executable, "-c", _CRASH.format(uri=f"s3://{BUCKET}/crash/batches/{name}")],
+                                 env=os.environ, capture_output=True, text=True, timeout=120)
+        assert crashed.returncode == 1, crashed.stderr
+    uploads = s3.list_multipart_uploads(Bucket=BUCKET, Prefix="crash/").get("Uploads", [])
+    assert uploads, "the crashed writer should have started a multipart upload"
+    assert _keys(s3, "crash/") == ["crash/batches/batch-00000.json", "crash/batches/batch-00002.json"]
+    assert _body(s3, "crash/batches/batch-00002.json") == b"old"
+    assert batches.done(range(3)) == [0, 2]  # unit 1 is pending: a rerun computes it
+
+
+def test_a_directory_counts_only_with_its_manifest_and_is_replaced_whole(s3):
+    files = RunStore(f"s3://{BUCKET}/dirs").files
+    with files.staged_directory("model") as staging:
+        (staging / "config.json").write_text("{}")
+        (staging / "sub").mkdir()
+        (staging / "sub" / "weights.bin").write_bytes(b"w1")
+    assert _keys(s3, "dirs/") == ["dirs/model/.layercut-complete.json", "dirs/model/config.json",
+                                  "dirs/model/sub/weights.bin"]
+    assert json.loads(_body(s3, f"dirs/model/{MANIFEST}")) == {"files": ["config.json", "sub/weights.bin"]}
+    assert files.exists("model")
+    with files.staged_directory("model") as staging:
+        (staging / "config.json").write_text('{"v": 2}')
+    assert _keys(s3, "dirs/") == ["dirs/model/.layercut-complete.json", "dirs/model/config.json"]
+    # A directory whose upload stopped before its manifest is not there for a rerun.
+    s3.delete_object(Bucket=BUCKET, Key=f"dirs/model/{MANIFEST}")
+    assert not files.exists("model") and files.exists("model/config.json")
+
+
+def test_a_missing_bucket_is_one_line_before_any_work(s3):
+    with pytest.raises(LayercutError, match=r"^output directory s3://no-such-bucket/x: bucket "
+                                            r"no-such-bucket does not exist; create it first$"):
+        RunStore("s3://no-such-bucket/x").create()
+
+
+def test_an_endpoint_that_does_not_answer_is_one_line(s3, monkeypatch):
+    from conftest import free_port
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
+    with pytest.raises(LayercutError) as refused:
+        RunStore(f"s3://{BUCKET}/x").create()
+    message = str(refused.value)
+    assert message.startswith(f"output directory s3://{BUCKET}/x: ") and "\n" not in message
+    assert "Could not connect" in message and message.endswith("(credentials and endpoint come from "
+                                                               "AWS_* variables, see README)")
+
+
+@pytest.mark.parametrize("command", ["finetune", "evaluate", "evaluate-classifier", "run"])
+def test_commands_that_need_a_filesystem_refuse_a_uri_in_one_line(command, capsys, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    assert main([command, "--output-dir", "s3://bucket/runs", "--no-progress"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    # The bad value came from the flag, not the packaged config file: no file is blamed.
+    assert len(lines) == 1 and lines[0].startswith("layercut: error: invalid config: output_dir: ")
+    assert f"s3://bucket/runs: layercut {command} needs a filesystem path (" in lines[0]
+    assert "only layer-loss writes to an object store" in lines[0]
+    assert list(tmp_path.iterdir()) == []  # nothing was written or started
+
+
+@pytest.mark.slow
+def test_stage1_writes_to_s3_and_a_rerun_resumes_from_it(s3, tiny_model_dirs, ray_cluster, capsys,
+                                                           monkeypatch, tmp_path):
+    monkeypatch.delenv("LAYERCUT_DATA_ROOT", raising=False)
+    monkeypatch.chdir(tmp_path)  # a run that wrote anything locally would leave it here
+    argv = ["layer-loss", "--output-dir", f"s3://{BUCKET}/runs", "--name", "tiny", "--no-progress",
+            f"model.name_or_path={tiny_model_dirs['llama']}", f"data.source={TRIPLETS}",
+            "data.num_batches=4", "data.batch_size=4", "workers.num_workers=1", "workers.cpus_per_worker=1"]
+    assert main(argv) == 0, capsys.readouterr().err
+    prefix = "runs/tiny/"
+    batches = [f"{prefix}batches/batch-0000{i}.json" for i in range(4)]
+    assert _keys(s3, prefix) == sorted([*batches, f"{prefix}batches/fingerprint.json", f"{prefix}config.yaml",
+                                        f"{prefix}layer_loss.png", f"{prefix}layer_losses.csv",
+                                        f"{prefix}layer_losses.json", f"{prefix}selection.json"])
+    assert list(tmp_path.iterdir()) == []
+    assert _body(s3, f"{prefix}layer_loss.png")[:8] == b"\x89PNG\r\n\x1a\n"
+
+    def losses():
+        return np.array([row["loss"] for row in json.loads(_body(s3, f"{prefix}layer_losses.json"))["layers"]])
+
+    full = losses()
+    per_batch = [json.loads(_body(s3, key))["losses"] for key in batches]
+    np.testing.assert_allclose(full, np.mean(per_batch, axis=0), rtol=1e-9)  # the mean of the stored batches
+    selection = json.loads(_body(s3, f"{prefix}selection.json"))
+    assert selection["small"]["layers"] == 1 + int(np.argmin(full[:len(full) // 2]))
+
+    # The rerun reads the bucket: batch 0 replaced by a marker must be reused, not recomputed;
+    # batch 2, deleted, must be computed again.
+    marker = json.loads(_body(s3, batches[0]))
+    s3.put_object(Bucket=BUCKET, Key=batches[0], Body=json.dumps({**marker, "losses": [7.0] * len(full)}))
+    s3.delete_object(Bucket=BUCKET, Key=batches[2])
+    assert main(argv) == 0, capsys.readouterr().err
+    assert batches[2] in _keys(s3, prefix)
+    np.testing.assert_allclose(losses(), full + (7.0 - np.array(marker["losses"])) / 4, rtol=1e-9)
+    # Another configuration in the same run directory is refused, naming the differing key.
+    assert main([*argv, "loss.scale=20"]) == 2
+    assert "holds results of a different configuration" in capsys.readouterr().err
