@@ -140,6 +140,22 @@ def _trainer_state(checkpoint) -> dict[str, Any]:
         return json.loads(handle.read().decode())
 
 
+def _placement(checkpoint, workers: int) -> list[dict[str, Any]]:
+    """Where each Train worker rank ran when it wrote ``checkpoint`` (rank, Ray node id, node IP):
+    the files each worker adds to its part (tasks.training.worker_placement)."""
+    from tasks.training import PLACEMENT_FILE
+
+    placement = []
+    for rank in range(workers):
+        path = f"{checkpoint.path}/{PLACEMENT_FILE.format(rank=rank)}"
+        try:
+            with checkpoint.filesystem.open_input_file(path) as handle:
+                placement.append(json.loads(handle.read().decode()))
+        except FileNotFoundError:  # a checkpoint written before placements were recorded
+            return []
+    return placement
+
+
 def _objective(config: FinetuneConfig, tokenizer):
     """(objective, training data path, label names or None, column mapping) of the config.
 
@@ -318,6 +334,8 @@ def run(config: FinetuneConfig) -> dict[str, Any]:
         "masked_pairs": sum(h.get("masked_pairs", 0) for h in history),
         "artifact": str((run_dir / MODEL_DIR).resolve()), "data": data_report,
         "fingerprint": fingerprint,
+        # Which node trained each rank (the run's last attempt): on a cluster, where the work went.
+        "train_workers": _placement(checkpoint, plan.count),
     }
     store.save_result("summary.json", summary)
     return summary
