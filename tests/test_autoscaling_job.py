@@ -70,8 +70,6 @@ def autoscaling_cluster():
     config = _autoscaling_config(cluster_dir / "autoscaling.yaml", cluster_dir, f"127.0.0.1:{gcs_port}")
     env = {**env, "RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1",
            "AUTOSCALER_METRIC_PORT": str(free_port()),
-           # A loaded machine: the raylet of a node waits this long for its agents to start.
-           "RAY_agent_register_timeout_ms": "120000",
            "PYTHONPATH": str(TESTS)}  # the autoscaler's monitor imports _fake_nodes
     try:
         with head_node(ray_cli, env, str(cluster_dir / "head"), "--num-cpus=0", "--node-ip-address=127.0.0.1",
