@@ -117,7 +117,7 @@ def run(config: FinetuneConfig) -> dict[str, Any]:
     _export(config, training, model, inputs, hardware, job, checkpoint, history, steps_done, store.root)
     _write_log_and_curve(config, training, model, history, store)
     summary = _summary(config, model, inputs, hardware, job, history, steps_done, data_report,
-                       fingerprint, store.root)
+                       fingerprint, store.root, _placement(checkpoint, hardware.plan.count))
     store.save_result("summary.json", summary)
     return summary
 
@@ -356,8 +356,9 @@ def _write_log_and_curve(config: FinetuneConfig, training: TrainingRoute, model:
 
 def _summary(config: FinetuneConfig, model: CutModel, inputs: TrainingInputs, hardware: Hardware,
              job, history: list[dict], steps_done: int, data_report: dict[str, Any], fingerprint: str,
-             run_dir: Path) -> dict[str, Any]:
-    """summary.json: the depth, parameters, losses, throughput, the artifact's path."""
+             run_dir: Path, train_workers: list[dict[str, Any]]) -> dict[str, Any]:
+    """summary.json: the depth, parameters, losses, throughput, the artifact's path, and where
+    each Train worker rank ran (``train_workers``)."""
     selection, parameters, full = model.selection, model.parameters, model.params[-1]
     return {
         "model": config.model.name_or_path, "objective": inputs.objective.name,
@@ -374,7 +375,25 @@ def _summary(config: FinetuneConfig, model: CutModel, inputs: TrainingInputs, ha
         "masked_pairs": sum(h.get("masked_pairs", 0) for h in history),
         "artifact": str((run_dir / MODEL_DIR).resolve()), "data": data_report,
         "fingerprint": fingerprint,
+        # Which node trained each rank (the run's last attempt): on a cluster, where the work went.
+        "train_workers": train_workers,
     }
+
+
+def _placement(checkpoint, workers: int) -> list[dict[str, Any]]:
+    """Where each Train worker rank ran when it wrote ``checkpoint`` (rank, Ray node id, node IP):
+    the files each worker adds to its part (tasks.training.worker_placement)."""
+    from tasks.training import PLACEMENT_FILE
+
+    placement = []
+    for rank in range(workers):
+        path = f"{checkpoint.path}/{PLACEMENT_FILE.format(rank=rank)}"
+        try:
+            with checkpoint.filesystem.open_input_file(path) as handle:
+                placement.append(json.loads(handle.read().decode()))
+        except FileNotFoundError:  # a checkpoint written before placements were recorded
+            return []
+    return placement
 
 
 def print_summary(summary: dict[str, Any], run_dir: Path) -> None:

@@ -37,6 +37,7 @@ ADAPTER_DIR = "adapter"
 WEIGHTS_DIR = "weights"  # full fine-tuning: the whole model
 DEEPSPEED_DIR = "deepspeed"
 DEEPSPEED_TAG = "state"
+PLACEMENT_FILE = "node-rank{rank}.json"  # where worker ``rank`` ran (worker_placement)
 
 
 @dataclass(frozen=True)
@@ -174,7 +175,7 @@ class _Metrics:
 
 
 def save_checkpoint(engine, job: TrainingJob, step: int, history: list[dict], rank: int,
-                    world_size: int, directory: Path) -> None:
+                    world_size: int, directory: Path, placement: dict[str, Any] | None = None) -> None:
     """Write this worker's part of the step-``step`` checkpoint into ``directory``.
 
     Every worker writes its own files (its RNG state, its ZeRO partition); rank 0 also writes
@@ -186,6 +187,8 @@ def save_checkpoint(engine, job: TrainingJob, step: int, history: list[dict], ra
     engine.save_checkpoint(str(directory / DEEPSPEED_DIR), tag=DEEPSPEED_TAG,
                            exclude_frozen_parameters=True)
     torch.save(rng_state(), directory / f"rng-rank{rank}.pt")
+    if placement is not None:  # where this worker runs (worker_placement)
+        (directory / PLACEMENT_FILE.format(rank=rank)).write_text(json.dumps(placement))
     # The trained weights in transformers/peft format, for the export: the adapter, or (full
     # fine-tuning) the whole model. Under ZeRO-3 they are gathered from every worker first.
     full = job.lora is None
@@ -197,6 +200,16 @@ def save_checkpoint(engine, job: TrainingJob, step: int, history: list[dict], ra
         state = {"step": step, "steps": job.steps, "world_size": world_size,
                  "fingerprint": job.fingerprint, "history": history}
         (directory / TRAINER_STATE).write_text(json.dumps(state))
+
+
+def worker_placement(rank: int) -> dict[str, Any]:
+    """Where this Train worker runs: its rank, Ray node id and node IP. Each worker writes it
+    into its part of every checkpoint, so the run records which node trained each rank."""
+    import ray
+
+    context = ray.get_runtime_context()
+    return {"rank": rank, "node_id": context.get_node_id(),
+            "node_ip": ray.util.get_node_ip_address()}
 
 
 def load_checkpoint(engine, directory: Path, job: TrainingJob, rank: int,
@@ -242,6 +255,7 @@ def train_worker(job: TrainingJob) -> None:
 
         progress = tqdm(total=job.steps, desc="fine-tuning", unit="step", position=0)
         progress.update(start_step)
+    placement = worker_placement(rank)
     shard = ray.train.get_dataset_shard(f"{job.dataset_prefix}{rank}")
     # No prefetch thread on a CPU worker: fetching a batch takes milliseconds, while a background
     # thread competes with forward and backward for the GIL and the few cores (measured in
@@ -282,7 +296,7 @@ def train_worker(job: TrainingJob) -> None:
         done = step + 1
         if done % job.checkpoint_every == 0 or done == job.steps:
             with tempfile.TemporaryDirectory(prefix="layercut-ckpt-") as tmp:
-                save_checkpoint(engine, job, done, history, rank, world_size, Path(tmp))
+                save_checkpoint(engine, job, done, history, rank, world_size, Path(tmp), placement)
                 ray.train.report({"step": done, "loss": entry["loss"]},
                                  checkpoint=ray.train.Checkpoint.from_directory(tmp),
                                  checkpoint_dir_name=f"step-{done:07d}")

@@ -319,3 +319,21 @@ def test_user_errors_surface_from_ray_tasks_and_train_failures(ray_cluster):
     with pytest.raises(ValueError, match="not ours"):
         with user_errors_from_ray():
             raise ValueError("not ours")
+
+
+def test_train_worker_placement_is_read_back_from_every_ranks_checkpoint_part(tmp_path):
+    """Where each Train worker rank ran (tasks.training.worker_placement, a file in each rank's
+    part of a checkpoint) comes back to the driver rank by rank, as the files say; a checkpoint
+    written before placements were recorded gives none rather than an error."""
+    from ray.train import Checkpoint
+
+    from pipelines.finetune import _placement
+    from tasks.training import PLACEMENT_FILE
+
+    written = [{"rank": rank, "node_id": node, "node_ip": "10.0.0.7"} for rank, node in enumerate(("n1", "n2"))]
+    for entry in written:
+        (tmp_path / PLACEMENT_FILE.format(rank=entry["rank"])).write_text(json.dumps(entry))
+    assert _placement(Checkpoint.from_directory(str(tmp_path)), 2) == written
+    older = tmp_path / "older"
+    older.mkdir()
+    assert _placement(Checkpoint.from_directory(str(older)), 2) == []

@@ -6,71 +6,20 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import REPO, SHARED_DATA, free_port
-
-
-
-README = REPO / "README.md"
-
-
-def readme_local_cluster_block() -> list[str]:
-    """The commands of the README's local-cluster block (the code block after its
-    ``<!-- test:local-cluster`` marker), one per entry, backslash continuations joined."""
-    block = README.read_text().split("<!-- test:local-cluster", 1)[1].split("```bash\n", 1)[1]
-    lines = block.split("```", 1)[0].replace("\\\n", " ").splitlines()
-    return [line.strip() for line in lines if line.strip()]
-
-
-def _words(command: str) -> list[str]:
-    return command.split("#")[0].split()
-
-
-@dataclass
-class LocalCluster:
-    api_address: str  # the dashboard's job-submission address
-    gcs_address: str
-    env: dict[str, str]  # the README's shell: its exports, the venv's bin on PATH
-    ray_cli: str
-    workdir: Path  # a copy of the repository beside a `shared` folder, as a user's clone
-
-    def shell(self, command: str, timeout: float = 600) -> subprocess.CompletedProcess:
-        """One README command, run by bash in the copy as written (the job CLI finds this
-        cluster's own dashboard port through RAY_API_SERVER_ADDRESS)."""
-        return subprocess.run(["bash", "-c", command], cwd=self.workdir, capture_output=True, text=True,
-                              env={**self.env, "RAY_API_SERVER_ADDRESS": self.api_address}, timeout=timeout)
-
-    def submit(self, *entrypoint: str, wait: bool = True, timeout: float = 1200):
-        """`ray job submit` of the repository with the packaged runtime env, in the README's shell;
-        retries while the freshly started job server is not ready yet."""
-        command = [self.ray_cli, "job", "submit", "--address", self.api_address, "--working-dir", str(REPO),
-                   "--runtime-env", str(REPO / "cluster" / "runtime_env.yaml"),
-                   *([] if wait else ["--no-wait"]), "--", *entrypoint]
-        deadline = time.time() + 180
-        not_ready = ("Connection", "No available agent", "try again later")
-        while True:
-            result = subprocess.run(command, env=self.env, capture_output=True, text=True, timeout=timeout)
-            output = result.stderr + result.stdout
-            if result.returncode == 0 or time.time() > deadline or not any(s in output for s in not_ready):
-                return result
-            time.sleep(3)
-
-    def job(self, *args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([self.ray_cli, "job", *args, "--address", self.api_address], env=self.env,
-                              capture_output=True, text=True, timeout=300)
+from _clusters import (head_node, readme_local_cluster_block, readme_shell,
+                       stop_after_first_trial_and_resubmit, words)
+from conftest import REPO, SHARED_DATA
 
 
 @pytest.fixture(scope="module")
@@ -80,22 +29,7 @@ def local_cluster(ray_cluster, tmp_path_factory):
     a temp dir of its own (the session's in-process Ray, the ray_cluster fixture, holds the
     default ports). The block's `ray stop` is replaced by stopping this head's process group:
     `ray stop` ends every Ray process on the machine, the session's in-process Ray too."""
-    bin_dir = Path(sys.executable).parent
-    ray_cli = str(bin_dir / "ray")
-    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
-    # The suite's own ray.init() exports RAY_AUTH_MODE=token into this process (Ray 2.59+ turns
-    # token auth on for new local clusters): drop it, so that only what the README sets counts.
-    for name in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
-        env.pop(name, None)
-    commands = readme_local_cluster_block()
-    start_at = next(i for i, command in enumerate(commands) if _words(command) == ["ray", "start", "--head"])
-    for command in commands[:start_at]:
-        if command.startswith("export "):
-            name, value = _words(command)[1].split("=", 1)
-            env[name] = value
-        else:
-            subprocess.run(["bash", "-c", command], env=env, check=True, capture_output=True, timeout=120)
-    assert env.get("RAY_AUTH_MODE") == "token", "the README's block must switch token auth on"
+    env, ray_cli = readme_shell()
 
     # A user's clone: the repository (no venv, no git, no runs) beside the shared folder.
     root = tmp_path_factory.mktemp("clone")
@@ -104,31 +38,13 @@ def local_cluster(ray_cluster, tmp_path_factory):
         ".venv", ".git", "runs*", "__pycache__", ".pytest_cache", "*.egg-info"))
     (root / "shared").symlink_to(SHARED_DATA.parent, target_is_directory=True)
 
-    # A short temp dir: Ray's socket paths must stay under the Unix limit.
     temp_dir = tempfile.mkdtemp(prefix="lc-ray-", dir="/tmp")
-    gcs_port, dashboard_port = free_port(), free_port()
-    # Every port of its own: the session's in-process Ray may already hold the defaults, and a
-    # job agent that cannot bind its port never accepts the job.
-    own_ports = [f"--dashboard-agent-listen-port={free_port()}",
-                 f"--dashboard-agent-grpc-port={free_port()}", f"--metrics-export-port={free_port()}",
-                 f"--runtime-env-agent-port={free_port()}", f"--node-manager-port={free_port()}",
-                 f"--object-manager-port={free_port()}"]
-    head = subprocess.Popen(
+    try:
         # Four logical CPUs on the machine's two cores: two trials of the main job run side by
         # side (each waits on process start-up and imports far more than it computes).
-        [ray_cli, "start", "--head", "--block", f"--port={gcs_port}", "--num-cpus=4",
-         f"--dashboard-port={dashboard_port}", "--dashboard-host=127.0.0.1", "--include-dashboard=true",
-         *own_ports, f"--temp-dir={temp_dir}", "--disable-usage-stats"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        yield LocalCluster(f"http://127.0.0.1:{dashboard_port}", f"127.0.0.1:{gcs_port}", env, ray_cli,
-                           workdir)
+        with head_node(ray_cli, env, temp_dir, "--num-cpus=4") as cluster:
+            yield replace(cluster, workdir=workdir)
     finally:
-        os.killpg(head.pid, signal.SIGTERM)
-        try:
-            head.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
@@ -138,8 +54,8 @@ def test_the_readmes_local_cluster_block_submits_stage_1(local_cluster):
     is submitted under Ray's default token authentication and finishes; only the README's own
     `export RAY_AUTH_MODE=token` tells the CLI about the token."""
     commands = readme_local_cluster_block()
-    after_start = commands[next(i for i, c in enumerate(commands) if _words(c)[:2] == ["ray", "start"]) + 1:]
-    assert [_words(c)[:3] for c in after_start] == [["ray", "job", "submit"], ["ray", "job", "list"], ["ray", "stop"]]
+    after_start = commands[next(i for i, c in enumerate(commands) if words(c)[:2] == ["ray", "start"]) + 1:]
+    assert [words(c)[:3] for c in after_start] == [["ray", "job", "submit"], ["ray", "job", "list"], ["ray", "stop"]]
     deadline = time.time() + 180
     while (listed := local_cluster.shell("ray job list")).returncode != 0 and time.time() < deadline:
         time.sleep(3)  # the freshly started job server is not up yet; a user retries the same way
@@ -223,22 +139,8 @@ def main_job(tmp_path_factory, tiny_causal_lm, local_cluster) -> MainJob:
                   "--data-root", str(SHARED_DATA), "--output-dir", str(out)]
     run_dir = out / "sweep"
 
-    first = local_cluster.submit(*entrypoint, wait=False)
-    assert first.returncode == 0, (first.stdout + first.stderr)[-3000:]
-    job_id = re.search(r"raysubmit_\w+", first.stdout + first.stderr).group(0)
-    deadline, asked = time.time() + 900, 0.0
-    while not list(run_dir.glob("trials/*/result.json")):
-        if time.time() - asked > 15:  # each `ray job status` is a Python process: not every second
-            status, asked = local_cluster.job("status", job_id).stdout, time.time()
-            assert "FAILED" not in status and "SUCCEEDED" not in status, local_cluster.job("logs", job_id).stdout[-3000:]
-        assert time.time() < deadline, "no trial finished in time"
-        time.sleep(1)
-    stopped = local_cluster.job("stop", job_id)
-    assert stopped.returncode == 0, stopped.stderr
-    finished = {path.parent.name: path.stat().st_mtime_ns for path in run_dir.glob("trials/*/result.json")}
-    logs = {name: (run_dir / "trials" / name / "finetune" / "training_log.csv").read_text() for name in finished}
-    second = local_cluster.submit(*entrypoint)
-    return MainJob(run_dir, tiny_causal_lm, finished, logs, second)
+    job = stop_after_first_trial_and_resubmit(local_cluster, entrypoint, run_dir)
+    return MainJob(run_dir, tiny_causal_lm, job.finished, job.logs, job.second)
 
 
 @pytest.mark.slow

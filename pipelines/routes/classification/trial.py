@@ -37,4 +37,5 @@ def evaluate_trial(spec: TrialSpec, trained: dict[str, Any]) -> dict[str, Any]:
         "steps": trained["steps"], "classify_texts_per_second": scored["texts_per_second"],
         "artifact": trained["artifact"],
         "training_log": str(Path(trained["artifact"]).parent / "training_log.csv"),
+        "train_workers": trained.get("train_workers", []),  # rank -> Ray node that trained it
     }

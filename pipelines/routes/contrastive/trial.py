@@ -77,6 +77,7 @@ def evaluate_trial(spec: TrialSpec, trained: dict[str, Any]) -> dict[str, Any]:
         "steps": trained["steps"], "encode_texts_per_second": scores["texts_per_second"],
         **footprint, "artifact": trained["artifact"],
         "training_log": str(Path(trained["artifact"]).parent / "training_log.csv"),
+        "train_workers": trained.get("train_workers", []),  # rank -> Ray node that trained it
         "probe_accuracy": probes,
         # What the subsampled scores were computed from: the report pairs depths on them.
         "mteb_items": scores.get("items"),
