@@ -1,4 +1,4 @@
-"""Local Ray clusters for the job tests (test_ray_job.py, test_autoscaling_job.py): the README's
+"""Local Ray clusters for the job tests (test_ray_job.py, test_main_job.py): the README's
 shell, a head started with ports and a temp dir of its own and stopped by its process group (never
 `ray stop`, which ends every Ray process on the machine), `ray job submit` against it, and the
 main job stopped after its first finished trial and submitted again."""
@@ -111,11 +111,19 @@ def head_node(ray_cli: str, env: dict[str, str], temp_dir: str, *flags: str,
     try:
         yield LocalCluster(f"http://127.0.0.1:{dashboard_port}", f"127.0.0.1:{gcs_port}", env, ray_cli, REPO)
     finally:
+        # SIGTERM first (Ray's processes stop on their own), but not for long: `ray start`
+        # stops its processes one after another, each with a grace period (about 30 s in all),
+        # and nothing of a test cluster needs a graceful end.
         os.killpg(head.pid, signal.SIGTERM)
         try:
-            head.wait(timeout=60)
+            head.wait(timeout=5)
         except subprocess.TimeoutExpired:
+            pass
+        try:
             os.killpg(head.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        head.wait()
 
 
 @dataclass
