@@ -47,11 +47,11 @@ def test_reference_encoder_scores_what_mteb_published(tmp_path):
     config = _config(tmp_path, model={"name_or_path": str(MINILM)}, tasks=["STSBenchmark"],
                      data_root=str(SHARED_DATA), workers={"executor": "local"})
     summary = run(config)
-    score = summary["tasks"][0]["main_score"]
+    score = summary.tasks[0]["main_score"]
     assert abs(score - PUBLISHED_STSB_MINILM) <= 0.005
-    assert summary["tasks"][0]["splits"] == ["test"] and summary["tasks"][0]["subsets"] == ["default"]
-    assert "| STSBenchmark | STS | " in (Path(summary["run_dir"]) / "summary.md").read_text()
-    assert "test,default" in (Path(summary["run_dir"]) / "summary.csv").read_text()
+    assert summary.tasks[0]["splits"] == ["test"] and summary.tasks[0]["subsets"] == ["default"]
+    assert "| STSBenchmark | STS | " in (Path(summary.run_dir) / "summary.md").read_text()
+    assert "test,default" in (Path(summary.run_dir) / "summary.csv").read_text()
     # And exactly what mteb's own sentence-transformers wrapper gives on the same data.
     from sentence_transformers import SentenceTransformer
 
@@ -60,12 +60,12 @@ def test_reference_encoder_scores_what_mteb_published(tmp_path):
                              show_progress_bar=False).task_results[0].get_score()
     assert score == pytest.approx(expected, abs=1e-6)
     # The result files are mteb's own: its cache reads them back.
-    results = mteb.ResultCache(cache_path=summary["run_dir"]).load_results(
+    results = mteb.ResultCache(cache_path=summary.run_dir).load_results(
         models=["layercut/model"], require_model_meta=False, validate_and_filter=False)
     loaded = [r for model in results.model_results for r in model.task_results]
     assert [r.task_name for r in loaded] == ["STSBenchmark"]
     assert loaded[0].get_score() == pytest.approx(score, abs=1e-9)
-    assert "STSBenchmark" in (Path(summary["run_dir"]) / "summary.md").read_text()
+    assert "STSBenchmark" in (Path(summary.run_dir) / "summary.md").read_text()
 
 
 @pytest.mark.slow
@@ -83,11 +83,11 @@ def test_ray_workers_equal_single_process_mteb(tmp_path, mini_mirror, ray_cluste
         tasks = [load_task(name, str(mini_mirror)) for name in resolve_task_names(["quick"])]
         single = mteb.evaluate(model, tasks, cache=None, show_progress_bar=False)
         expected = {r.task_name: r.get_score() for r in single.task_results}
-        got = {row["task"]: row["main_score"] for row in summary["tasks"]}
+        got = {row["task"]: row["main_score"] for row in summary.tasks}
         assert got.keys() == expected.keys() == {"STSBenchmark", "SICK-R"}
         for name in expected:
             assert got[name] == pytest.approx(expected[name], abs=1e-5), (layers, name)
-        assert summary["layers"] == (layers or 30) and summary["texts_per_second"] > 0
+        assert summary.layers == (layers or 30) and summary.texts_per_second > 0
 
 
 def test_finished_tasks_are_not_run_again(tmp_path, mini_mirror, tiny_model_dirs, capsys):

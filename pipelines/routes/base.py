@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 if TYPE_CHECKING:
+    from pipelines.results import FinetuneResult
     from pipelines.schemas.finetune import FinetuneConfig
     from pipelines.schemas.sweep import ClassificationRoute, ModelEntry, SweepConfig
     from pipelines.sweep_plan import ModelPlan, Trial
@@ -142,14 +143,16 @@ class Route:
             run --plan`, before any work: load what an earlier run of the same configuration
             decided (stage 1's picks) and return lines on what only the run will decide.
         serving_texts: ``(plan, count) -> [str] | None``: texts to measure encode latency on.
-        references: ``(SweepConfig, plans, run dir) -> {key: result}``: what the report compares
-            its trials with (the zero-shot scores), computed once before the trials.
+        references: ``(SweepConfig, plans, run dir) -> {key: stage result}``: what the report
+            compares its trials with (the zero-shot ``ClassifyResult``s), computed once before
+            the trials.
         finetune_config: ``(plan, trial) -> FinetuneConfig``: stage 2's config of a trial,
             before its depth and run name are set.
         trial_configs: ``(SweepConfig, plan, trial) -> {TrialSpec field: value}``: its stage
             configs of a trial (pipelines/trial.py ``TrialSpec``).
-        evaluate_trial: ``(TrialSpec, stage-2 summary) -> result``: stage 3 and the rest of a
-            trial after training; the result is saved as result.json.
+        evaluate_trial: ``(TrialSpec, FinetuneResult) -> result``: stage 3 and the rest of a
+            trial after training (given stage 2's result); the result, a dict of the route's
+            keys, is saved as result.json.
         tune_metrics: ``(result) -> {name: number}``: metrics Tune gets beside the result's
             numbers (nested scores flattened).
         report: ``(SweepConfig, plans, trials, outcomes, references, run dir, earlier) ->
@@ -170,7 +173,7 @@ class Route:
     references: Callable[[SweepConfig, list[ModelPlan], Path], dict[str, Any]]
     finetune_config: Callable[[ModelPlan, Trial], FinetuneConfig]
     trial_configs: Callable[[SweepConfig, ModelPlan, Trial], dict[str, Any]]
-    evaluate_trial: Callable[[TrialSpec, dict[str, Any]], dict[str, Any]]
+    evaluate_trial: Callable[[TrialSpec, FinetuneResult], dict[str, Any]]
     tune_metrics: Callable[[dict[str, Any]], dict[str, float]]
     report: Callable[..., RouteReport]
 
