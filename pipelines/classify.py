@@ -25,6 +25,8 @@ from pipelines.commands import Stage, run_as_script
 from pipelines.fingerprints import digest
 from pipelines.ray_runtime import ensure_ray, plan_workers, stream_in_one_task, user_errors_from_ray
 from pipelines.results import ClassifyResult
+from pipelines.route_names import CLASSIFICATION
+from pipelines.routes.artifacts import refuse_other_routes
 from pipelines.run_store.items import NPZ
 from pipelines.run_store.run import RunStore
 from pipelines.schemas.classify import STAGE, ClassifyConfig
@@ -38,9 +40,7 @@ def _prompt_and_labels(config: ClassifyConfig, source) -> tuple[Any, bool, dict 
     from tasks.verbalizer import ClassificationPrompt
 
     artifact = read_layercut_file(source.path) if source.is_local else None
-    if artifact is not None and artifact.get("objective", "contrastive") != "classification":
-        raise LayercutError(f"{config.model.name_or_path} is an embedding model (contrastive "
-                            "objective); evaluate it with `layercut evaluate` (mteb)")
+    refuse_other_routes(config.model.name_or_path, artifact, CLASSIFICATION)  # a classifier's prompt
     data_labels = resolve.label_names(config.classification)
     if artifact is None:
         return config.classification.prompt(data_labels), True, None

@@ -32,6 +32,8 @@ from pipelines.config import CONFIG_DIR
 from pipelines.fingerprints import describe_difference, digest
 from pipelines.ray_runtime import plan_workers, stream_in_one_task, user_errors_from_ray
 from pipelines.results import EvaluateResult
+from pipelines.route_names import CONTRASTIVE
+from pipelines.routes.artifacts import refuse_other_routes
 from pipelines.run_store.guard import Refusal
 from pipelines.run_store.items import ItemStore
 from pipelines.run_store.run import RunStore
@@ -69,9 +71,7 @@ def _evaluation_model(config: EvaluateConfig):
                              use_gpu=plan.use_gpu, cpus_per_worker=plan.cpus)
     prompt, pooling = config.encoder.prompt(), config.encoder.pooling
     artifact = read_layercut_file(source.path) if source.is_local else None
-    if artifact is not None and artifact.get("objective", "contrastive") != "contrastive":
-        raise LayercutError(f"{config.model.name_or_path} is a prompt-based classifier "
-                            "(classification objective); score it with `layercut evaluate-classifier`")
+    refuse_other_routes(config.model.name_or_path, artifact, CONTRASTIVE)  # MTEB scores embeddings
     if artifact is not None:
         # A fine-tuned artifact was trained with its own input format and pooling: use them.
         prompt, pooling = PromptConfig(**artifact["prompt"]), artifact["pooling"]

@@ -10,7 +10,8 @@ model directory with sentence-transformers files and a model card.
     python -m pipelines.finetune --config llama3-8b --layers prune:0.3
 
 What depends on the objective (``objective: contrastive`` or ``classification``: the data it
-reads, its loss, its part of the fingerprint, what the artifact carries) comes from that route's
+reads and the data root it lends that data, its part of the default run name, its loss, its part
+of the fingerprint, what the artifact carries) comes from that route's
 ``training`` (pipelines/routes/<route>/training.py); ``run`` reads as the steps in order.
 
 Rerunning the same command resumes: Ray Train restores the run (same name and storage) from its
@@ -25,7 +26,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipelines import resolve
 from pipelines.commands import Stage, run_as_script
 from pipelines.fingerprints import digest
 from pipelines.plots import plot_training_loss
@@ -90,15 +90,15 @@ def run(config: FinetuneConfig) -> FinetuneResult:
     """
     from tasks.artifact import LAYERCUT_FILE
 
-    config = resolve.finetune_config(config)
-    _check(config)
     training = ROUTES[config.objective].training  # the objective's steps (pipelines/routes/)
+    config = training.resolve(config)
+    _check(config)
     model = _cut_model(config, training)
     wrapper = training.wrapper(config, model.tokenizer)  # a bad input format fails now
     _note_lora_targets(config)
     hardware = _hardware(config)
     inputs = training.inputs(config, model.tokenizer, wrapper)
-    store = RunStore(config.run_dir(model.selection)).create()
+    store = RunStore(config.run_dir(model.selection, training.name_suffix(config))).create()
     settings = _settings(config, model.source.path, model.selection.to_json(), hardware.plan.count,
                          hardware.dtype, inputs.settings)
     fingerprint = digest(settings)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from pipelines.config import find_config, load_config
+from pipelines.route_names import CLASSIFICATION, CONTRASTIVE
 from tasks.depth import Depth
 from tasks.errors import LayercutError
 from tasks.layer_selection import LayerSelection
@@ -23,9 +24,6 @@ if TYPE_CHECKING:
     from pipelines.schemas.evaluate import EvaluateConfig
     from pipelines.schemas.finetune import FinetuneConfig
     from pipelines.schemas.layer_loss import LayerLossConfig
-
-CONTRASTIVE = "contrastive"  # the route of a trial without a dataset (pipelines/routes/contrastive)
-CLASSIFICATION = "classification"  # the route of a trial on a dataset (pipelines/routes/classification)
 
 
 @dataclass(frozen=True)

@@ -525,3 +525,40 @@ def test_a_bare_fraction_on_the_command_line_is_refused(capsys):
     assert line.startswith("layercut: error: invalid config") and line.endswith(
         "layers: Value error, depth 0.3 is ambiguous: write prune:0.3 "
         "(removes that fraction of the last layers, the paper's p), keep:0.3, or a layer count")
+
+
+def test_a_stage_refuses_another_routes_artifact_in_one_line():
+    """Stage 3 (MTEB) scores the contrastive route's artifacts, evaluate-classifier the
+    classification route's; each refuses the other's naming the command that scores it (the
+    route's own words, pipelines/routes/<route>/artifact.py). An artifact without an objective
+    predates the classification route: contrastive."""
+    from pipelines.route_names import ROUTE_NAMES
+    from pipelines.routes.artifacts import refuse_other_routes
+    from pipelines.routes.registry import ROUTES
+
+    assert tuple(ROUTES) == ROUTE_NAMES == ("contrastive", "classification")
+    refuse_other_routes("m", None, "classification")  # not an artifact: a base model
+    refuse_other_routes("m", {}, "contrastive")
+    refuse_other_routes("m", {"objective": "classification"}, "classification")
+    with pytest.raises(LayercutError) as error:
+        refuse_other_routes("runs/x/model", {"objective": "classification"}, "contrastive")
+    assert str(error.value) == ("runs/x/model is a prompt-based classifier (classification objective); "
+                                "score it with `layercut evaluate-classifier`")
+    with pytest.raises(LayercutError) as error:
+        refuse_other_routes("runs/y/model", {}, "classification")
+    assert str(error.value) == ("runs/y/model is an embedding model (contrastive objective); "
+                                "evaluate it with `layercut evaluate` (mteb)")
+
+
+def test_the_default_finetune_run_name_carries_the_classification_dataset(tmp_path):
+    """finetune-<model>-l<layers>, and for the classification objective its dataset before the
+    depth (the route's ``name_suffix``)."""
+    from pipelines.routes.registry import ROUTES
+    from pipelines.schemas.finetune import FinetuneConfig
+
+    for tree, name in (({}, "finetune-smollm2-135m-l4"),
+                       ({"objective": "classification", "classification": {"dataset": "sst2"}},
+                        "finetune-smollm2-135m-sst2-l4")):
+        config = FinetuneConfig.model_validate({"output_dir": str(tmp_path), **tree})
+        suffix = ROUTES[config.objective].training.name_suffix(config)
+        assert config.run_dir(4, suffix) == tmp_path / name

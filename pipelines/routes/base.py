@@ -104,6 +104,15 @@ class TrainingRoute(Protocol):
     lm_head: bool  # the cut model keeps its LM head (counted in its parameters)
     loss_label: str  # the y label of the loss curve
 
+    def resolve(self, config: FinetuneConfig) -> FinetuneConfig:
+        """``config`` as stage 2 runs it (and records it): the settings one of its sections lends
+        the objective's (the classification data gets the data root of ``data``); the
+        caller's config is left as it is."""
+
+    def name_suffix(self, config: FinetuneConfig) -> str:
+        """The objective's part of the default run name (``FinetuneConfig.run_dir``'s ``task``):
+        "" or "-<dataset>"."""
+
     def wrapper(self, config: FinetuneConfig, tokenizer) -> tuple[str, str] | None:
         """Checks the input format against the tokenizer before Ray starts; returns the rendered
         (prefix, suffix) wrapper when the fingerprint depends on it."""

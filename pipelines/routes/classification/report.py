@@ -13,7 +13,7 @@ from pipelines.plots import plot_accuracy_vs_layers, plot_training_curves
 from pipelines.report_text import change_text, fmt, training_curves
 from pipelines.routes.base import RouteReport
 from pipelines.run_store.files import write_csv
-from pipelines.sweep_plan import CLASSIFICATION, CONTRASTIVE
+from pipelines.route_names import CLASSIFICATION, CONTRASTIVE
 
 if TYPE_CHECKING:
     from pipelines.results import ClassifyResult
