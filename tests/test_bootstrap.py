@@ -119,8 +119,8 @@ def test_a_subsampled_evaluation_keeps_its_items_and_reports_intervals(tmp_path)
     pq.write_table(pq.read_table(SHARED_DATA / "STSBenchmark" / "test.parquet").slice(0, 60),
                    mirror / "test.parquet")
     full = run(load_config(EvaluateConfig, None, [], {**tree, "data_root": str(mirror.parent)}))
-    assert full["tasks"][0]["interval"] is None and full["mean_interval"] is None
-    assert full["bootstrap"] is None and not (Path(full["run_dir"]) / "items").exists()
+    assert full.tasks[0]["interval"] is None and full.mean_interval is None
+    assert full.bootstrap is None and not (Path(full.run_dir) / "items").exists()
 
 
 def _row(layers: int, mean: float, interval=None, model: str = "m", status: str = "done") -> dict:

@@ -40,8 +40,8 @@ def test_ray_tasks_equal_in_process(tmp_path, tiny_model_dirs, ray_cluster):
     expected = _losses(tmp_path / "local" / "run")
     np.testing.assert_allclose(_losses(tmp_path / "k1" / "run"), expected, rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(_losses(tmp_path / "k2" / "run"), expected, rtol=1e-6, atol=1e-7)
-    assert local["small"]["layers"] == one["small"]["layers"] == two["small"]["layers"]
-    assert local["large"]["layers"] == one["large"]["layers"] == two["large"]["layers"]
+    assert local.small.layers == one.small.layers == two.small.layers
+    assert local.large.layers == one.large.layers == two.large.layers
 
 
 def test_sampling_is_reproducible_and_layout_independent(tmp_path, triplet_rows, ray_cluster):
