@@ -24,6 +24,9 @@ from pipelines import resolve
 from pipelines.commands import Stage, run_as_script
 from pipelines.fingerprints import digest
 from pipelines.ray_runtime import ensure_ray, plan_workers, stream_in_one_task, user_errors_from_ray
+from pipelines.results import ClassifyResult
+from pipelines.route_names import CLASSIFICATION
+from pipelines.routes.artifacts import refuse_other_routes
 from pipelines.run_store.items import NPZ
 from pipelines.run_store.run import RunStore
 from pipelines.schemas.classify import STAGE, ClassifyConfig
@@ -37,9 +40,7 @@ def _prompt_and_labels(config: ClassifyConfig, source) -> tuple[Any, bool, dict 
     from tasks.verbalizer import ClassificationPrompt
 
     artifact = read_layercut_file(source.path) if source.is_local else None
-    if artifact is not None and artifact.get("objective", "contrastive") != "classification":
-        raise LayercutError(f"{config.model.name_or_path} is an embedding model (contrastive "
-                            "objective); evaluate it with `layercut evaluate` (mteb)")
+    refuse_other_routes(config.model.name_or_path, artifact, CLASSIFICATION)  # a classifier's prompt
     data_labels = resolve.label_names(config.classification)
     if artifact is None:
         return config.classification.prompt(data_labels), True, None
@@ -99,7 +100,8 @@ def _score_chunks(config: ClassifyConfig, spec, prompt, chunks: list[list[str]],
         yield from pool.map_unordered(lambda w, i: w.score.remote(i, chunks[i]), pending)
 
 
-def run(config: ClassifyConfig) -> dict[str, Any]:
+def run(config: ClassifyConfig) -> ClassifyResult:
+    """Score (or resume) and write the run's outputs; returns its result (summary.json's record)."""
     from tasks.classification_eval import classification_metrics
     from tasks.models import parameters_per_depth, resolve_model
     from tasks.pruning import resolve_selection
@@ -117,7 +119,7 @@ def run(config: ClassifyConfig) -> dict[str, Any]:
     fingerprint = digest(_settings(config, source.path, prompt, data_path))
     finished = store.finished("summary.json", fingerprint)
     if finished is not None:
-        return finished
+        return ClassifyResult.from_json(finished)
     # Chunks are keyed by the fingerprint: scores of another setup are never mixed in, and
     # a setup scored before is reused when it comes back.
     saved_chunks = store.items(f"chunks/{fingerprint}", "{key:05d}.npz", NPZ)
@@ -140,21 +142,21 @@ def run(config: ClassifyConfig) -> dict[str, Any]:
     gold = [row["label"] for row in rows]
     predicted = scores.argmax(axis=1).tolist()
     metrics = classification_metrics(gold, predicted, label_names)
-    summary = {
-        "model": config.model.name_or_path, "dataset": config.classification.label(),
-        "split": config.classification.test_split, "zero_shot": zero_shot,
-        "layers": artifact["layers"] if artifact else kept,
-        "layers_total": artifact["total_layers"] if artifact else total,
-        "parameters": artifact["parameters"] if artifact else selection.parameters(counts),
-        "template": prompt.template, "label_names": label_names,
-        **metrics, "texts_per_second": len(texts) / seconds if seconds else None,
-        "data": data_path, "fingerprint": fingerprint,
-    }
+    summary = ClassifyResult(
+        model=config.model.name_or_path, dataset=config.classification.label(),
+        split=config.classification.test_split, zero_shot=zero_shot,
+        layers=artifact["layers"] if artifact else kept,
+        layers_total=artifact["total_layers"] if artifact else total,
+        parameters=artifact["parameters"] if artifact else selection.parameters(counts),
+        template=prompt.template, label_names=label_names,
+        **metrics, texts_per_second=len(texts) / seconds if seconds else None,
+        data=data_path, fingerprint=fingerprint,
+    )
     store.files.write_csv("predictions.csv", ["text", "gold", "predicted", *label_names],
               [[t, label_names[g], label_names[p], *(f"{v:.5f}" for v in s)]
                for t, g, p, s in zip(texts, gold, predicted, scores)])
     _write_summary(store, summary)
-    store.save_result("summary.json", summary)
+    store.save_result("summary.json", summary.to_json())
     return summary
 
 
@@ -166,27 +168,27 @@ def _progress(config: ClassifyConfig, total: int, done: int):
     return tqdm(total=total, initial=done, desc="classifying", unit="chunk", file=sys.stderr)
 
 
-def _write_summary(store: RunStore, summary: dict[str, Any]) -> None:
-    kind = "zero-shot" if summary["zero_shot"] else "prompt-tuned"
-    lines = [f"# {summary['model']} on {summary['dataset']} ({summary['split']}, {kind})", "",
-             f"Layers: {summary['layers']} of {summary['layers_total']}; parameters: "
-             f"{summary['parameters']:,}", f"Template: `{summary['template']!r}`", "",
+def _write_summary(store: RunStore, summary: ClassifyResult) -> None:
+    kind = "zero-shot" if summary.zero_shot else "prompt-tuned"
+    lines = [f"# {summary.model} on {summary.dataset} ({summary.split}, {kind})", "",
+             f"Layers: {summary.layers} of {summary.layers_total}; parameters: "
+             f"{summary.parameters:,}", f"Template: `{summary.template!r}`", "",
              "| metric | value |", "|---|---|",
-             f"| accuracy | {summary['accuracy']:.4f} |", f"| macro-F1 | {summary['macro_f1']:.4f} |",
-             f"| majority-class rate | {summary['majority_rate']:.4f} |",
-             f"| examples | {summary['examples']} |", "",
+             f"| accuracy | {summary.accuracy:.4f} |", f"| macro-F1 | {summary.macro_f1:.4f} |",
+             f"| majority-class rate | {summary.majority_rate:.4f} |",
+             f"| examples | {summary.examples} |", "",
              "| label | F1 | predicted |", "|---|---|---|"]
-    lines += [f"| {name} | {summary['per_class_f1'][name]:.4f} | {summary['predicted_counts'][name]} |"
-              for name in summary["label_names"]]
+    lines += [f"| {name} | {summary.per_class_f1[name]:.4f} | {summary.predicted_counts[name]} |"
+              for name in summary.label_names]
     store.files.write_text("summary.md", "\n".join(lines) + "\n")
 
 
-def print_summary(summary: dict[str, Any], run_dir: Path) -> None:
+def print_summary(summary: ClassifyResult, run_dir: Path) -> None:
     print((run_dir / "summary.md").read_text())
     print(f"predictions in {run_dir / 'predictions.csv'}")
 
 
-def render(config: ClassifyConfig, summary: dict[str, Any]) -> int:
+def render(config: ClassifyConfig, summary: ClassifyResult) -> int:
     print_summary(summary, config.run_dir())
     return 0
 

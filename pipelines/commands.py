@@ -28,8 +28,9 @@ class Stage:
     Args:
         config: the stage's config class (pipelines/schemas/).
         configs: the folder of its packaged configs, pipelines/configs/<configs>/.
-        run: config -> summary, the stage itself.
-        render: (config, summary) -> exit status; prints what the user reads at the end.
+        run: config -> the stage's result (a frozen dataclass of pipelines/results.py), the stage
+            itself.
+        render: (config, result) -> exit status; prints what the user reads at the end.
         preview: config -> text printed instead of running (``--list``, ``--plan``).
         progress_argument: the stage takes ``show_progress`` as an argument of ``run`` (stage 1)
             rather than as a config key.

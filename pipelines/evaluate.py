@@ -31,6 +31,9 @@ from pipelines.commands import Stage, run_as_script
 from pipelines.config import CONFIG_DIR
 from pipelines.fingerprints import describe_difference, digest
 from pipelines.ray_runtime import plan_workers, stream_in_one_task, user_errors_from_ray
+from pipelines.results import EvaluateResult
+from pipelines.route_names import CONTRASTIVE
+from pipelines.routes.artifacts import refuse_other_routes
 from pipelines.run_store.guard import Refusal
 from pipelines.run_store.items import ItemStore
 from pipelines.run_store.run import RunStore
@@ -68,9 +71,7 @@ def _evaluation_model(config: EvaluateConfig):
                              use_gpu=plan.use_gpu, cpus_per_worker=plan.cpus)
     prompt, pooling = config.encoder.prompt(), config.encoder.pooling
     artifact = read_layercut_file(source.path) if source.is_local else None
-    if artifact is not None and artifact.get("objective", "contrastive") != "contrastive":
-        raise LayercutError(f"{config.model.name_or_path} is a prompt-based classifier "
-                            "(classification objective); score it with `layercut evaluate-classifier`")
+    refuse_other_routes(config.model.name_or_path, artifact, CONTRASTIVE)  # MTEB scores embeddings
     if artifact is not None:
         # A fine-tuned artifact was trained with its own input format and pooling: use them.
         prompt, pooling = PromptConfig(**artifact["prompt"]), artifact["pooling"]
@@ -184,8 +185,8 @@ def guard_results(store: RunStore, settings: dict[str, Any], tasks: dict[str, di
     guard.record(settings, tasks={**recorded, **tasks})
 
 
-def run(config: EvaluateConfig) -> dict[str, Any]:
-    """Evaluate (or resume) and write the run's outputs; returns the summary, with ``run_dir``,
+def run(config: EvaluateConfig) -> EvaluateResult:
+    """Evaluate (or resume) and write the run's outputs; returns the result, with ``run_dir``,
     ``fingerprint`` and ``items`` (per task, the evaluated items of a subsampled run; else None).
     Raises LayercutError on bad input or results of other inputs."""
     import mteb
@@ -219,12 +220,12 @@ def run(config: EvaluateConfig) -> dict[str, Any]:
         store.files.write_json(THROUGHPUT_FILE, throughput)
     results = {name: results_store.load(name) for name in names}
     evaluated = _load_items(items, names) if config.max_samples_per_split else None
-    summary = _summary(results, facts, {name: throughput[name] for name in names if name in throughput}, evaluated)
-    summary.update(run_dir=str(store.root), fingerprint=digest(settings), model_identity=settings["model"])
+    scores = _summary(results, facts, {name: throughput[name] for name in names if name in throughput}, evaluated)
+    # items: per subsampled task, what its score was computed from (None: tasks run in full): a
+    # caller comparing two models on the same items pairs their resamples (tasks/bootstrap.py).
+    summary = EvaluateResult(**scores, run_dir=str(store.root), fingerprint=digest(settings),
+                             model_identity=settings["model"], items=evaluated)
     _write_summary(store, model, summary)
-    # Per subsampled task, what its score was computed from (None: tasks run in full): a caller
-    # comparing two models on the same items pairs their resamples (tasks/bootstrap.py).
-    summary["items"] = evaluated
     return summary
 
 
@@ -356,35 +357,35 @@ def _interval_text(interval) -> str:
     return "" if not interval else f"[{interval[0]:.4f}, {interval[1]:.4f}]"
 
 
-def _write_summary(store: RunStore, model, summary: dict[str, Any]) -> None:
+def _write_summary(store: RunStore, model, summary: EvaluateResult) -> None:
     store.files.write_csv("summary.csv", ["task", "type", "main_score", "splits", "subsets",
                                         "ci95_low", "ci95_high"],
               [[r["task"], r["type"], f"{r['main_score']:.6f}", " ".join(r["splits"]), " ".join(r["subsets"]),
                 *([f"{v:.6f}" for v in r["interval"]] if r["interval"] else ["", ""])]
-               for r in summary["tasks"]])
+               for r in summary.tasks])
     lines = [f"# MTEB evaluation of {model.name} ({model.revision})", "",
-             f"Fingerprint: {summary['fingerprint']} (model {summary['model_identity']})"]
-    if summary["layers"] is not None:
-        lines.append(f"Layers: {summary['layers']} of {summary['layers_total']}; "
-                     f"parameters: {summary['parameters']:,}")
-    if summary["texts_per_second"]:
-        lines.append(f"Encode throughput: {summary['texts_per_second']:.1f} texts/s")
-    bootstrap = summary["bootstrap"]
+             f"Fingerprint: {summary.fingerprint} (model {summary.model_identity})"]
+    if summary.layers is not None:
+        lines.append(f"Layers: {summary.layers} of {summary.layers_total}; "
+                     f"parameters: {summary.parameters:,}")
+    if summary.texts_per_second:
+        lines.append(f"Encode throughput: {summary.texts_per_second:.1f} texts/s")
+    bootstrap = summary.bootstrap
     if bootstrap:
         lines += ["", f"Subsampled tasks: 95% bootstrap intervals from {bootstrap['resamples']} "
                   f"resamples of the evaluated items (seed {bootstrap['seed']})."]
     lines += ["", "| task | type | main score | 95% interval | splits | subsets |", "|---|---|---|---|---|---|"]
     lines += [f"| {r['task']} | {r['type']} | {r['main_score']:.4f} | {_interval_text(r['interval']) or 'n/a'} "
-              f"| {', '.join(r['splits'])} | {', '.join(r['subsets'])} |" for r in summary["tasks"]]
+              f"| {', '.join(r['splits'])} | {', '.join(r['subsets'])} |" for r in summary.tasks]
     lines += ["", "| task type | mean |", "|---|---|"]
-    lines += [f"| {t} | {m:.4f} |" for t, m in summary["mean_per_type"].items()]
-    interval = _interval_text(summary["mean_interval"])
-    lines += ["", f"**Overall mean: {summary['mean']:.4f}**" + (f" (95% interval {interval})" if interval else ""), ""]
+    lines += [f"| {t} | {m:.4f} |" for t, m in summary.mean_per_type.items()]
+    interval = _interval_text(summary.mean_interval)
+    lines += ["", f"**Overall mean: {summary.mean:.4f}**" + (f" (95% interval {interval})" if interval else ""), ""]
     store.files.write_text("summary.md", "\n".join(lines))
 
 
-def render(config: EvaluateConfig, summary: dict[str, Any]) -> int:
-    run_dir = Path(summary["run_dir"])
+def render(config: EvaluateConfig, summary: EvaluateResult) -> int:
+    run_dir = Path(summary.run_dir)
     print((run_dir / "summary.md").read_text())
     print(f"mteb result files in {run_dir / 'results'}")
     return 0

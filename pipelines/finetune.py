@@ -10,7 +10,8 @@ model directory with sentence-transformers files and a model card.
     python -m pipelines.finetune --config llama3-8b --layers prune:0.3
 
 What depends on the objective (``objective: contrastive`` or ``classification``: the data it
-reads, its loss, its part of the fingerprint, what the artifact carries) comes from that route's
+reads and the data root it lends that data, its part of the default run name, its loss, its part
+of the fingerprint, what the artifact carries) comes from that route's
 ``training`` (pipelines/routes/<route>/training.py); ``run`` reads as the steps in order.
 
 Rerunning the same command resumes: Ray Train restores the run (same name and storage) from its
@@ -25,11 +26,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipelines import resolve
 from pipelines.commands import Stage, run_as_script
 from pipelines.fingerprints import digest
 from pipelines.plots import plot_training_loss
 from pipelines.ray_runtime import ensure_ray, plan_workers, user_errors_from_ray
+from pipelines.results import FinetuneResult
 from pipelines.run_store.guard import Refusal
 from pipelines.routes.registry import ROUTES
 from pipelines.run_store.run import RunStore
@@ -80,8 +81,8 @@ class Hardware:
     user_deepspeed: dict | None
 
 
-def run(config: FinetuneConfig) -> dict[str, Any]:
-    """Train (or resume) and export; returns the summary written to summary.json.
+def run(config: FinetuneConfig) -> FinetuneResult:
+    """Train (or resume) and export; returns its result (summary.json's record).
 
     Raises:
         LayercutError: no depth, float16, a prompt or DeepSpeed JSON that cannot work, another
@@ -89,21 +90,21 @@ def run(config: FinetuneConfig) -> dict[str, Any]:
     """
     from tasks.artifact import LAYERCUT_FILE
 
-    config = resolve.finetune_config(config)
-    _check(config)
     training = ROUTES[config.objective].training  # the objective's steps (pipelines/routes/)
+    config = training.resolve(config)
+    _check(config)
     model = _cut_model(config, training)
     wrapper = training.wrapper(config, model.tokenizer)  # a bad input format fails now
     _note_lora_targets(config)
     hardware = _hardware(config)
     inputs = training.inputs(config, model.tokenizer, wrapper)
-    store = RunStore(config.run_dir(model.selection)).create()
+    store = RunStore(config.run_dir(model.selection, training.name_suffix(config))).create()
     settings = _settings(config, model.source.path, model.selection.to_json(), hardware.plan.count,
                          hardware.dtype, inputs.settings)
     fingerprint = digest(settings)
     finished = store.finished("summary.json", fingerprint, requires=(f"{MODEL_DIR}/{LAYERCUT_FILE}",))
     if finished is not None:
-        return finished
+        return FinetuneResult.from_json(finished)
     guard = store.guard()
     guard.check(settings, has_results=bool(store.files.names("ray/train", "step-*")),
                 refusal=REFUSAL, force=config.force)
@@ -118,7 +119,7 @@ def run(config: FinetuneConfig) -> dict[str, Any]:
     _write_log_and_curve(config, training, model, history, store)
     summary = _summary(config, model, inputs, hardware, job, history, steps_done, data_report,
                        fingerprint, store.root, _placement(checkpoint, hardware.plan.count))
-    store.save_result("summary.json", summary)
+    store.save_result("summary.json", summary.to_json())
     return summary
 
 
@@ -356,28 +357,28 @@ def _write_log_and_curve(config: FinetuneConfig, training: TrainingRoute, model:
 
 def _summary(config: FinetuneConfig, model: CutModel, inputs: TrainingInputs, hardware: Hardware,
              job, history: list[dict], steps_done: int, data_report: dict[str, Any], fingerprint: str,
-             run_dir: Path, train_workers: list[dict[str, Any]]) -> dict[str, Any]:
+             run_dir: Path, train_workers: list[dict[str, Any]]) -> FinetuneResult:
     """summary.json: the depth, parameters, losses, throughput, the artifact's path, and where
     each Train worker rank ran (``train_workers``)."""
     selection, parameters, full = model.selection, model.parameters, model.params[-1]
-    return {
-        "model": config.model.name_or_path, "objective": inputs.objective.name,
-        "layers": selection.count, "total_layers": model.total_layers,
-        **({} if selection.is_prefix else {"kept_layers": list(selection.indices)}),
-        "parameters": parameters, "parameters_full": full,
-        "parameters_removed_pct": round(100.0 * (1 - parameters / full), 2),
-        "steps": steps_done, "lr_decay_steps": job.decay_steps, "workers": hardware.plan.count,
-        "global_batch": hardware.plan.count * config.training.batch_size,
-        "first_loss": history[0]["loss"] if history else None,
-        "final_loss": history[-1]["loss"] if history else None,
-        "mean_tokens_per_second": (sum(h["tokens"] for h in history)
-                                   / max(sum(h["seconds"] for h in history), 1e-9)) if history else None,
-        "masked_pairs": sum(h.get("masked_pairs", 0) for h in history),
-        "artifact": str((run_dir / MODEL_DIR).resolve()), "data": data_report,
-        "fingerprint": fingerprint,
+    return FinetuneResult(
+        model=config.model.name_or_path, objective=inputs.objective.name,
+        layers=selection.count, total_layers=model.total_layers,
+        kept_layers=None if selection.is_prefix else list(selection.indices),
+        parameters=parameters, parameters_full=full,
+        parameters_removed_pct=round(100.0 * (1 - parameters / full), 2),
+        steps=steps_done, lr_decay_steps=job.decay_steps, workers=hardware.plan.count,
+        global_batch=hardware.plan.count * config.training.batch_size,
+        first_loss=history[0]["loss"] if history else None,
+        final_loss=history[-1]["loss"] if history else None,
+        mean_tokens_per_second=(sum(h["tokens"] for h in history)
+                                / max(sum(h["seconds"] for h in history), 1e-9)) if history else None,
+        masked_pairs=sum(h.get("masked_pairs", 0) for h in history),
+        artifact=str((run_dir / MODEL_DIR).resolve()), data=data_report,
+        fingerprint=fingerprint,
         # Which node trained each rank (the run's last attempt): on a cluster, where the work went.
-        "train_workers": train_workers,
-    }
+        train_workers=train_workers,
+    )
 
 
 def _placement(checkpoint, workers: int) -> list[dict[str, Any]]:
@@ -396,23 +397,23 @@ def _placement(checkpoint, workers: int) -> list[dict[str, Any]]:
     return placement
 
 
-def print_summary(summary: dict[str, Any], run_dir: Path) -> None:
+def print_summary(summary: FinetuneResult, run_dir: Path) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"fine-tuned {summary['model']}")
+    table = Table(title=f"fine-tuned {summary.model}")
     for column in ("layers kept", "parameters", "removed", "steps", "first loss", "final loss"):
         table.add_column(column, justify="right")
-    table.add_row(f"{summary['layers']}/{summary['total_layers']}",
-                  f"{summary['parameters'] / 1e6:.1f}M", f"{summary['parameters_removed_pct']:.1f}%",
-                  str(summary["steps"]), f"{summary['first_loss']:.4f}", f"{summary['final_loss']:.4f}")
+    table.add_row(f"{summary.layers}/{summary.total_layers}",
+                  f"{summary.parameters / 1e6:.1f}M", f"{summary.parameters_removed_pct:.1f}%",
+                  str(summary.steps), f"{summary.first_loss:.4f}", f"{summary.final_loss:.4f}")
     console = Console()
     console.print(table)
-    console.print(f"model in {summary['artifact']}; log, loss curve and checkpoints in {run_dir}")
+    console.print(f"model in {summary.artifact}; log, loss curve and checkpoints in {run_dir}")
 
 
-def render(config: FinetuneConfig, summary: dict[str, Any]) -> int:
-    print_summary(summary, Path(summary["artifact"]).parent)
+def render(config: FinetuneConfig, summary: FinetuneResult) -> int:
+    print_summary(summary, Path(summary.artifact).parent)
     return 0
 
 

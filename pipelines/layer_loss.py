@@ -23,6 +23,7 @@ from pipelines.commands import Stage, run_as_script
 from pipelines.fingerprints import digest
 from pipelines.plots import plot_layer_losses
 from pipelines.ray_runtime import ensure_ray, plan_workers, user_errors_from_ray
+from pipelines.results import DepthPick, LayerLossResult
 from pipelines.run_store.guard import Refusal
 from pipelines.run_store.run import RunStore
 from pipelines.schemas.layer_loss import STAGE, LayerLossConfig
@@ -129,8 +130,8 @@ def _scan_in_process(config: LayerLossConfig, spec, pending: list[tuple[int, dic
         on_result(index, losses)
 
 
-def run(config: LayerLossConfig, *, show_progress: bool = True) -> dict[str, Any]:
-    """Run stage 1 and write its outputs; returns the summary written to selection.json."""
+def run(config: LayerLossConfig, *, show_progress: bool = True) -> LayerLossResult:
+    """Run stage 1 and write its outputs; returns its result (selection.json's record)."""
     from tqdm import tqdm
 
     source = resolve_model(config.model.name_or_path)
@@ -178,9 +179,8 @@ def run(config: LayerLossConfig, *, show_progress: bool = True) -> dict[str, Any
         bad = [i + 1 for i, value in enumerate(losses) if not math.isfinite(value)]
         raise LayercutError(f"the loss is not finite at layers {bad}: check the model's dtype")
     small, large = choose_depths(losses.tolist())
-    summary = _summary(config, source, total_layers, params, losses, small, large, data_report)
-    summary["duplicates"] = _duplicate_report(config, batches)
-    summary["prompt"] = {"prefix": wrapper[0], "suffix": wrapper[1]}  # exactly what wrapped texts
+    summary = _summary(config, source, total_layers, params, losses, small, large, data_report,
+                       _duplicate_report(config, batches), wrapper)
     _write_outputs(run, summary, losses, params)
     plot_layer_losses(losses.tolist(), small, large,
                       f"{config.model.name_or_path}: loss of the model cut to l layers",
@@ -198,56 +198,58 @@ def _duplicate_report(config: LayerLossConfig, batches: list[dict]) -> dict[str,
             "batches_with_duplicates": sum(1 for c in counts if c)}
 
 
-def _depth_entry(depth: int, params: list[int], loss: float) -> dict[str, Any]:
-    return {"layers": depth, "loss": loss, "parameters": params[depth],
-            "parameters_removed_pct": round(100.0 * (1 - params[depth] / params[-1]), 2)}
+def _depth_entry(depth: int, params: list[int], loss: float) -> DepthPick:
+    return DepthPick(layers=depth, loss=loss, parameters=params[depth],
+                     parameters_removed_pct=round(100.0 * (1 - params[depth] / params[-1]), 2))
 
 
-def _summary(config, source, total_layers, params, losses, small, large, data_report):
-    return {
-        "model": config.model.name_or_path,
-        "model_path": source.path,
-        "num_layers": total_layers,
-        "parameters_full": params[-1],
-        "small": _depth_entry(small, params, float(losses[small - 1])),
-        "large": _depth_entry(large, params, float(losses[large - 1])),
-        "rule": "small = argmin loss over 1..floor(L/2); large = argmin over floor(L/2)+1..L",
-        "num_batches": config.data.num_batches,
-        "batch_size": config.data.batch_size,
-        "loss_scale": config.loss.scale,
-        "pooling": config.encoder.pooling,
-        "data": data_report,
-    }
+def _summary(config, source, total_layers, params, losses, small, large, data_report, duplicates,
+             wrapper) -> LayerLossResult:
+    return LayerLossResult(
+        model=config.model.name_or_path,
+        model_path=source.path,
+        num_layers=total_layers,
+        parameters_full=params[-1],
+        small=_depth_entry(small, params, float(losses[small - 1])),
+        large=_depth_entry(large, params, float(losses[large - 1])),
+        rule="small = argmin loss over 1..floor(L/2); large = argmin over floor(L/2)+1..L",
+        num_batches=config.data.num_batches,
+        batch_size=config.data.batch_size,
+        loss_scale=config.loss.scale,
+        pooling=config.encoder.pooling,
+        data=data_report,
+        duplicates=duplicates,
+        prompt={"prefix": wrapper[0], "suffix": wrapper[1]},  # exactly what wrapped texts
+    )
 
 
-def _write_outputs(run: RunStore, summary: dict, losses: np.ndarray, params: list[int]) -> None:
+def _write_outputs(run: RunStore, summary: LayerLossResult, losses: np.ndarray, params: list[int]) -> None:
     rows = [{"layers": l, "loss": float(losses[l - 1]), "parameters": params[l],
              "parameters_removed_pct": round(100.0 * (1 - params[l] / params[-1]), 2)}
             for l in range(1, len(losses) + 1)]
-    run.files.write_json("layer_losses.json", {"model": summary["model"], "layers": rows})
+    run.files.write_json("layer_losses.json", {"model": summary.model, "layers": rows})
     run.files.write_csv("layer_losses.csv", list(rows[0]), [list(row.values()) for row in rows])
-    run.save_result("selection.json", summary)
+    run.save_result("selection.json", summary.to_json())
 
 
-def print_summary(summary: dict[str, Any], run_dir: Path | str) -> None:
+def print_summary(summary: LayerLossResult, run_dir: Path | str) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"L3Prune picks for {summary['model']} ({summary['num_layers']} layers)")
+    table = Table(title=f"L3Prune picks for {summary.model} ({summary.num_layers} layers)")
     for column in ("pick", "layers kept", "loss", "parameters", "removed"):
         table.add_column(column, justify="right")
-    table.add_row("full", str(summary["num_layers"]), "", f"{summary['parameters_full'] / 1e6:.1f}M", "0%")
-    for pick in ("large", "small"):
-        entry = summary[pick]
-        table.add_row(pick, str(entry["layers"]), f"{entry['loss']:.4f}",
-                      f"{entry['parameters'] / 1e6:.1f}M", f"{entry['parameters_removed_pct']:.1f}%")
+    table.add_row("full", str(summary.num_layers), "", f"{summary.parameters_full / 1e6:.1f}M", "0%")
+    for pick, entry in (("large", summary.large), ("small", summary.small)):
+        table.add_row(pick, str(entry.layers), f"{entry.loss:.4f}",
+                      f"{entry.parameters / 1e6:.1f}M", f"{entry.parameters_removed_pct:.1f}%")
     console = Console()
     console.print(table)
     console.print(f"outputs in {run_dir}: layer_losses.json, layer_losses.csv, selection.json, "
                   "layer_loss.png")
 
 
-def render(config: LayerLossConfig, summary: dict[str, Any]) -> int:
+def render(config: LayerLossConfig, summary: LayerLossResult) -> int:
     print_summary(summary, config.run_dir())
     return 0
 

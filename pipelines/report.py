@@ -15,14 +15,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from pipelines.results import SweepResult
 from pipelines.routes.registry import ROUTES
 from pipelines.routes.base import RouteReport
 from pipelines.run_store.files import write_atomic, write_json
 
 
 def write_report(run_dir: Path, config, plans, trials, outcomes,
-                 references: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
-    """report.md, summary.json and every route's files in ``run_dir``; returns the summary.
+                 references: dict[str, dict[str, Any]] | None = None) -> SweepResult:
+    """report.md, summary.json and every route's files in ``run_dir``; returns the sweep's result
+    (summary.json's record).
 
     Args:
         config: the sweep's ``SweepConfig``; plans: its ``ModelPlan``s; trials: every ``Trial``.
@@ -36,10 +38,11 @@ def write_report(run_dir: Path, config, plans, trials, outcomes,
                                    run_dir, dict(parts))
     markdown = f"# layercut sweep: {config.run_dir().name}\n" + "".join(part.markdown for part in parts.values())
     write_atomic(run_dir / "report.md", markdown)
-    summary: dict[str, Any] = {"run_dir": str(run_dir)}
+    routes: dict[str, Any] = {}
     for part in parts.values():
-        summary.update(part.summary)
-    summary["overlap"] = {plan.label: plan.overlap for plan in plans if plan.overlap}
-    summary["failed"] = [key for part in parts.values() for key in part.failed]
-    write_json(run_dir / "summary.json", summary)
+        routes.update(part.summary)
+    summary = SweepResult(run_dir=str(run_dir), routes=routes,
+                          overlap={plan.label: plan.overlap for plan in plans if plan.overlap},
+                          failed=[key for part in parts.values() for key in part.failed])
+    write_json(run_dir / "summary.json", summary.to_json())
     return summary

@@ -2,26 +2,15 @@
 
 Validating a config reads no file or data set (pipelines/schemas/; the packaged classification
 presets are package data, tasks/classification_presets.py): a section only says where its data
-lives. What the data itself says (a classification data set's label names), and the settings one
-section lends another (the data root), are worked out here, once, by the stage that needs them,
-instead of patching the config deeper in the run.
+lives. What the data itself says (a classification data set's label names) is worked out here,
+once, by the stage that needs it, instead of patching the config deeper in the run. The settings
+one section lends another in stage 2 (the data root the classification data gets) are its
+objective's route's (``TrainingRoute.resolve``, pipelines/routes/<route>/training.py).
 """
 
 from __future__ import annotations
 
-from pipelines.schemas.finetune import FinetuneConfig
 from pipelines.sections import ClassificationSection
-
-
-def finetune_config(config: FinetuneConfig) -> FinetuneConfig:
-    """``config`` as stage 2 runs it: for the classification objective, the data root that
-    --data-root set (on ``data``) also serves the classification data, unless that section
-    names its own. The caller's config is left as it is; the run records this one."""
-    task = config.classification
-    if config.objective != "classification" or task.data_root is not None or config.data.data_root is None:
-        return config
-    return config.model_copy(update={
-        "classification": task.model_copy(update={"data_root": config.data.data_root})})
 
 
 def label_names(section: ClassificationSection) -> list[str]:

@@ -28,10 +28,10 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
 
 from pipelines.commands import Stage, run_as_script
 from pipelines.ray_runtime import ensure_ray
+from pipelines.results import SweepResult
 from pipelines.routes.registry import ROUTES, routes_of
 from pipelines.schemas.sweep import STAGE, SweepConfig
 from pipelines.sweep_guard import SWEEP_RECORD, fingerprint, guard_and_record
@@ -44,8 +44,9 @@ from tasks.errors import LayercutError
 from tasks.model_access import check_model_access
 
 
-def run(config: SweepConfig) -> dict[str, Any]:
-    """Stage 1 per model, the Tune experiment over all trials, the report; returns the summary."""
+def run(config: SweepConfig) -> SweepResult:
+    """Stage 1 per model, the Tune experiment over all trials, the report; returns the sweep's
+    result (summary.json's record)."""
     from pipelines.report import write_report
 
     run_dir = config.run_dir().resolve()
@@ -116,10 +117,9 @@ def describe_plan(config: SweepConfig) -> str:
             lines += [f"  {plan.label}: grid {depth}" for depth in plan.grid]
             continue
         lines.append(f"{plan.label}: {plan.total_layers} layers, {batch}, {training.steps} steps")
-        plan.stage1 = {"num_layers": plan.total_layers}
         same = recorded.get(plan.label) == fingerprint(plan)
         notes = [line for route in routes_of(plan) for line in route.preview(plan, same, config)]
-        for trial in plan_trials([plan], config.l3prune if "small" in plan.stage1 else False,
+        for trial in plan_trials([plan], config.l3prune if plan.stage1 is not None else False,
                                  config.classification):
             lines.append(_trial_line(trial, plan.total_layers))
         lines += notes
@@ -133,14 +133,14 @@ def _trial_line(trial: Trial, total: int) -> str:
     return f"  {trial.key}: {trial.layers}/{total} layers{which}{task} ({', '.join(trial.origins)})"
 
 
-def render(config: SweepConfig, summary: dict[str, Any]) -> int:
+def render(config: SweepConfig, summary: SweepResult) -> int:
     """The report, then exit status 1 when a trial failed (rerunning retries it)."""
-    run_dir = Path(summary["run_dir"])
+    run_dir = Path(summary.run_dir)
     print((run_dir / "report.md").read_text())
     print(f"report, plots and every trial's model in {run_dir}")
-    if summary["failed"]:
-        print(f"layercut: error: {len(summary['failed'])} trial(s) failed: "
-              f"{', '.join(summary['failed'])}; rerun the same command to retry them", file=sys.stderr)
+    if summary.failed:
+        print(f"layercut: error: {len(summary.failed)} trial(s) failed: "
+              f"{', '.join(summary.failed)}; rerun the same command to retry them", file=sys.stderr)
         return 1
     return 0
 

@@ -12,19 +12,18 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from pipelines.config import find_config, load_config
+from pipelines.route_names import CLASSIFICATION, CONTRASTIVE
 from tasks.depth import Depth
 from tasks.errors import LayercutError
 from tasks.layer_selection import LayerSelection
 from tasks.trees import merge_trees
 
 if TYPE_CHECKING:
+    from pipelines.results import LayerLossResult
     from pipelines.schemas.classify import ClassifyConfig
     from pipelines.schemas.evaluate import EvaluateConfig
     from pipelines.schemas.finetune import FinetuneConfig
     from pipelines.schemas.layer_loss import LayerLossConfig
-
-CONTRASTIVE = "contrastive"  # the route of a trial without a dataset (pipelines/routes/contrastive)
-CLASSIFICATION = "classification"  # the route of a trial on a dataset (pipelines/routes/classification)
 
 
 @dataclass(frozen=True)
@@ -62,7 +61,9 @@ class ModelPlan:
     finetune: FinetuneConfig  # without a depth
     evaluate: EvaluateConfig | None  # without a model path (contrastive route; None without it)
     grid: list[Depth]
-    stage1: dict[str, Any] = field(default_factory=dict)  # selection.json of stage 1
+    # Stage 1's result (the contrastive route's L3Prune picks); None: not run (or, for --plan,
+    # not recorded for this configuration), or a model without the contrastive route.
+    stage1: LayerLossResult | None = None
     # The classification route, per dataset: stage 2 (objective classification) and stage 3.
     classifiers: dict[str, FinetuneConfig] = field(default_factory=dict)
     classify: dict[str, ClassifyConfig] = field(default_factory=dict)

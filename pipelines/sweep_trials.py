@@ -37,7 +37,7 @@ def plan_trials(plans: list[ModelPlan], use_l3prune: bool | str,
     options = TrialOptions(l3prune_picks(use_l3prune), route)
     trials = []
     for plan in plans:
-        total = plan.total_layers or plan.stage1["num_layers"]
+        total = plan.total_layers or plan.stage1.num_layers
         for each in routes_of(plan):
             trials += each.trials(plan, total, options)
     return trials

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from pipelines.routes.registry import ROUTES
 from pipelines.run_store.run import RunStore
-from pipelines.sweep_plan import CONTRASTIVE
+from pipelines.route_names import CONTRASTIVE
 
 if TYPE_CHECKING:  # configs only name types here: a Tune trial's worker imports little
     from pipelines.schemas.classify import ClassifyConfig
@@ -69,7 +69,8 @@ def execute(spec: TrialSpec) -> dict[str, Any]:
 def training_progress(spec: TrialSpec) -> dict[str, Any] | None:
     """The latest training step of the trial's Ray Train run ({"step", "training_loss"}), from its
     newest checkpoint's trainer state (the run directory is on storage every node shares)."""
-    train_dir = spec.finetune.run_dir(spec.layers) / "ray" / "train"
+    training = ROUTES[spec.finetune.objective].training
+    train_dir = spec.finetune.run_dir(spec.layers, training.name_suffix(spec.finetune)) / "ray" / "train"
     checkpoints = sorted(train_dir.glob("step-*/trainer_state.json"))
     for path in reversed(checkpoints):  # the newest may be half-written: fall back to the one before
         try:

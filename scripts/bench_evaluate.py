@@ -103,7 +103,7 @@ def workers_scaling(args) -> None:
             "workers": {"num_workers": workers, "cpus_per_worker": os.cpu_count() // workers}})
         began = time.perf_counter()
         summary = run(config)
-        results[workers] = (time.perf_counter() - began, summary["mean"])
+        results[workers] = (time.perf_counter() - began, summary.mean)
     print(f"quick preset ({args.pairs} pairs per task), {args.model}"
           f"{f' cut to {args.layers} layers' if args.layers else ''}, {os.cpu_count()} cores:")
     for workers, (seconds, mean) in results.items():

@@ -95,7 +95,7 @@ def test_a_subsampled_evaluation_keeps_its_items_and_reports_intervals(tmp_path)
     tree = {"output_dir": str(tmp_path), "model": {"name_or_path": str(minilm)}, "tasks": ["STSBenchmark"],
             "data_root": str(SHARED_DATA), "workers": {"executor": "local"}, "show_progress": False}
     summary = run(load_config(EvaluateConfig, None, [], {**tree, "max_samples_per_split": 40}))
-    run_dir = Path(summary["run_dir"])
+    run_dir = Path(summary.run_dir)
     items = json.loads((run_dir / "items" / "STSBenchmark.json").read_text())
     part = items["parts"]["default/test"]
     task = subsample_task(load_task("STSBenchmark", str(SHARED_DATA)), 40)
@@ -104,11 +104,11 @@ def test_a_subsampled_evaluation_keeps_its_items_and_reports_intervals(tmp_path)
     model = SentenceTransformer(str(minilm), device="cpu")
     a, b = (model.encode(list(rows[c]), normalize_embeddings=True) for c in ("sentence1", "sentence2"))
     assert part["predicted"] == pytest.approx((a * b).sum(axis=1).tolist(), abs=1e-5)
-    row = summary["tasks"][0]
+    row = summary.tasks[0]
     assert row["main_score"] == pytest.approx(spearmanr(part["gold"], part["predicted"]).statistic, abs=1e-6)
     expected = np.percentile(_independent("STSBenchmark", items), [2.5, 97.5]).tolist()
     assert row["interval"] == pytest.approx(expected, abs=1e-12)
-    assert summary["mean_interval"] == pytest.approx(expected, abs=1e-12)  # one task: the same
+    assert summary.mean_interval == pytest.approx(expected, abs=1e-12)  # one task: the same
     assert row["interval"][0] < row["main_score"] < row["interval"][1]
     text = (run_dir / "summary.md").read_text()
     assert f"[{expected[0]:.4f}, {expected[1]:.4f}]" in text and "95% bootstrap intervals" in text
@@ -119,8 +119,8 @@ def test_a_subsampled_evaluation_keeps_its_items_and_reports_intervals(tmp_path)
     pq.write_table(pq.read_table(SHARED_DATA / "STSBenchmark" / "test.parquet").slice(0, 60),
                    mirror / "test.parquet")
     full = run(load_config(EvaluateConfig, None, [], {**tree, "data_root": str(mirror.parent)}))
-    assert full["tasks"][0]["interval"] is None and full["mean_interval"] is None
-    assert full["bootstrap"] is None and not (Path(full["run_dir"]) / "items").exists()
+    assert full.tasks[0]["interval"] is None and full.mean_interval is None
+    assert full.bootstrap is None and not (Path(full.run_dir) / "items").exists()
 
 
 def _row(layers: int, mean: float, interval=None, model: str = "m", status: str = "done") -> dict:

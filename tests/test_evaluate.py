@@ -47,11 +47,11 @@ def test_reference_encoder_scores_what_mteb_published(tmp_path):
     config = _config(tmp_path, model={"name_or_path": str(MINILM)}, tasks=["STSBenchmark"],
                      data_root=str(SHARED_DATA), workers={"executor": "local"})
     summary = run(config)
-    score = summary["tasks"][0]["main_score"]
+    score = summary.tasks[0]["main_score"]
     assert abs(score - PUBLISHED_STSB_MINILM) <= 0.005
-    assert summary["tasks"][0]["splits"] == ["test"] and summary["tasks"][0]["subsets"] == ["default"]
-    assert "| STSBenchmark | STS | " in (Path(summary["run_dir"]) / "summary.md").read_text()
-    assert "test,default" in (Path(summary["run_dir"]) / "summary.csv").read_text()
+    assert summary.tasks[0]["splits"] == ["test"] and summary.tasks[0]["subsets"] == ["default"]
+    assert "| STSBenchmark | STS | " in (Path(summary.run_dir) / "summary.md").read_text()
+    assert "test,default" in (Path(summary.run_dir) / "summary.csv").read_text()
     # And exactly what mteb's own sentence-transformers wrapper gives on the same data.
     from sentence_transformers import SentenceTransformer
 
@@ -60,12 +60,12 @@ def test_reference_encoder_scores_what_mteb_published(tmp_path):
                              show_progress_bar=False).task_results[0].get_score()
     assert score == pytest.approx(expected, abs=1e-6)
     # The result files are mteb's own: its cache reads them back.
-    results = mteb.ResultCache(cache_path=summary["run_dir"]).load_results(
+    results = mteb.ResultCache(cache_path=summary.run_dir).load_results(
         models=["layercut/model"], require_model_meta=False, validate_and_filter=False)
     loaded = [r for model in results.model_results for r in model.task_results]
     assert [r.task_name for r in loaded] == ["STSBenchmark"]
     assert loaded[0].get_score() == pytest.approx(score, abs=1e-9)
-    assert "STSBenchmark" in (Path(summary["run_dir"]) / "summary.md").read_text()
+    assert "STSBenchmark" in (Path(summary.run_dir) / "summary.md").read_text()
 
 
 @pytest.mark.slow
@@ -83,31 +83,31 @@ def test_ray_workers_equal_single_process_mteb(tmp_path, mini_mirror, ray_cluste
         tasks = [load_task(name, str(mini_mirror)) for name in resolve_task_names(["quick"])]
         single = mteb.evaluate(model, tasks, cache=None, show_progress_bar=False)
         expected = {r.task_name: r.get_score() for r in single.task_results}
-        got = {row["task"]: row["main_score"] for row in summary["tasks"]}
+        got = {row["task"]: row["main_score"] for row in summary.tasks}
         assert got.keys() == expected.keys() == {"STSBenchmark", "SICK-R"}
         for name in expected:
             assert got[name] == pytest.approx(expected[name], abs=1e-5), (layers, name)
-        assert summary["layers"] == (layers or 30) and summary["texts_per_second"] > 0
+        assert summary.layers == (layers or 30) and summary.texts_per_second > 0
 
 
 def test_finished_tasks_are_not_run_again(tmp_path, mini_mirror, tiny_model_dirs, capsys):
     config = _config(tmp_path, model={"name_or_path": tiny_model_dirs["llama"]},
                      tasks=["STSBenchmark"], data_root=str(mini_mirror), workers={"executor": "local"})
     first = run(config)
-    path = next(Path(first["run_dir"]).rglob("STSBenchmark.json"))
+    path = next(Path(first.run_dir).rglob("STSBenchmark.json"))
     stamp = path.stat().st_mtime_ns
     capsys.readouterr()
     second = run(config)
-    assert path.stat().st_mtime_ns == stamp and second["tasks"] == first["tasks"]
-    assert second["run_dir"] == first["run_dir"]
+    assert path.stat().st_mtime_ns == stamp and second.tasks == first.tasks
+    assert second.run_dir == first.run_dir
     err = capsys.readouterr().err
     assert "STSBenchmark: started" not in err and "STSBenchmark: main score" in err and "reused" in err
     # The resumed run's summary still reports the throughput its first invocation measured.
-    assert second["texts_per_second"] == first["texts_per_second"] > 0
+    assert second.texts_per_second == first.texts_per_second > 0
     # Adding a task to the same model and settings keeps the finished one and runs only the new.
     third = run(config.model_copy(update={"tasks": ["STSBenchmark", "SICK-R"]}))
-    assert third["run_dir"] == first["run_dir"] and path.stat().st_mtime_ns == stamp
-    assert third["tasks"][0] == first["tasks"][0] and third["tasks"][1]["task"] == "SICK-R"
+    assert third.run_dir == first.run_dir and path.stat().st_mtime_ns == stamp
+    assert third.tasks[0] == first.tasks[0] and third.tasks[1]["task"] == "SICK-R"
     assert "SICK-R: started" in capsys.readouterr().err
 
 
@@ -263,7 +263,7 @@ def test_corpus_split_gives_the_same_scores(tmp_path, mini_mirror, tiny_model_di
             "data_root": str(mini_mirror), "workers": {"executor": "local"}}
     plain = run(_config(tmp_path / "plain", **base))
     split = run(_config(tmp_path / "split", corpus_workers=2, corpus_min_texts=50, **base))
-    assert split["tasks"][0]["main_score"] == pytest.approx(plain["tasks"][0]["main_score"], abs=1e-5)
+    assert split.tasks[0]["main_score"] == pytest.approx(plain.tasks[0]["main_score"], abs=1e-5)
 
 
 def test_one_ray_worker_equals_in_process(tmp_path, tiny_model_dirs, ray_cluster):
@@ -273,11 +273,11 @@ def test_one_ray_worker_equals_in_process(tmp_path, tiny_model_dirs, ray_cluster
             "data_root": str(SHARED_DATA), "max_samples_per_split": 16}
     local = run(_config(tmp_path / "local", workers={"executor": "local"}, **base))
     remote = run(_config(tmp_path / "ray", workers={"num_workers": 1, "cpus_per_worker": 1}, **base))
-    assert [row["task"] for row in remote["tasks"]] == ["STSBenchmark", "SICK-R"]
-    for ours, theirs in zip(remote["tasks"], local["tasks"]):
+    assert [row["task"] for row in remote.tasks] == ["STSBenchmark", "SICK-R"]
+    for ours, theirs in zip(remote.tasks, local.tasks):
         assert ours["main_score"] == pytest.approx(theirs["main_score"], abs=1e-6)
         assert ours["interval"] == pytest.approx(theirs["interval"], abs=1e-6)
-    assert remote["mean_interval"] == pytest.approx(local["mean_interval"], abs=1e-6)
+    assert remote.mean_interval == pytest.approx(local.mean_interval, abs=1e-6)
 
 
 @pytest.fixture(scope="module")
@@ -310,15 +310,15 @@ def test_two_models_in_folders_of_one_name_never_share_scores(tmp_path, two_mode
     a = run(_quick(out, first))
     b = run(_quick(out, second))
     fresh = run(_quick(tmp_path / "fresh", second))
-    assert a["run_dir"] != b["run_dir"] and a["fingerprint"] != b["fingerprint"]
-    assert b["tasks"][0]["main_score"] != a["tasks"][0]["main_score"]
-    assert b["tasks"][0]["main_score"] == fresh["tasks"][0]["main_score"]
-    assert Path(b["run_dir"]).name == f"eval-model-{b['fingerprint'][:8]}" == Path(fresh["run_dir"]).name
+    assert a.run_dir != b.run_dir and a.fingerprint != b.fingerprint
+    assert b.tasks[0]["main_score"] != a.tasks[0]["main_score"]
+    assert b.tasks[0]["main_score"] == fresh.tasks[0]["main_score"]
+    assert Path(b.run_dir).name == f"eval-model-{b.fingerprint[:8]}" == Path(fresh.run_dir).name
     # The first's directory named for the second: refused in one line naming what differs.
     with pytest.raises(LayercutError, match=r"holds results of another model or settings .*"
                        r"model: sha256:\w+… -> sha256:\w+….*use another --name") as refused:
-        run(_quick(out, second, name=Path(a["run_dir"]).name))
-    assert "\n" not in str(refused.value) and a["fingerprint"] in str(refused.value)
+        run(_quick(out, second, name=Path(a.run_dir).name))
+    assert "\n" not in str(refused.value) and a.fingerprint in str(refused.value)
 
 
 def test_other_subsample_or_task_inputs_are_not_reused(tmp_path, two_models_named_model, capsys):
@@ -326,16 +326,16 @@ def test_other_subsample_or_task_inputs_are_not_reused(tmp_path, two_models_name
     sixteen = run(_quick(tmp_path, first))
     # Another subsample: its own directory by default, a refusal under a shared name.
     twenty = run(_quick(tmp_path, first, max_samples_per_split=20))
-    assert twenty["run_dir"] != sixteen["run_dir"]
-    assert twenty["tasks"][0]["main_score"] != sixteen["tasks"][0]["main_score"]
+    assert twenty.run_dir != sixteen.run_dir
+    assert twenty.tasks[0]["main_score"] != sixteen.tasks[0]["main_score"]
     with pytest.raises(LayercutError, match=r"another model or settings .*subsample: .*16.* -> .*20"):
-        run(_quick(tmp_path, first, name=Path(sixteen["run_dir"]).name, max_samples_per_split=20))
+        run(_quick(tmp_path, first, name=Path(sixteen.run_dir).name, max_samples_per_split=20))
     # Another instruction for a finished task: that task's result is not reused.
     with pytest.raises(LayercutError, match=r"result of STSBenchmark .* other task inputs "
                        r"\(instruction: .* -> Another instruction\)"):
         run(_quick(tmp_path, first, instructions={"STSBenchmark": "Another instruction"}))
     # A run dir written before fingerprints existed (results, no record) is refused too.
-    Path(sixteen["run_dir"], "fingerprint.json").unlink()
+    Path(sixteen.run_dir, "fingerprint.json").unlink()
     with pytest.raises(LayercutError, match="results without a fingerprint"):
         run(_quick(tmp_path, first))
 

@@ -53,8 +53,11 @@ def test_the_presets_are_the_packaged_yaml():
 
 
 def test_stage_2_lends_the_data_root_to_classification_data_without_patching_the_caller():
-    from pipelines.resolve import finetune_config
+    from pipelines.routes.registry import ROUTES
     from pipelines.schemas.finetune import FinetuneConfig
+
+    def finetune_config(config):  # what stage 2 runs: its objective's route resolves the config
+        return ROUTES[config.objective].training.resolve(config)
 
     given = FinetuneConfig.model_validate({"objective": "classification", "data": {"data_root": "/mirror"}})
     resolved = finetune_config(given)

@@ -10,6 +10,7 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModel
 
+import _results
 from conftest import family_tokenizer, padded_inputs, tiny_config
 from tasks.depth import Depth
 from tasks.errors import LayercutError
@@ -238,8 +239,7 @@ def test_sweep_trials_name_a_selection_and_merge_it_with_its_prefix():
     from pipelines.sweep import ModelPlan, plan_trials
 
     grid = [Depth.parse(d) for d in ("keep-indices:0-2,5-6", "keep-indices:0-4", 5, [0, 1, 2, 3, 7])]
-    plan = ModelPlan("m", None, None, "an evaluate config", grid,
-                     stage1={"num_layers": 8, "small": {"layers": 2}, "large": {"layers": 5}})
+    plan = ModelPlan("m", None, None, "an evaluate config", grid, stage1=_results.stage1(8, 2, 5))
     trials = plan_trials([plan], use_l3prune=True)
     assert [(t.key, t.layers, t.origins) for t in trials] == [
         ("m-l5", 5, ("grid keep-indices:0-4", "grid 5", "l3prune-large")),

@@ -40,8 +40,8 @@ def test_ray_tasks_equal_in_process(tmp_path, tiny_model_dirs, ray_cluster):
     expected = _losses(tmp_path / "local" / "run")
     np.testing.assert_allclose(_losses(tmp_path / "k1" / "run"), expected, rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(_losses(tmp_path / "k2" / "run"), expected, rtol=1e-6, atol=1e-7)
-    assert local["small"]["layers"] == one["small"]["layers"] == two["small"]["layers"]
-    assert local["large"]["layers"] == one["large"]["layers"] == two["large"]["layers"]
+    assert local.small.layers == one.small.layers == two.small.layers
+    assert local.large.layers == one.large.layers == two.large.layers
 
 
 def test_sampling_is_reproducible_and_layout_independent(tmp_path, triplet_rows, ray_cluster):
@@ -133,9 +133,9 @@ def test_duplicates_are_masked_and_counted(tmp_path, tiny_model_dirs, ray_cluste
                      "num_batches": 1, "batch_size": 4},
             "loss": {"mask_duplicate_positives": masked}, "workers": {"executor": "local"}})
         summary = run(config, show_progress=False)
-        assert summary["duplicates"] == {"masked": masked, "pairs": 4, "batches_with_duplicates": 1}
+        assert summary.duplicates == {"masked": masked, "pairs": 4, "batches_with_duplicates": 1}
         saved = json.loads((tmp_path / str(masked) / "run" / "selection.json").read_text())
-        assert saved["duplicates"] == summary["duplicates"]
+        assert saved["duplicates"] == summary.duplicates
         results[masked] = _losses(tmp_path / str(masked) / "run")
     assert np.all(results[True] <= results[False]) and np.any(results[True] < results[False])
     assert LayerLossConfig().loss.mask_duplicate_positives

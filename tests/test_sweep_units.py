@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
+import _results
 from conftest import SHARED_DATA
 from pipelines.config import find_config, load_config
 from pipelines.routes.contrastive.rows import best_within_budget, pareto_front
@@ -78,8 +79,7 @@ def test_autoscaling_needs_explicit_workers(tmp_path):
 def _plan(grid, total=30, small=7, large=21) -> ModelPlan:
     # Planning reads only the grid and stage 1; the stage configs are not needed (an evaluate
     # config marks the contrastive route).
-    return ModelPlan("m", None, None, "an evaluate config", grid,
-                     stage1={"num_layers": total, "small": {"layers": small}, "large": {"layers": large}})
+    return ModelPlan("m", None, None, "an evaluate config", grid, stage1=_results.stage1(total, small, large))
 
 
 def test_trials_join_the_grid_and_the_l3prune_picks():
@@ -165,7 +165,7 @@ def test_each_contrastive_trial_evaluates_its_depth_untrained_unless_switched_of
     config = _config(tmp_path, **tree)
     (plan,) = resolve_models(config)
     plan.total_layers = 30
-    plan.stage1 = {"num_layers": 30, "small": {"layers": 7}, "large": {"layers": 21}}
+    plan.stage1 = _results.stage1(30, 7, 21)
     trials = plan_trials([plan], use_l3prune=True, route=config.classification)
     specs = trial_specs(config, [plan], trials, {}, tmp_path)
     contrastive = [t for t in trials if t.dataset is None]
@@ -206,13 +206,14 @@ def test_a_trial_records_its_depth_untrained_and_a_finished_one_evaluates_nothin
         mean = means[config.name]
         items = {"STSBenchmark": {"main_score": "cosine_spearman", "statistic": "spearman",
                                   "parts": {"default/test": {"gold": gold, "predicted": predicted[config.name]}}}}
-        return {"mean": mean, "mean_per_type": {"STS": mean}, "mean_interval": [mean - 0.05, mean + 0.05],
-                "tasks": [{"task": "STSBenchmark", "main_score": mean, "interval": [mean - 0.05, mean + 0.05]}],
-                "texts_per_second": 10.0, "items": items}
+        return _results.evaluated(
+            mean=mean, mean_per_type={"STS": mean}, mean_interval=[mean - 0.05, mean + 0.05],
+            tasks=[{"task": "STSBenchmark", "main_score": mean, "interval": [mean - 0.05, mean + 0.05]}],
+            texts_per_second=10.0, items=items)
 
-    trained = {"artifact": str(tmp_path / "model"), "model": "base", "total_layers": 6, "parameters": 4,
-               "parameters_full": 6, "parameters_removed_pct": 33.3, "final_loss": 0.5, "first_loss": 1.0,
-               "steps": 3}
+    trained = _results.finetuned(artifact=str(tmp_path / "model"), model="base", total_layers=6, parameters=4,
+                                 parameters_full=6, parameters_removed_pct=33.3, final_loss=0.5, first_loss=1.0,
+                                 steps=3)
     monkeypatch.setattr(evaluate, "run", evaluated)
     monkeypatch.setattr(finetune, "run", lambda config: trained)
     monkeypatch.setattr(contrastive_trial, "_measure", lambda spec, artifact: {"latency_ms": 1.0})
@@ -231,8 +232,8 @@ def test_a_trial_records_its_depth_untrained_and_a_finished_one_evaluates_nothin
     # The change's interval pairs the two evaluations' items (tasks/bootstrap.py, tested there).
     from tasks.bootstrap import paired_change_intervals
 
-    per_task, paired = paired_change_intervals(evaluated(EvaluateConfig(name="k/evaluate"))["items"],
-                                               evaluated(EvaluateConfig(name="k/untrained"))["items"])
+    per_task, paired = paired_change_intervals(evaluated(EvaluateConfig(name="k/evaluate")).items,
+                                               evaluated(EvaluateConfig(name="k/untrained")).items)
     del runs[2:]
     assert paired is not None and result["change_vs_untrained_interval"] == paired
     assert result["change_vs_untrained_task_intervals"] == per_task
@@ -286,7 +287,7 @@ def test_report_shows_each_depth_untrained_the_change_and_whether_it_is_noise(tm
     trials = [Trial("tiny", layers, ("grid",)) for layers in (6, 5, 4, 3, 2, 1)] + [Trial("whole", 3, ("grid",))]
     config = _config(tmp_path, name="report")
     summary = write_report(tmp_path, config, [], trials, _untrained_outcomes())
-    rows = {row["key"]: row for row in summary["trials"]}
+    rows = {row["key"]: row for row in summary.routes["trials"]}
     assert rows["tiny-l6"]["change_vs_untrained"] == 0.70 - 0.60
     assert rows["tiny-l4"]["change_vs_untrained"] == 0.62 - 0.60
     assert rows["whole-l3"]["change_vs_untrained"] == 0.50 - 0.45
@@ -296,10 +297,10 @@ def test_report_shows_each_depth_untrained_the_change_and_whether_it_is_noise(tm
         True, True, False, True, None, None]
     assert rows["tiny-l6"]["untrained_tasks"] == {"STSBenchmark": 0.60}
     assert rows["tiny-l6"]["untrained_mean_ci95_low"] == 0.52 and rows["tiny-l6"]["untrained_mean_ci95_high"] == 0.67
-    assert summary["fine_tuning_effect"] == {
+    assert summary.routes["fine_tuning_effect"] == {
         "tiny": {"outside_interval": [6, 5, 3], "inside_interval": [4], "no_interval": []},
         "whole": {"outside_interval": [], "inside_interval": [], "no_interval": [3]}}
-    assert json.loads((tmp_path / "summary.json").read_text())["fine_tuning_effect"] == summary["fine_tuning_effect"]
+    assert json.loads((tmp_path / "summary.json").read_text())["fine_tuning_effect"] == summary.routes["fine_tuning_effect"]
 
     with open(tmp_path / "report.csv") as handle:
         table = {(row["model"], row["layers"]): row for row in csv.DictReader(handle)}
@@ -326,7 +327,7 @@ def test_report_shows_each_depth_untrained_the_change_and_whether_it_is_noise(tm
     from pipelines.routes.contrastive.report import untrained_wording
 
     assert untrained_wording("tiny", {"outside_interval": [], "inside_interval": [4], "no_interval": []},
-                             summary["trials"]) == (
+                             summary.routes["trials"]) == (
         "- **tiny**: within this evaluation's noise at l4 (+0.0200 [-0.0100, +0.0500]), where this "
         "evaluation does not tell the fine-tuned depth from the untrained one.")
     assert all(line.count("|") == 13 for line in report.splitlines() if line.startswith("| tiny |"))
@@ -451,7 +452,7 @@ def test_classification_route_resolves_per_dataset_configs(tmp_path):
     assert not only.contrastive and only.layer_loss is None and not only.probe_tasks
 
     plan.total_layers = 30
-    plan.stage1 = {"num_layers": 30, "small": {"layers": 7}, "large": {"layers": 21}}
+    plan.stage1 = _results.stage1(30, 7, 21)
     trials = plan_trials([plan], use_l3prune=True, route=config.classification)
     keys = [t.key for t in trials]
     assert keys[-4:] == ["smollm2-135m-sst2-l4", "smollm2-135m-sst2-l1",
@@ -472,7 +473,7 @@ def test_classification_report_rows_best_depth_and_side_by_side():
             "majority_rate": 0.5, "final_loss": 0.3, "training_log": "x"}
     outcomes = {"m-sst2-l4": {**done, "accuracy": 0.8}, "m-sst2-l2": {**done, "accuracy": 0.8},
                 "m-sst2-l1": {"error": "boom"}}
-    rows = classification_rows(trials, outcomes, {"m-sst2": {"accuracy": 0.6}})
+    rows = classification_rows(trials, outcomes, {"m-sst2": _results.classified(accuracy=0.6)})
     assert [r["status"] for r in rows] == ["done", "done", "failed"]
     assert rows[0]["change_vs_zero_shot"] == pytest.approx(0.2)
     assert best_accuracy(rows)["m/sst2"]["layers"] == 2  # a tie goes to fewer layers
@@ -497,15 +498,15 @@ def test_plan_prints_the_trials_without_training(tmp_path, capsys):
                      "  smollm2-135m: L3Prune small and large depths after stage 1"]
     assert not any(tmp_path.iterdir())  # nothing was run or written
 
-    # Stage 1 of this configuration has run (its selection.json, as layer_loss writes it).
+    # Stage 1 of this configuration has run (its selection.json, as layer_loss writes it: the
+    # result's record).
     config = load_config(SweepConfig, find_config("smollm2-135m", "run"),
                          [f"output_dir={tmp_path}", f"data_root={SHARED_DATA}"])
     plans = resolve_models(config)
     guard_and_record(config.run_dir(), config, plans)
     stage1 = plans[0].layer_loss.run_dir()
     stage1.mkdir(parents=True)
-    (stage1 / "selection.json").write_text(json.dumps(
-        {"num_layers": 30, "small": {"layers": 6}, "large": {"layers": 22}}))
+    (stage1 / "selection.json").write_text(json.dumps(_results.stage1(30, 6, 22).to_json()))
     assert main(argv) == 0
     assert capsys.readouterr().out.splitlines()[1:] == [
         "  smollm2-135m-l22: 22/30 layers (l3prune-large)",
@@ -524,3 +525,40 @@ def test_a_bare_fraction_on_the_command_line_is_refused(capsys):
     assert line.startswith("layercut: error: invalid config") and line.endswith(
         "layers: Value error, depth 0.3 is ambiguous: write prune:0.3 "
         "(removes that fraction of the last layers, the paper's p), keep:0.3, or a layer count")
+
+
+def test_a_stage_refuses_another_routes_artifact_in_one_line():
+    """Stage 3 (MTEB) scores the contrastive route's artifacts, evaluate-classifier the
+    classification route's; each refuses the other's naming the command that scores it (the
+    route's own words, pipelines/routes/<route>/artifact.py). An artifact without an objective
+    predates the classification route: contrastive."""
+    from pipelines.route_names import ROUTE_NAMES
+    from pipelines.routes.artifacts import refuse_other_routes
+    from pipelines.routes.registry import ROUTES
+
+    assert tuple(ROUTES) == ROUTE_NAMES == ("contrastive", "classification")
+    refuse_other_routes("m", None, "classification")  # not an artifact: a base model
+    refuse_other_routes("m", {}, "contrastive")
+    refuse_other_routes("m", {"objective": "classification"}, "classification")
+    with pytest.raises(LayercutError) as error:
+        refuse_other_routes("runs/x/model", {"objective": "classification"}, "contrastive")
+    assert str(error.value) == ("runs/x/model is a prompt-based classifier (classification objective); "
+                                "score it with `layercut evaluate-classifier`")
+    with pytest.raises(LayercutError) as error:
+        refuse_other_routes("runs/y/model", {}, "classification")
+    assert str(error.value) == ("runs/y/model is an embedding model (contrastive objective); "
+                                "evaluate it with `layercut evaluate` (mteb)")
+
+
+def test_the_default_finetune_run_name_carries_the_classification_dataset(tmp_path):
+    """finetune-<model>-l<layers>, and for the classification objective its dataset before the
+    depth (the route's ``name_suffix``)."""
+    from pipelines.routes.registry import ROUTES
+    from pipelines.schemas.finetune import FinetuneConfig
+
+    for tree, name in (({}, "finetune-smollm2-135m-l4"),
+                       ({"objective": "classification", "classification": {"dataset": "sst2"}},
+                        "finetune-smollm2-135m-sst2-l4")):
+        config = FinetuneConfig.model_validate({"output_dir": str(tmp_path), **tree})
+        suffix = ROUTES[config.objective].training.name_suffix(config)
+        assert config.run_dir(4, suffix) == tmp_path / name

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 if TYPE_CHECKING:
+    from pipelines.results import FinetuneResult
     from pipelines.schemas.finetune import FinetuneConfig
     from pipelines.schemas.sweep import ClassificationRoute, ModelEntry, SweepConfig
     from pipelines.sweep_plan import ModelPlan, Trial
@@ -103,6 +104,15 @@ class TrainingRoute(Protocol):
     lm_head: bool  # the cut model keeps its LM head (counted in its parameters)
     loss_label: str  # the y label of the loss curve
 
+    def resolve(self, config: FinetuneConfig) -> FinetuneConfig:
+        """``config`` as stage 2 runs it (and records it): the settings one of its sections lends
+        the objective's (the classification data gets the data root of ``data``); the
+        caller's config is left as it is."""
+
+    def name_suffix(self, config: FinetuneConfig) -> str:
+        """The objective's part of the default run name (``FinetuneConfig.run_dir``'s ``task``):
+        "" or "-<dataset>"."""
+
     def wrapper(self, config: FinetuneConfig, tokenizer) -> tuple[str, str] | None:
         """Checks the input format against the tokenizer before Ray starts; returns the rendered
         (prefix, suffix) wrapper when the fingerprint depends on it."""
@@ -142,14 +152,16 @@ class Route:
             run --plan`, before any work: load what an earlier run of the same configuration
             decided (stage 1's picks) and return lines on what only the run will decide.
         serving_texts: ``(plan, count) -> [str] | None``: texts to measure encode latency on.
-        references: ``(SweepConfig, plans, run dir) -> {key: result}``: what the report compares
-            its trials with (the zero-shot scores), computed once before the trials.
+        references: ``(SweepConfig, plans, run dir) -> {key: stage result}``: what the report
+            compares its trials with (the zero-shot ``ClassifyResult``s), computed once before
+            the trials.
         finetune_config: ``(plan, trial) -> FinetuneConfig``: stage 2's config of a trial,
             before its depth and run name are set.
         trial_configs: ``(SweepConfig, plan, trial) -> {TrialSpec field: value}``: its stage
             configs of a trial (pipelines/trial.py ``TrialSpec``).
-        evaluate_trial: ``(TrialSpec, stage-2 summary) -> result``: stage 3 and the rest of a
-            trial after training; the result is saved as result.json.
+        evaluate_trial: ``(TrialSpec, FinetuneResult) -> result``: stage 3 and the rest of a
+            trial after training (given stage 2's result); the result, a dict of the route's
+            keys, is saved as result.json.
         tune_metrics: ``(result) -> {name: number}``: metrics Tune gets beside the result's
             numbers (nested scores flattened).
         report: ``(SweepConfig, plans, trials, outcomes, references, run dir, earlier) ->
@@ -170,7 +182,7 @@ class Route:
     references: Callable[[SweepConfig, list[ModelPlan], Path], dict[str, Any]]
     finetune_config: Callable[[ModelPlan, Trial], FinetuneConfig]
     trial_configs: Callable[[SweepConfig, ModelPlan, Trial], dict[str, Any]]
-    evaluate_trial: Callable[[TrialSpec, dict[str, Any]], dict[str, Any]]
+    evaluate_trial: Callable[[TrialSpec, FinetuneResult], dict[str, Any]]
     tune_metrics: Callable[[dict[str, Any]], dict[str, float]]
     report: Callable[..., RouteReport]
 

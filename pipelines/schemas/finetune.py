@@ -10,6 +10,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from pipelines.config import DepthSetting, StrictModel, filesystem_output_dir
+from pipelines.route_names import CONTRASTIVE, RouteName
 from pipelines.sections import (ClassificationSection, EncoderSection, LossSection, ModelSection,
                                 RayWorkersSection, TripletSourceSection)
 from tasks.layer_selection import LayerSelection
@@ -86,7 +87,7 @@ class FinetuneConfig(StrictModel):
     show_progress: bool = True
     # contrastive: an embedding model (L3Prune; encoder, data, loss). classification: a
     # prompt-based classifier keeping the LM head ("Why Lift so Heavy?"; the classification section).
-    objective: Literal["contrastive", "classification"] = "contrastive"
+    objective: RouteName = CONTRASTIVE  # a route's name (pipelines/route_names.py)
     model: ModelSection = Field(default_factory=ModelSection)
     encoder: EncoderSection = Field(default_factory=EncoderSection)
     data: TripletSourceSection = Field(default_factory=TripletSourceSection)
@@ -97,7 +98,8 @@ class FinetuneConfig(StrictModel):
     deepspeed: DeepSpeedSection = Field(default_factory=DeepSpeedSection)
     workers: RayWorkersSection = Field(default_factory=RayWorkersSection)
 
-    def run_dir(self, kept: int | LayerSelection) -> Path:
-        task = f"-{self.classification.label()}" if self.objective == "classification" else ""
+    def run_dir(self, kept: int | LayerSelection, task: str = "") -> Path:
+        """<output_dir>/<name>, by default finetune-<model><task>-<depth>; ``task``: the
+        objective's part of the name (its route's ``TrainingRoute.name_suffix``)."""
         depth = kept.name if isinstance(kept, LayerSelection) else f"l{kept}"
         return Path(self.output_dir) / (self.name or f"finetune-{self.model.slug()}{task}-{depth}")

@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from pipelines.config import DepthSetting, StrictModel, filesystem_output_dir
+from pipelines.route_names import CONTRASTIVE, RouteName
 from pipelines.schemas.classify import ClassifyConfig
 from pipelines.schemas.evaluate import EvaluateConfig
 from pipelines.schemas.finetune import FinetuneConfig
@@ -62,8 +63,8 @@ class ModelEntry(StrictModel):
     grid: Grid = None  # default: the sweep's grid
     # contrastive: the embedding route (L3Prune: stage 1, depths, MTEB). classification: prompt-
     # based classifiers of the `classification` section's datasets at every depth of its grid.
-    objectives: list[Literal["contrastive", "classification"]] = Field(
-        default_factory=lambda: ["contrastive"])
+    objectives: list[RouteName] = Field(  # route names (pipelines/route_names.py)
+        default_factory=lambda: [CONTRASTIVE])
 
     @field_validator("objectives")
     @classmethod

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from pipelines.routes.base import ResolveContext, TrialOptions
 from pipelines.schemas.classify import ClassifyConfig
@@ -17,6 +17,7 @@ from pipelines.sweep_plan import ModelPlan, Trial, base_layer_count, depth_origi
 from tasks.errors import LayercutError
 
 if TYPE_CHECKING:
+    from pipelines.results import ClassifyResult
     from pipelines.schemas.sweep import SweepConfig
 
 
@@ -54,10 +55,10 @@ def trials(plan: ModelPlan, total: int, options: TrialOptions) -> list[Trial]:
     return [trial for name in plan.classifiers for trial in trials_of(plan.label, origins, name)]
 
 
-def references(config: SweepConfig, plans: list[ModelPlan], run_dir: Path) -> dict[str, Any]:
+def references(config: SweepConfig, plans: list[ModelPlan], run_dir: Path) -> dict[str, ClassifyResult]:
     """The unpruned model's zero-shot accuracy with each dataset's prompt: the reference line of
-    the route ({"<label>-<dataset>": stage-3 summary}), scored once, then reused; {} when the
-    section's ``zero_shot`` is off."""
+    the route ({"<label>-<dataset>": stage 3's ``ClassifyResult``}), scored once, then reused;
+    {} when the section's ``zero_shot`` is off."""
     from pipelines import classify
 
     if not config.classification.zero_shot:

@@ -7,13 +7,16 @@ classification.csv, plots/accuracy_vs_layers-<model>.png, plots/classification_t
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipelines.plots import plot_accuracy_vs_layers, plot_training_curves
 from pipelines.report_text import change_text, fmt, training_curves
 from pipelines.routes.base import RouteReport
 from pipelines.run_store.files import write_csv
-from pipelines.sweep_plan import CLASSIFICATION, CONTRASTIVE
+from pipelines.route_names import CLASSIFICATION, CONTRASTIVE
+
+if TYPE_CHECKING:
+    from pipelines.results import ClassifyResult
 
 CLASSIFICATION_COLUMNS = ["model", "dataset", "layers", "total_layers", "parameters",
                           "parameters_removed_pct", "accuracy", "macro_f1", "majority_rate",
@@ -21,7 +24,7 @@ CLASSIFICATION_COLUMNS = ["model", "dataset", "layers", "total_layers", "paramet
 
 
 def classification_rows(trials, outcomes: dict[str, dict[str, Any]],
-                        zero_shot: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+                        zero_shot: dict[str, ClassifyResult]) -> list[dict[str, Any]]:
     """One row per classification trial; change against the unpruned model's zero-shot accuracy."""
     rows = []
     for trial in (t for t in trials if t.objective == CLASSIFICATION):
@@ -34,8 +37,8 @@ def classification_rows(trials, outcomes: dict[str, dict[str, Any]],
             row.update({key: outcome.get(key) for key in CLASSIFICATION_COLUMNS if key not in row},
                        status="done", training_log=outcome["training_log"])
         reference = zero_shot.get(f"{trial.model}-{trial.dataset}")
-        row["zero_shot_accuracy"] = reference["accuracy"] if reference else None
-        row["change_vs_zero_shot"] = (row["accuracy"] - reference["accuracy"]
+        row["zero_shot_accuracy"] = reference.accuracy if reference else None
+        row["change_vs_zero_shot"] = (row["accuracy"] - reference.accuracy
                                       if reference and row["status"] == "done" else None)
         rows.append(row)
     return rows
@@ -117,7 +120,7 @@ def _classification_plots(rows, plans, zero_shot, plots: Path) -> None:
         series = {name: [(r["layers"], r["accuracy"]) for r in rows if r["status"] == "done"
                          and r["model"] == plan.label and r["dataset"] == name]
                   for name in plan.classifiers}
-        references = {name: zero_shot[f"{plan.label}-{name}"]["accuracy"]
+        references = {name: zero_shot[f"{plan.label}-{name}"].accuracy
                       for name in plan.classifiers if f"{plan.label}-{name}" in zero_shot}
         plot_accuracy_vs_layers({k: v for k, v in series.items() if v}, references,
                                 plan.total_layers, f"{plan.label}: prompt-tuned accuracy of the "
@@ -126,10 +129,11 @@ def _classification_plots(rows, plans, zero_shot, plots: Path) -> None:
                          ylabel="classification loss")
 
 
-def report(config, plans, trials, outcomes: dict[str, dict[str, Any]], references: dict[str, Any],
-           run_dir: Path, earlier: dict[str, RouteReport]) -> RouteReport:
+def report(config, plans, trials, outcomes: dict[str, dict[str, Any]],
+           references: dict[str, ClassifyResult], run_dir: Path,
+           earlier: dict[str, RouteReport]) -> RouteReport:
     """The classification trials' rows against the zero-shot ``references``
-    ({"<label>-<dataset>": stage-3 summary}); with any trial, its figures, classification.csv and
+    ({"<label>-<dataset>": stage 3's ``ClassifyResult``}); with any trial, its figures, classification.csv and
     report.md section (beside the contrastive probes of ``earlier``). summary.json's key:
     classification."""
     zero_shot = references
@@ -146,5 +150,5 @@ def report(config, plans, trials, outcomes: dict[str, dict[str, Any]], reference
     summary = {"classification": {
         "trials": classified,
         "best_depth": {key: row["layers"] for key, row in best.items()},
-        "zero_shot": {key: value["accuracy"] for key, value in zero_shot.items()}}}
+        "zero_shot": {key: value.accuracy for key, value in zero_shot.items()}}}
     return RouteReport(classified, markdown, summary)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pipelines.routes.base import Route, nothing
 from pipelines.routes.classification import plan, report, trial
 from pipelines.routes.classification.training import ClassificationTraining
-from pipelines.sweep_plan import CLASSIFICATION
+from pipelines.route_names import CLASSIFICATION
 
 ROUTE = Route(
     name=CLASSIFICATION,

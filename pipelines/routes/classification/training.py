@@ -17,6 +17,19 @@ class ClassificationTraining:
     lm_head = True
     loss_label = "classification loss"
 
+    def resolve(self, config: FinetuneConfig) -> FinetuneConfig:
+        """The data root that --data-root set (on ``data``) also serves the classification data,
+        unless that section names its own. The caller's config is left as it is."""
+        task = config.classification
+        if task.data_root is not None or config.data.data_root is None:
+            return config
+        return config.model_copy(update={
+            "classification": task.model_copy(update={"data_root": config.data.data_root})})
+
+    def name_suffix(self, config: FinetuneConfig) -> str:
+        """The default run name's dataset part: finetune-<model>-<dataset>-l<layers>."""
+        return f"-{config.classification.label()}"
+
     def wrapper(self, config: FinetuneConfig, tokenizer) -> None:
         """No wrapper: the prompt is checked against the tokenizer in ``inputs``."""
         return None
@@ -29,7 +42,7 @@ class ClassificationTraining:
         from tasks.objectives import ClassificationObjective
         from tasks.verbalizer import VerbalizerScorer
 
-        task = config.classification  # with the data root resolved (resolve.finetune_config)
+        task = config.classification  # with the data root resolved (``resolve``)
         label_names = resolve.label_names(task)
         prompt = task.prompt(label_names)
         VerbalizerScorer(tokenizer, prompt)

@@ -9,6 +9,7 @@ import json
 import sys
 from typing import TYPE_CHECKING
 
+from pipelines.results import LayerLossResult
 from pipelines.routes.base import ResolveContext, TrialOptions
 from pipelines.schemas.evaluate import EvaluateConfig
 from pipelines.schemas.layer_loss import LayerLossConfig
@@ -99,7 +100,7 @@ def prepare(config: SweepConfig, plan: ModelPlan) -> None:
 
     print(f"layercut: stage 1 for {plan.label}", file=sys.stderr)
     plan.stage1 = layer_loss.run(plan.layer_loss, show_progress=config.show_progress)
-    plan.total_layers = plan.stage1["num_layers"]
+    plan.total_layers = plan.stage1.num_layers
     plan.overlap = training_overlap(plan)
     for name, counts in plan.overlap.items():
         if counts["overlapping"]:
@@ -132,18 +133,18 @@ def trials(plan: ModelPlan, total: int, options: TrialOptions) -> list[Trial]:
     ``options.l3prune`` ("small", "large")."""
     origins = depth_origins(plan.grid, total, "grid", f"{plan.label}'s grid")
     for pick in options.l3prune:
-        picked = LayerSelection.prefix(plan.stage1[pick]["layers"], total)
+        picked = LayerSelection.prefix(plan.stage1.pick(pick).layers, total)
         origins.setdefault(picked, []).append(f"l3prune-{pick}")
     return trials_of(plan.label, origins)
 
 
 def recorded_picks(plan: ModelPlan, same_config: bool) -> bool:
     """For `layercut run --plan`: load stage 1's selection.json into ``plan.stage1`` when this
-    run directory holds one of the same configuration (``same_config``); else leave only the
-    layer count there. Returns whether the picks were loaded."""
+    run directory holds one of the same configuration (``same_config``); else set it to None
+    (the layer count is ``plan.total_layers``). Returns whether the picks were loaded."""
     selection = plan.layer_loss.run_dir().resolve() / "selection.json"
     picked = selection.exists() and same_config
-    plan.stage1 = json.loads(selection.read_text()) if picked else {"num_layers": plan.total_layers}
+    plan.stage1 = LayerLossResult.from_json(json.loads(selection.read_text())) if picked else None
     return picked
 
 

@@ -66,10 +66,10 @@ def _markdown(config, rows, best, plans) -> str:
              "same items, resampled alike) is what fine-tuning did. *Change vs full* compares with the same "
              "model keeping all its layers, fine-tuned alike. Latency: median ms per batch of "
              "documents; memory: peak while encoding (GPU allocated, or process RSS on CPU).", ""]
-    for plan in (p for p in plans if p.stage1):
+    for plan in (p for p in plans if p.stage1 is not None):
         stage1 = plan.stage1
-        lines.append(f"- **{plan.label}** ({stage1['model']}, {stage1['num_layers']} layers): "
-                     f"L3Prune small = {stage1['small']['layers']}, large = {stage1['large']['layers']} "
+        lines.append(f"- **{plan.label}** ({stage1.model}, {stage1.num_layers} layers): "
+                     f"L3Prune small = {stage1.small.layers}, large = {stage1.large.layers} "
                      f"layers (per-layer loss: plots/layer_loss-{plan.label}.png)")
     lines += ["", "| model | layers kept | from | parameters | removed | MTEB mean [95% interval] "
               "| untrained [95% interval] | change vs untrained | change vs full "
@@ -156,10 +156,10 @@ def _figures(plans, rows, plots: Path) -> dict[str, tuple[list[tuple[float, floa
     """The layer-loss figure of each model with stage 1, the score against parameters and the
     training curves; returns {model: ((parameters, MTEB mean, layers) per finished depth,
     indices of its Pareto front)}."""
-    for plan in (p for p in plans if p.stage1):
+    for plan in (p for p in plans if p.stage1 is not None):
         stage1_dir = plan.layer_loss.run_dir()
         losses = [entry["loss"] for entry in json.loads((stage1_dir / "layer_losses.json").read_text())["layers"]]
-        plot_layer_losses(losses, plan.stage1["small"]["layers"], plan.stage1["large"]["layers"],
+        plot_layer_losses(losses, plan.stage1.small.layers, plan.stage1.large.layers,
                           f"{plan.label}: loss of the model cut to l layers",
                           plots / f"layer_loss-{plan.label}.png")
     done = [row for row in rows if row["status"] == "done"]
@@ -200,8 +200,8 @@ def report(config, plans, trials, outcomes: dict[str, dict[str, Any]], reference
                # evaluation's noise (paired interval), or that have no interval (a full evaluation).
                "fine_tuning_effect": fine_tuning_effect(rows),
                "budget": config.budget.model_dump(),
-               "stage1": {plan.label: {"small": plan.stage1["small"]["layers"],
-                                       "large": plan.stage1["large"]["layers"],
-                                       "num_layers": plan.stage1["num_layers"]}
-                          for plan in plans if plan.stage1}}
+               "stage1": {plan.label: {"small": plan.stage1.small.layers,
+                                       "large": plan.stage1.large.layers,
+                                       "num_layers": plan.stage1.num_layers}
+                          for plan in plans if plan.stage1 is not None}}
     return RouteReport(rows, _markdown(config, rows, best, plans) if rows else "", summary)

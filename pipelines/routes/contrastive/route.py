@@ -5,7 +5,7 @@ from __future__ import annotations
 from pipelines.routes.base import Route
 from pipelines.routes.contrastive import plan, report, trial
 from pipelines.routes.contrastive.training import ContrastiveTraining
-from pipelines.sweep_plan import CONTRASTIVE
+from pipelines.route_names import CONTRASTIVE
 
 ROUTE = Route(
     name=CONTRASTIVE,

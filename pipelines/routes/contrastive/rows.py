@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from pipelines.sweep_plan import CONTRASTIVE
+from pipelines.route_names import CONTRASTIVE
 
 COLUMNS = ["model", "layers", "total_layers", "origins", "parameters", "parameters_removed_pct",
            "mteb_mean", "mteb_mean_ci95_low", "mteb_mean_ci95_high",

@@ -17,6 +17,14 @@ class ContrastiveTraining:
     lm_head = False
     loss_label = "InfoNCE loss"
 
+    def resolve(self, config: FinetuneConfig) -> FinetuneConfig:
+        """Nothing to resolve: the data section holds its own data root."""
+        return config
+
+    def name_suffix(self, config: FinetuneConfig) -> str:
+        """No task in the default run name: finetune-<model>-l<layers>."""
+        return ""
+
     def wrapper(self, config: FinetuneConfig, tokenizer) -> tuple[str, str]:
         """The rendered (prefix, suffix) around a text; a bad input format fails now."""
         from tasks.prompts import PromptFormatter

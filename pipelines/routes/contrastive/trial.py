@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from pipelines.run_store.files import write_atomic
 
 if TYPE_CHECKING:
+    from pipelines.results import EvaluateResult, FinetuneResult
     from pipelines.schemas.sweep import SweepConfig
     from pipelines.sweep_plan import ModelPlan, Trial
     from pipelines.trial import TrialSpec
@@ -45,7 +46,7 @@ def _measure(spec: TrialSpec, artifact: str) -> dict[str, Any]:
                                spec.latency_texts, spec.latency_batch_size, plan.threads))
 
 
-def evaluate_trial(spec: TrialSpec, trained: dict[str, Any]) -> dict[str, Any]:
+def evaluate_trial(spec: TrialSpec, trained: FinetuneResult) -> dict[str, Any]:
     """Stage 3 on the artifact (and on the same depth untrained, and the probes), the card's
     scores, latency and memory: the trial's result (stage 2's ``trained`` summary beside them)."""
     from pipelines import evaluate
@@ -53,7 +54,7 @@ def evaluate_trial(spec: TrialSpec, trained: dict[str, Any]) -> dict[str, Any]:
 
     evaluation = spec.evaluate.model_copy(update={
         "name": f"{spec.key}/evaluate",
-        "model": spec.evaluate.model.model_copy(update={"name_or_path": trained["artifact"]})})
+        "model": spec.evaluate.model.model_copy(update={"name_or_path": trained.artifact})})
     scores = evaluate.run(evaluation)
     untrained = {}
     if spec.untrained is not None:  # the base model cut alike: training's effect is the change
@@ -63,38 +64,38 @@ def evaluate_trial(spec: TrialSpec, trained: dict[str, Any]) -> dict[str, Any]:
     if spec.probe_tasks:  # a separate run: the probes stay out of the MTEB mean
         probe_run = evaluate.run(evaluation.model_copy(update={
             "name": f"{spec.key}/probe", "tasks": list(spec.probe_tasks)}))
-        probes = {row["task"]: row["main_score"] for row in probe_run["tasks"]}
-    _card_scores(Path(trained["artifact"]), spec, scores["tasks"], probes)
+        probes = {row["task"]: row["main_score"] for row in probe_run.tasks}
+    _card_scores(Path(trained.artifact), spec, scores.tasks, probes)
     with user_errors_from_ray():
-        footprint = _measure(spec, trained["artifact"])
+        footprint = _measure(spec, trained.artifact)
     return {
-        "trial": spec.key, "model": spec.model, "base_model": trained["model"],
-        "layers": spec.layers, "total_layers": trained["total_layers"], "origins": list(spec.origins),
-        "parameters": trained["parameters"], "parameters_full": trained["parameters_full"],
-        "parameters_removed_pct": trained["parameters_removed_pct"],
+        "trial": spec.key, "model": spec.model, "base_model": trained.model,
+        "layers": spec.layers, "total_layers": trained.total_layers, "origins": list(spec.origins),
+        "parameters": trained.parameters, "parameters_full": trained.parameters_full,
+        "parameters_removed_pct": trained.parameters_removed_pct,
         **score_fields("mteb", scores), **untrained,
-        "final_loss": trained["final_loss"], "first_loss": trained["first_loss"],
-        "steps": trained["steps"], "encode_texts_per_second": scores["texts_per_second"],
-        **footprint, "artifact": trained["artifact"],
-        "training_log": str(Path(trained["artifact"]).parent / "training_log.csv"),
-        "train_workers": trained.get("train_workers", []),  # rank -> Ray node that trained it
+        "final_loss": trained.final_loss, "first_loss": trained.first_loss,
+        "steps": trained.steps, "encode_texts_per_second": scores.texts_per_second,
+        **footprint, "artifact": trained.artifact,
+        "training_log": str(Path(trained.artifact).parent / "training_log.csv"),
+        "train_workers": trained.train_workers,  # rank -> Ray node that trained it
         "probe_accuracy": probes,
         # What the subsampled scores were computed from: the report pairs depths on them.
-        "mteb_items": scores.get("items"),
+        "mteb_items": scores.items,
     }
 
 
-def score_fields(prefix: str, scores: dict[str, Any]) -> dict[str, Any]:
+def score_fields(prefix: str, scores: EvaluateResult) -> dict[str, Any]:
     """result.json's keys of one stage-3 summary: <prefix>_mean, _per_type, _tasks (main score
     per task) and the bootstrap 95% intervals of a subsampled evaluation, _mean_interval and
     _task_intervals (None when tasks run in full)."""
-    return {f"{prefix}_mean": scores["mean"], f"{prefix}_per_type": scores["mean_per_type"],
-            f"{prefix}_tasks": {row["task"]: row["main_score"] for row in scores["tasks"]},
-            f"{prefix}_mean_interval": scores.get("mean_interval"),
-            f"{prefix}_task_intervals": {row["task"]: row.get("interval") for row in scores["tasks"]}}
+    return {f"{prefix}_mean": scores.mean, f"{prefix}_per_type": scores.mean_per_type,
+            f"{prefix}_tasks": {row["task"]: row["main_score"] for row in scores.tasks},
+            f"{prefix}_mean_interval": scores.mean_interval,
+            f"{prefix}_task_intervals": {row["task"]: row.get("interval") for row in scores.tasks}}
 
 
-def change_fields(trained: dict[str, Any], untrained: dict[str, Any]) -> dict[str, Any]:
+def change_fields(trained: EvaluateResult, untrained: EvaluateResult) -> dict[str, Any]:
     """result.json's keys of fine-tuning's effect: change_vs_untrained (trained minus untrained
     MTEB mean) and, for a subsampled evaluation, the paired bootstrap 95% intervals of the change
     of the mean and per task (both scored on the same items, resampled alike:
@@ -102,9 +103,9 @@ def change_fields(trained: dict[str, Any], untrained: dict[str, Any]) -> dict[st
     from tasks.bootstrap import paired_change_intervals
 
     per_task, mean_interval = {}, None
-    if trained.get("items") and untrained.get("items"):
-        per_task, mean_interval = paired_change_intervals(trained["items"], untrained["items"])
-    return {"change_vs_untrained": trained["mean"] - untrained["mean"],
+    if trained.items and untrained.items:
+        per_task, mean_interval = paired_change_intervals(trained.items, untrained.items)
+    return {"change_vs_untrained": trained.mean - untrained.mean,
             "change_vs_untrained_interval": mean_interval,
             "change_vs_untrained_task_intervals": per_task}
 

@@ -1,0 +1,287 @@
+"""What each stage's ``run(config)`` returns: one frozen dataclass per stage.
+
+A stage returns its result typed; consumers (the CLI's rendering, the sweep's trial code and
+routes, the report) read attributes. What a stage writes to disk is ``to_json()``: exactly the
+dict it wrote before these types existed (same keys, same order), so summary.json and
+selection.json stay byte-identical. A finished run ("already finished -> the stored result")
+rebuilds its result from the stored JSON with ``from_json``.
+
+This module imports nothing of the project: the stages, routes and tests all import it.
+
+| stage | ``run`` returns | stored as |
+|---|---|---|
+| stage 1, pipelines/layer_loss.py | ``LayerLossResult`` | selection.json |
+| stage 2, pipelines/finetune.py | ``FinetuneResult`` | summary.json |
+| stage 3, pipelines/evaluate.py | ``EvaluateResult`` | (summary.md, summary.csv) |
+| stage 3 (classification), pipelines/classify.py | ``ClassifyResult`` | summary.json |
+| the sweep, pipelines/sweep.py | ``SweepResult`` | summary.json |
+
+A sweep trial's result (result.json, written by its route's ``evaluate_trial``) stays a dict:
+its keys are the route's and the report reads them back by name (pipelines/routes/*/trial.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class DepthPick:
+    """One of L3Prune's picks of stage 1.
+
+    Fields:
+        layers: layers kept (the model cut to its first ``layers`` layers).
+        loss: stage 1's mean contrastive loss (InfoNCE, nats) of the model cut there.
+        parameters: parameters of the cut model (count).
+        parameters_removed_pct: percent of the whole model's parameters removed (2 decimals).
+    """
+
+    layers: int
+    loss: float
+    parameters: int
+    parameters_removed_pct: float
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class LayerLossResult:
+    """Stage 1's result (selection.json).
+
+    Fields:
+        model: the config's ``model.name_or_path``; model_path: where it was loaded from.
+        num_layers: the base model's layer count L; parameters_full: its parameters (count).
+        small, large: L3Prune's picks (``DepthPick``); rule: how they were picked, in words.
+        num_batches, batch_size: the sampled triplet batches (batches, triplets per batch).
+        loss_scale: the InfoNCE scale (inverse temperature); pooling: the encoder's pooling.
+        data: the data report (``rows``, ``skipped_rows``, ``first_problem``).
+        duplicates: false-negative pairs of the sample (``masked``, ``pairs``,
+            ``batches_with_duplicates``).
+        prompt: the rendered wrapper (``prefix``, ``suffix``) that wrapped every text.
+    """
+
+    model: str
+    model_path: str
+    num_layers: int
+    parameters_full: int
+    small: DepthPick
+    large: DepthPick
+    rule: str
+    num_batches: int
+    batch_size: int
+    loss_scale: float
+    pooling: str
+    data: dict[str, Any]
+    duplicates: dict[str, Any]
+    prompt: dict[str, str]
+
+    def pick(self, name: str) -> DepthPick:
+        """The pick named ``name``: "small" or "large" (a sweep's ``l3prune`` setting)."""
+        return {"small": self.small, "large": self.large}[name]
+
+    def to_json(self) -> dict[str, Any]:
+        """selection.json's record."""
+        return {
+            "model": self.model, "model_path": self.model_path, "num_layers": self.num_layers,
+            "parameters_full": self.parameters_full, "small": self.small.to_json(),
+            "large": self.large.to_json(), "rule": self.rule, "num_batches": self.num_batches,
+            "batch_size": self.batch_size, "loss_scale": self.loss_scale, "pooling": self.pooling,
+            "data": self.data, "duplicates": self.duplicates, "prompt": self.prompt,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> LayerLossResult:
+        return cls(**{**data, "small": DepthPick(**data["small"]), "large": DepthPick(**data["large"])})
+
+
+@dataclass(frozen=True, kw_only=True)
+class FinetuneResult:
+    """Stage 2's result (summary.json).
+
+    Fields:
+        model: the base model (``model.name_or_path``); objective: the route trained
+            ("contrastive", "classification").
+        layers: layers kept; total_layers: the base model's; kept_layers: which (0-based) when
+            they are not the first ``layers`` (None: a prefix; then absent from the JSON).
+        parameters, parameters_full: of the cut and of the whole model (counts, with the LM head
+            when the objective keeps it); parameters_removed_pct: percent removed (2 decimals).
+        steps: optimizer steps done; lr_decay_steps: the learning rate's decay horizon (steps).
+        workers: Ray Train workers; global_batch: rows per step over all workers.
+        first_loss, final_loss: the training loss at the first and last step (None: no step).
+        mean_tokens_per_second: training throughput over the run (tokens/s; None: no step).
+        masked_pairs: false-negative pairs masked out of the loss over the run (count).
+        artifact: the exported model directory (absolute path).
+        data: the data report (``rows``, ``skipped_rows``, ``first_problem``).
+        fingerprint: the digest of the settings that determine the weights.
+        train_workers: per rank, where its worker ran (``rank``, Ray node id, node IP); [] for a
+            summary written before placements were recorded.
+    """
+
+    model: str
+    objective: str
+    layers: int
+    total_layers: int
+    kept_layers: list[int] | None = None
+    parameters: int
+    parameters_full: int
+    parameters_removed_pct: float
+    steps: int
+    lr_decay_steps: int
+    workers: int
+    global_batch: int
+    first_loss: float | None
+    final_loss: float | None
+    mean_tokens_per_second: float | None
+    masked_pairs: int
+    artifact: str
+    data: dict[str, Any]
+    fingerprint: str
+    train_workers: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        """summary.json's record."""
+        return {
+            "model": self.model, "objective": self.objective,
+            "layers": self.layers, "total_layers": self.total_layers,
+            **({} if self.kept_layers is None else {"kept_layers": list(self.kept_layers)}),
+            "parameters": self.parameters, "parameters_full": self.parameters_full,
+            "parameters_removed_pct": self.parameters_removed_pct,
+            "steps": self.steps, "lr_decay_steps": self.lr_decay_steps, "workers": self.workers,
+            "global_batch": self.global_batch,
+            "first_loss": self.first_loss, "final_loss": self.final_loss,
+            "mean_tokens_per_second": self.mean_tokens_per_second,
+            "masked_pairs": self.masked_pairs,
+            "artifact": self.artifact, "data": self.data,
+            "fingerprint": self.fingerprint,
+            "train_workers": self.train_workers,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> FinetuneResult:
+        return cls(**data)
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvaluateResult:
+    """Stage 3's result (MTEB). Written as summary.md and summary.csv, not as JSON.
+
+    Fields:
+        tasks: one row per task: {"task", "type", "main_score" (mteb's main score, 0..1),
+            "splits", "subsets" (what was scored), "interval" (bootstrap 95% interval of the
+            main score; None when the task ran in full)}.
+        mean_per_type: {task type: mean main score}; mean: the mean over tasks.
+        mean_interval: bootstrap 95% interval of ``mean`` (a subsampled run), else None.
+        bootstrap: the resampling (``resamples``, ``seed``, ``level``, ``resampled``), else None.
+        parameters, layers, layers_total: of what was evaluated (None: a sentence-transformers
+            folder).
+        texts_per_second: encode throughput over the run's tasks (texts/s; None: none ran).
+        run_dir: the run directory; fingerprint: the digest of the settings that decide every
+            score; model_identity: the model's content identity (tasks/model_identity.py).
+        items: per subsampled task, the evaluated items its score was computed from (for paired
+            bootstrap intervals, tasks/bootstrap.py); None when tasks ran in full.
+    """
+
+    tasks: list[dict[str, Any]]
+    mean_per_type: dict[str, float]
+    mean: float
+    mean_interval: list[float] | None
+    bootstrap: dict[str, Any] | None
+    parameters: int | None
+    layers: int | None
+    layers_total: int | None
+    texts_per_second: float | None
+    run_dir: str
+    fingerprint: str
+    model_identity: Any
+    items: dict[str, Any] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The summary as a dict, in the order ``run`` built it."""
+        return {
+            "tasks": self.tasks, "mean_per_type": self.mean_per_type, "mean": self.mean,
+            "mean_interval": self.mean_interval, "bootstrap": self.bootstrap,
+            "parameters": self.parameters, "layers": self.layers, "layers_total": self.layers_total,
+            "texts_per_second": self.texts_per_second,
+            "run_dir": self.run_dir, "fingerprint": self.fingerprint,
+            "model_identity": self.model_identity, "items": self.items,
+        }
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClassifyResult:
+    """Stage 3's result for the classification route (summary.json).
+
+    Fields:
+        model: the scored model (``model.name_or_path``); dataset: the data set's label;
+            split: the test split scored.
+        zero_shot: True when the config's prompt scored a base model (no prompt-tuned artifact).
+        layers, layers_total: layers kept, of the base model's; parameters: of the scored model
+            (count, LM head included).
+        template: the prompt template; label_names: the labels, in score order.
+        accuracy, macro_f1, majority_rate: fractions, 0..1 (majority_rate: the most frequent
+            gold label's share, the accuracy of always answering it).
+        examples: test rows scored; per_class_f1: {label: F1}; predicted_counts: {label: count}.
+        texts_per_second: scoring throughput (texts/s; None: nothing was timed).
+        data: the test split's path; fingerprint: the digest of what decides the scores.
+    """
+
+    model: str
+    dataset: str
+    split: str
+    zero_shot: bool
+    layers: int
+    layers_total: int
+    parameters: int
+    template: str
+    label_names: list[str]
+    accuracy: float
+    macro_f1: float
+    majority_rate: float
+    examples: int
+    per_class_f1: dict[str, float]
+    predicted_counts: dict[str, int]
+    texts_per_second: float | None
+    data: str
+    fingerprint: str
+
+    def to_json(self) -> dict[str, Any]:
+        """summary.json's record."""
+        return {
+            "model": self.model, "dataset": self.dataset, "split": self.split,
+            "zero_shot": self.zero_shot, "layers": self.layers, "layers_total": self.layers_total,
+            "parameters": self.parameters, "template": self.template,
+            "label_names": self.label_names, "accuracy": self.accuracy, "macro_f1": self.macro_f1,
+            "majority_rate": self.majority_rate, "examples": self.examples,
+            "per_class_f1": self.per_class_f1, "predicted_counts": self.predicted_counts,
+            "texts_per_second": self.texts_per_second, "data": self.data,
+            "fingerprint": self.fingerprint,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ClassifyResult:
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    """The sweep's result (summary.json).
+
+    Fields:
+        run_dir: the sweep's run directory (absolute).
+        routes: each route's keys of summary.json, in ``pipelines.routes.registry.ROUTES`` order
+            (``RouteReport.summary``: the contrastive route's trials, Pareto front, budget and
+            stage-1 picks; the classification route's "classification").
+        overlap: per model label, per evaluation task {"texts", "overlapping"} (models with any).
+        failed: the keys of the trials that failed (rerunning retries them).
+    """
+
+    run_dir: str
+    routes: dict[str, Any]
+    overlap: dict[str, dict[str, dict[str, int]]]
+    failed: list[str]
+
+    def to_json(self) -> dict[str, Any]:
+        """summary.json's record."""
+        return {"run_dir": self.run_dir, **self.routes, "overlap": self.overlap, "failed": self.failed}
