@@ -119,7 +119,7 @@ def run(config: ClassifyConfig) -> ClassifyResult:
     fingerprint = digest(_settings(config, source.path, prompt, data_path))
     finished = store.finished("summary.json", fingerprint)
     if finished is not None:
-        return ClassifyResult.from_json(finished)
+        return ClassifyResult.from_json(finished, f"{store.root}/summary.json")
     # Chunks are keyed by the fingerprint: scores of another setup are never mixed in, and
     # a setup scored before is reused when it comes back.
     saved_chunks = store.items(f"chunks/{fingerprint}", "{key:05d}.npz", NPZ)

@@ -104,7 +104,7 @@ def run(config: FinetuneConfig) -> FinetuneResult:
     fingerprint = digest(settings)
     finished = store.finished("summary.json", fingerprint, requires=(f"{MODEL_DIR}/{LAYERCUT_FILE}",))
     if finished is not None:
-        return FinetuneResult.from_json(finished)
+        return FinetuneResult.from_json(finished, f"{store.root}/summary.json")
     guard = store.guard()
     guard.check(settings, has_results=bool(store.files.names("ray/train", "step-*")),
                 refusal=REFUSAL, force=config.force)

@@ -6,7 +6,8 @@ dict it wrote before these types existed (same keys, same order), so summary.jso
 selection.json stay byte-identical. A finished run ("already finished -> the stored result")
 rebuilds its result from the stored JSON with ``from_json``.
 
-This module imports nothing of the project: the stages, routes and tests all import it.
+This module imports nothing of the project but its error type (tasks/errors.py): the stages,
+routes and tests all import it.
 
 | stage | ``run`` returns | stored as |
 |---|---|---|
@@ -22,8 +23,28 @@ its keys are the route's and the report reads them back by name (pipelines/route
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
+
+from tasks.errors import LayercutError
+
+
+def _stored(cls: type, data: dict[str, Any], where: str) -> dict[str, Any]:
+    """``data`` (a stored result read from ``where``) checked against ``cls``'s fields.
+
+    Raises:
+        LayercutError: when a field without a default is missing or a key is unknown (a result
+            written by another layercut version): one line naming the file and the keys.
+    """
+    names = {f.name for f in fields(cls)}
+    missing = sorted(f.name for f in fields(cls) if f.name not in data
+                     and f.default is MISSING and f.default_factory is MISSING)
+    unknown = sorted(set(data) - names)
+    if missing or unknown:
+        raise LayercutError(f"{where} was written by another layercut version (missing: "
+                            f"{', '.join(missing) or 'none'}; unknown: {', '.join(unknown) or 'none'}): "
+                            "move it aside to run this stage again")
+    return data
 
 
 @dataclass(frozen=True)
@@ -159,8 +180,9 @@ class FinetuneResult:
         }
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> FinetuneResult:
-        return cls(**data)
+    def from_json(cls, data: dict[str, Any], where: str = "summary.json") -> FinetuneResult:
+        """The result stored in ``where``. Raises LayercutError (``_stored``)."""
+        return cls(**_stored(cls, data, where))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -260,8 +282,9 @@ class ClassifyResult:
         }
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> ClassifyResult:
-        return cls(**data)
+    def from_json(cls, data: dict[str, Any], where: str = "summary.json") -> ClassifyResult:
+        """The result stored in ``where``. Raises LayercutError (``_stored``)."""
+        return cls(**_stored(cls, data, where))
 
 
 @dataclass(frozen=True)

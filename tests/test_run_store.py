@@ -130,3 +130,21 @@ def test_a_staged_directory_replaces_whole_or_not_at_all(tmp_path):
     assert sorted(p.name for p in target.iterdir()) == ["config.json"]  # replaced, not merged
     assert (target / "config.json").read_text() == "3"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+def test_a_stored_result_round_trips_and_one_of_another_version_is_one_line():
+    """A finished run's summary.json rebuilds its typed result exactly; one written by another
+    layercut version (a key missing or unknown) is refused naming the file and the keys, not a
+    TypeError from the dataclass."""
+    from _results import finetuned
+    from pipelines.results import FinetuneResult
+    from tasks.errors import LayercutError
+
+    stored = finetuned(layers=3, kept_layers=[0, 1, 5], train_workers=[{"rank": 0}]).to_json()
+    assert FinetuneResult.from_json(stored).to_json() == stored
+    older = {key: value for key, value in stored.items() if key not in ("masked_pairs", "train_workers")}
+    with pytest.raises(LayercutError, match=r"^runs/x/summary.json was written by another layercut "
+                                            r"version \(missing: masked_pairs; unknown: none\)"):
+        FinetuneResult.from_json(older, "runs/x/summary.json")
+    with pytest.raises(LayercutError, match=r"missing: none; unknown: tokens"):
+        FinetuneResult.from_json({**stored, "tokens": 1}, "runs/x/summary.json")

@@ -48,7 +48,7 @@ def test_packaged_sweep_configs_load_and_resolve(tmp_path):
         plans = resolve_models(config)
         assert [plan.label for plan in plans] == [entry.name() for entry in config.models]
         for plan in plans:  # every stage writes inside the sweep's run dir
-            assert str(config.run_dir().resolve()) in str(plan.finetune.run_dir(1).resolve())
+            assert str(config.run_dir().resolve()) in str(plan.finetune.run_dir(1, "").resolve())
     cluster = resolve_models(load_config(SweepConfig, find_config("four-families", "run"),
                                          [f"output_dir={tmp_path}"]))
     assert all(stage.workers.wait_for_resources and stage.workers.use_gpu is True

@@ -98,7 +98,7 @@ class FinetuneConfig(StrictModel):
     deepspeed: DeepSpeedSection = Field(default_factory=DeepSpeedSection)
     workers: RayWorkersSection = Field(default_factory=RayWorkersSection)
 
-    def run_dir(self, kept: int | LayerSelection, task: str = "") -> Path:
+    def run_dir(self, kept: int | LayerSelection, task: str) -> Path:
         """<output_dir>/<name>, by default finetune-<model><task>-<depth>; ``task``: the
         objective's part of the name (its route's ``TrainingRoute.name_suffix``)."""
         depth = kept.name if isinstance(kept, LayerSelection) else f"l{kept}"
