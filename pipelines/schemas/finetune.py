@@ -12,7 +12,7 @@ from pydantic import Field, field_validator, model_validator
 from pipelines.config import DepthSetting, StrictModel, filesystem_output_dir
 from pipelines.sections import (ClassificationSection, EncoderSection, LossSection, ModelSection,
                                 RayWorkersSection, TripletSourceSection)
-from tasks.layer_selection import LayerSelection
+from tasks.model.layer_selection import LayerSelection
 
 STAGE = "finetune"
 
@@ -81,7 +81,7 @@ class DeepSpeedSection(StrictModel):
 class FinetuneConfig(StrictModel):
     name: str | None = None  # run name; default: finetune-<model>-l<layers>
     output_dir: OutputDir = "runs"
-    layers: DepthSetting | None = None  # 8, keep:0.7, prune:0.3, [0, 1, 5] (tasks/depth.py)
+    layers: DepthSetting | None = None  # 8, keep:0.7, prune:0.3, [0, 1, 5] (tasks/model/depth.py)
     force: bool = False  # resume even though the config differs from the checkpoint's
     show_progress: bool = True
     # contrastive: an embedding model (L3Prune; encoder, data, loss). classification: a
