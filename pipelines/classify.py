@@ -30,14 +30,14 @@ from pipelines.routes.artifacts import refuse_other_routes
 from pipelines.run_store.items import NPZ
 from pipelines.run_store.run import RunStore
 from pipelines.schemas.classify import STAGE, ClassifyConfig
-from tasks.classification_eval import ClassifierWorker, score_in_turn
+from tasks.classification.classification_eval import ClassifierWorker, score_in_turn
 from tasks.errors import LayercutError
 
 def _prompt_and_labels(config: ClassifyConfig, source) -> tuple[Any, bool, dict | None]:
     """(ClassificationPrompt, zero_shot, artifact facts): a prompt-tuned artifact's own prompt,
     else the config's."""
-    from tasks.artifact import read_layercut_file
-    from tasks.verbalizer import ClassificationPrompt
+    from tasks.classification.verbalizer import ClassificationPrompt
+    from tasks.export.artifact import read_layercut_file
 
     artifact = read_layercut_file(source.path) if source.is_local else None
     refuse_other_routes(config.model.name_or_path, artifact, CLASSIFICATION)  # a classifier's prompt
@@ -65,7 +65,7 @@ def _settings(config: ClassifyConfig, model_path: str, prompt, data_path: str) -
 
 
 def _test_rows(config: ClassifyConfig, label_names: list[str]) -> tuple[list[dict], str]:
-    from tasks.classification_data import annotated_labeled, valid_rows
+    from tasks.training.classification_data import annotated_labeled, valid_rows
 
     task = config.classification
     path, columns = task.split_path(task.test_split)
@@ -102,9 +102,9 @@ def _score_chunks(config: ClassifyConfig, spec, prompt, chunks: list[list[str]],
 
 def run(config: ClassifyConfig) -> ClassifyResult:
     """Score (or resume) and write the run's outputs; returns its result (summary.json's record)."""
-    from tasks.classification_eval import classification_metrics
-    from tasks.models import parameters_per_depth, resolve_model
-    from tasks.pruning import resolve_selection
+    from tasks.classification.classification_eval import classification_metrics
+    from tasks.model.models import parameters_per_depth, resolve_model
+    from tasks.model.pruning import resolve_selection
 
     source = resolve_model(config.model.name_or_path)
     ensure_ray(config.workers.address)  # the test split is read through Ray Data

@@ -13,8 +13,8 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, PlainSerializer, PlainValidator, ValidationError
 
 from pipelines.run_store.location import is_uri
-from tasks.depth import Depth
 from tasks.errors import LayercutError
+from tasks.model.depth import Depth
 from tasks.trees import merge_trees
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -193,7 +193,7 @@ def _dump_depth(depth: Depth | int) -> int | str:
     return depth.value if depth.kind == "count" else str(depth)
 
 
-# A depth in any config (tasks/depth.py): 8, "keep:0.7", "prune:0.3" or "keep-indices:0-2,5-6" (or a
+# A depth in any config (tasks/model/depth.py): 8, "keep:0.7", "prune:0.3" or "keep-indices:0-2,5-6" (or a
 # list of layer indices); written back as that text.
 DepthSetting = Annotated[Depth, PlainValidator(_depth), PlainSerializer(_dump_depth)]
 

@@ -39,16 +39,16 @@ from pipelines.run_store.items import ItemStore
 from pipelines.run_store.run import RunStore
 from pipelines.schemas.evaluate import STAGE, EvaluateConfig
 from tasks.errors import LayercutError
-from tasks.models import resolve_model
-from tasks.mteb_model import model_meta
-from tasks.model_identity import model_identity
-from tasks.mteb_tasks import (SAMPLE_SEED, describe_task, load_task, probe_tasks,
+from tasks.evaluation.mteb_model import model_meta
+from tasks.evaluation.mteb_tasks import (SAMPLE_SEED, describe_task, load_task, probe_tasks,
                               require_subsamplable,
                               resolve_task_names)
+from tasks.model.model_identity import model_identity
+from tasks.model.models import resolve_model
 
 FINGERPRINT_FILE = "fingerprint.json"
 THROUGHPUT_FILE = "throughput.json"
-ITEMS_DIR = "items"  # per subsampled task: what its score is computed from (tasks/bootstrap.py)
+ITEMS_DIR = "items"  # per subsampled task: what its score is computed from (tasks/evaluation/bootstrap.py)
 
 
 def packaged_instructions() -> dict[str, str]:
@@ -56,9 +56,9 @@ def packaged_instructions() -> dict[str, str]:
 
 
 def _evaluation_model(config: EvaluateConfig):
-    from tasks.artifact import read_layercut_file
-    from tasks.evaluation_task import CorpusSplit, EvaluationModel
-    from tasks.prompts import PromptConfig
+    from tasks.evaluation.evaluation_task import CorpusSplit, EvaluationModel
+    from tasks.export.artifact import read_layercut_file
+    from tasks.model.prompts import PromptConfig
 
     source = resolve_model(config.model.name_or_path)
     revision = f"layers-{config.layers.slug}" if config.layers is not None else "full"
@@ -85,7 +85,7 @@ def _evaluation_model(config: EvaluateConfig):
         # prompt it drops) fails before anything is recorded, and every worker uses this one.
         from dataclasses import replace
 
-        from tasks.prompts import PromptFormatter
+        from tasks.model.prompts import PromptFormatter
 
         model = replace(model, prompt=PromptFormatter(model.spec.load_tokenizer(), prompt).recorded())
     return model
@@ -93,8 +93,8 @@ def _evaluation_model(config: EvaluateConfig):
 
 def _model_facts(model) -> dict[str, Any]:
     """Parameters and layers of what is evaluated, from its config (no weights loaded)."""
-    from tasks.models import parameters_per_depth
-    from tasks.pruning import resolve_selection
+    from tasks.model.models import parameters_per_depth
+    from tasks.model.pruning import resolve_selection
 
     if model.is_sentence_transformer:
         return {"parameters": None, "layers": None, "layers_total": None}
@@ -128,7 +128,7 @@ def list_tasks(config: EvaluateConfig) -> str:
 def evaluation_run_dir(config: EvaluateConfig, fingerprint: str) -> Path:
     """``config.run_dir`` of the run with ``fingerprint``; a fine-tuned artifact's base model and
     depth (its layercut.json, read here: the config itself reads nothing) name the default."""
-    from tasks.artifact import read_layercut_file
+    from tasks.export.artifact import read_layercut_file
 
     path = Path(config.model.name_or_path).expanduser()
     artifact = read_layercut_file(path) if config.name is None and path.is_dir() else None
@@ -222,7 +222,7 @@ def run(config: EvaluateConfig) -> EvaluateResult:
     evaluated = _load_items(items, names) if config.max_samples_per_split else None
     scores = _summary(results, facts, {name: throughput[name] for name in names if name in throughput}, evaluated)
     # items: per subsampled task, what its score was computed from (None: tasks run in full): a
-    # caller comparing two models on the same items pairs their resamples (tasks/bootstrap.py).
+    # caller comparing two models on the same items pairs their resamples (tasks/evaluation/bootstrap.py).
     summary = EvaluateResult(**scores, run_dir=str(store.root), fingerprint=digest(settings),
                              model_identity=settings["model"], items=evaluated)
     _write_summary(store, model, summary)
@@ -285,7 +285,7 @@ def _evaluate_tasks(config: EvaluateConfig, model, pending: list[str]):
     """Each pending task's outcome as it finishes: in this process, in one Ray task (one worker:
     a pooled worker process, warm when an earlier evaluation used it), or over a pool of actors
     that each load the model once."""
-    from tasks.evaluation_task import EvaluationWorker, evaluate_in_turn
+    from tasks.evaluation.evaluation_task import EvaluationWorker, evaluate_in_turn
 
     if not pending:
         return
@@ -317,7 +317,7 @@ def _load_items(items: ItemStore, names: list[str]) -> dict[str, Any]:
 
 def _summary(results, facts, throughput, items: dict[str, Any] | None = None) -> dict[str, Any]:
     """Scores per task, per type and overall. With ``items`` (a subsampled run), every row's
-    ``interval`` and the ``mean_interval`` are bootstrap 95% intervals (tasks/bootstrap.py;
+    ``interval`` and the ``mean_interval`` are bootstrap 95% intervals (tasks/evaluation/bootstrap.py;
     None where a task's items are missing); without, both are None and nothing is resampled."""
     rows = []
     by_type: dict[str, list[float]] = defaultdict(list)
@@ -335,7 +335,7 @@ def _summary(results, facts, throughput, items: dict[str, Any] | None = None) ->
     seconds = sum(s for _, s in throughput.values())
     per_task, mean_interval, bootstrap = {}, None, None
     if items is not None:
-        from tasks.bootstrap import LEVEL, RESAMPLES, SEED, intervals
+        from tasks.evaluation.bootstrap import LEVEL, RESAMPLES, SEED, intervals
 
         per_task, mean_interval = intervals({row["task"]: items.get(row["task"]) for row in rows})
         bootstrap = {"resamples": RESAMPLES, "seed": SEED, "level": LEVEL,

@@ -36,14 +36,14 @@ from pipelines.routes.registry import ROUTES
 from pipelines.run_store.run import RunStore
 from pipelines.schemas.finetune import STAGE, FinetuneConfig
 from tasks.errors import LayercutError
-from tasks.lora import PROJECTIONS
+from tasks.model.lora import PROJECTIONS
 
 if TYPE_CHECKING:
     from pipelines.ray_runtime import WorkerPlan
     from pipelines.routes.base import TrainingInputs, TrainingRoute
-    from tasks.deepspeed_config import OptimizationSettings
-    from tasks.layer_selection import LayerSelection
-    from tasks.models import ModelSource
+    from tasks.model.layer_selection import LayerSelection
+    from tasks.model.models import ModelSource
+    from tasks.training.deepspeed_config import OptimizationSettings
     from transformers import PreTrainedTokenizerBase
 
 MODEL_DIR = "model"
@@ -55,7 +55,7 @@ REFUSAL = Refusal("a run", "with a different configuration", "use another --name
 
 @dataclass(frozen=True)
 class CutModel:
-    """The base model and the depth stage 2 trains: ``source`` (tasks.models.ModelSource),
+    """The base model and the depth stage 2 trains: ``source`` (tasks.model.models.ModelSource),
     ``total_layers``, ``params`` (parameters per depth; ``params[-1]``: the whole model),
     ``selection`` (the kept layers), ``tokenizer``."""
 
@@ -88,7 +88,7 @@ def run(config: FinetuneConfig) -> FinetuneResult:
         LayercutError: no depth, float16, a prompt or DeepSpeed JSON that cannot work, another
             run's checkpoints in the run directory (without --force).
     """
-    from tasks.artifact import LAYERCUT_FILE
+    from tasks.export.artifact import LAYERCUT_FILE
 
     training = ROUTES[config.objective].training  # the objective's steps (pipelines/routes/)
     config = training.resolve(config)
@@ -133,8 +133,8 @@ def _check(config: FinetuneConfig) -> None:
 def _cut_model(config: FinetuneConfig, training: TrainingRoute) -> CutModel:
     """The base model's layer count and parameters per depth (with its LM head when the
     objective keeps it), the selection of the config's depth, the tokenizer."""
-    from tasks.models import load_tokenizer, parameters_per_depth, resolve_model
-    from tasks.pruning import resolve_selection
+    from tasks.model.models import load_tokenizer, parameters_per_depth, resolve_model
+    from tasks.model.pruning import resolve_selection
 
     source = resolve_model(config.model.name_or_path)
     total_layers, params = parameters_per_depth(
@@ -156,7 +156,7 @@ def _note_lora_targets(config: FinetuneConfig) -> None:
 def _hardware(config: FinetuneConfig) -> Hardware:
     """Ray up, the worker plan, the dtype (auto: bfloat16 on GPU, else float32) and DeepSpeed's
     settings; a contradicting DeepSpeed JSON fails here, before any worker starts."""
-    from tasks.deepspeed_config import OptimizationSettings, deepspeed_config
+    from tasks.training.deepspeed_config import OptimizationSettings, deepspeed_config
 
     user_deepspeed = _user_deepspeed(config)
     ensure_ray(config.workers.address)
@@ -173,7 +173,7 @@ def _hardware(config: FinetuneConfig) -> Hardware:
 
 
 def _user_deepspeed(config: FinetuneConfig) -> dict | None:
-    from tasks.deepspeed_config import read_user_config
+    from tasks.training.deepspeed_config import read_user_config
 
     return read_user_config(config.deepspeed.config_file) if config.deepspeed.config_file else None
 
@@ -213,7 +213,7 @@ def _plan(annotated, config: FinetuneConfig, global_batch: int):
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from tasks.batch_plan import batches_per_epoch, plan_global_batches
+    from tasks.training.batch_plan import batches_per_epoch, plan_global_batches
 
     parts = [batch for batch in annotated.select_columns(["_key", "source", "_problem"])
              .iter_batches(batch_format="pyarrow", batch_size=65536)]
@@ -233,7 +233,7 @@ def _worker_datasets(annotated, plan, workers: int, per_worker: int,
     and the workers never wait for CPU slots to read data that their own CPUs are blocking
     (on a small cluster the training workers can hold every CPU).
     """
-    from tasks.batch_plan import place_rows, worker_slots
+    from tasks.training.batch_plan import place_rows, worker_slots
 
     keep = [*fields, "_order"]
     return {f"rank{rank}": annotated.map_batches(
@@ -245,10 +245,10 @@ def _worker_datasets(annotated, plan, workers: int, per_worker: int,
 
 def _job(config: FinetuneConfig, model: CutModel, inputs: TrainingInputs, hardware: Hardware,
          fingerprint: str, epoch_steps: int, run_dir: Path):
-    """The training loop's job (tasks.training.TrainingJob): the cut model, the objective,
+    """The training loop's job (tasks.training.train_loop.TrainingJob): the cut model, the objective,
     LoRA, DeepSpeed, the schedule."""
-    from tasks.lora import LoraSettings
-    from tasks.training import TrainingJob
+    from tasks.model.lora import LoraSettings
+    from tasks.training.train_loop import TrainingJob
 
     spec = replace(config.model.spec(model.source, layers=model.selection), dtype=hardware.dtype,
                    lm_head=inputs.objective.lm_head)
@@ -274,7 +274,7 @@ def _fit(config: FinetuneConfig, job, datasets: dict, plan, run_dir: Path):
     from ray.data import ExecutionOptions
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from tasks.training import cpu_worker_env, train_loop
+    from tasks.training.train_loop import cpu_worker_env, train_loop
 
     run_config = ray.train.RunConfig(
         name="train", storage_path=str((run_dir / "ray").resolve()),
@@ -321,7 +321,7 @@ def _export(config: FinetuneConfig, training: TrainingRoute, model: CutModel, in
     where a training worker would run (merging needs the model in memory)."""
     import ray
 
-    from tasks.artifact import ArtifactInfo, export_from_checkpoint
+    from tasks.export.artifact import ArtifactInfo, export_from_checkpoint
 
     selection = model.selection
     info = ArtifactInfo(
@@ -383,8 +383,8 @@ def _summary(config: FinetuneConfig, model: CutModel, inputs: TrainingInputs, ha
 
 def _placement(checkpoint, workers: int) -> list[dict[str, Any]]:
     """Where each Train worker rank ran when it wrote ``checkpoint`` (rank, Ray node id, node IP):
-    the files each worker adds to its part (tasks.training.worker_placement)."""
-    from tasks.training import PLACEMENT_FILE
+    the files each worker adds to its part (tasks.training.train_loop.worker_placement)."""
+    from tasks.training.train_loop import PLACEMENT_FILE
 
     placement = []
     for rank in range(workers):

@@ -27,12 +27,12 @@ from pipelines.results import DepthPick, LayerLossResult
 from pipelines.run_store.guard import Refusal
 from pipelines.run_store.run import RunStore
 from pipelines.schemas.layer_loss import STAGE, LayerLossConfig
-from tasks.data import resolve_source, sample_triplet_batches
 from tasks.errors import LayercutError
-from tasks.layer_scan import combine
-from tasks.models import ModelSource, load_tokenizer, parameters_per_depth, resolve_model
-from tasks.prompts import PromptFormatter
-from tasks.selection import choose_depths
+from tasks.model.models import ModelSource, load_tokenizer, parameters_per_depth, resolve_model
+from tasks.model.prompts import PromptFormatter
+from tasks.scan.layer_scan import combine
+from tasks.scan.selection import choose_depths
+from tasks.training.data import resolve_source, sample_triplet_batches
 
 
 def _fingerprint(config: LayerLossConfig, source: ModelSource, data_path: str,
@@ -86,7 +86,7 @@ class _BatchStore:
 def _scan_with_ray(config: LayerLossConfig, spec, pending: list[tuple[int, dict]], on_result) -> None:
     import ray
 
-    from tasks.layer_loss_task import layer_loss_task
+    from tasks.scan.layer_loss_task import layer_loss_task
 
     plan = plan_workers(config.workers, len(pending))
     task = layer_loss_task.options(**plan.resources)
@@ -120,8 +120,8 @@ def _forward_batch_size(config: LayerLossConfig) -> int:
 
 
 def _scan_in_process(config: LayerLossConfig, spec, pending: list[tuple[int, dict]], on_result) -> None:
-    from tasks.encoder import build_encoder
-    from tasks.layer_scan import scan_batches
+    from tasks.model.encoder import build_encoder
+    from tasks.scan.layer_scan import scan_batches
 
     encoder = build_encoder(spec, config.encoder.prompt(), pooling=config.encoder.pooling,
                             batch_size=_forward_batch_size(config))
@@ -191,7 +191,7 @@ def run(config: LayerLossConfig, *, show_progress: bool = True) -> LayerLossResu
 def _duplicate_report(config: LayerLossConfig, batches: list[dict]) -> dict[str, Any]:
     """How many (query, candidate) pairs of the sample are false negatives (a duplicate of the
     query's positive, or another answer of the same query) and whether the loss masked them."""
-    from tasks.layer_scan import duplicate_mask
+    from tasks.scan.layer_scan import duplicate_mask
 
     counts = [int(duplicate_mask(batch).sum()) for batch in batches]
     return {"masked": config.loss.mask_duplicate_positives, "pairs": sum(counts),

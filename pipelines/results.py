@@ -200,9 +200,9 @@ class EvaluateResult:
             folder).
         texts_per_second: encode throughput over the run's tasks (texts/s; None: none ran).
         run_dir: the run directory; fingerprint: the digest of the settings that decide every
-            score; model_identity: the model's content identity (tasks/model_identity.py).
+            score; model_identity: the model's content identity (tasks/model/model_identity.py).
         items: per subsampled task, the evaluated items its score was computed from (for paired
-            bootstrap intervals, tasks/bootstrap.py); None when tasks ran in full.
+            bootstrap intervals, tasks/evaluation/bootstrap.py); None when tasks ran in full.
     """
 
     tasks: list[dict[str, Any]]

@@ -9,11 +9,11 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from pipelines.config import StrictModel
-from tasks.classification_presets import PRESETS
-from tasks.depth import Depth
-from tasks.data import FIELD_ALIASES
-from tasks.models import DEFAULT_MODEL, ModelSource, ModelSpec
-from tasks.prompts import PromptConfig
+from tasks.classification.classification_presets import PRESETS
+from tasks.model.depth import Depth
+from tasks.model.models import DEFAULT_MODEL, ModelSource, ModelSpec
+from tasks.model.prompts import PromptConfig
+from tasks.training.data import FIELD_ALIASES
 
 
 class ModelSection(StrictModel):
@@ -65,7 +65,7 @@ class TripletSourceSection(StrictModel):
     data_root: str | None = None
     # triplets: rows with query/positive/negative and their own instruction (optional).
     # e5: a folder of <source>.jsonl files (the E5 mix as echo-embeddings lays it out); each
-    # source's query instruction comes from the E5 table (tasks/e5_data.py).
+    # source's query instruction comes from the E5 table (tasks/training/e5_data.py).
     layout: Literal["triplets", "e5"] = "triplets"
     columns: dict[str, str] = Field(default_factory=dict)  # our field -> dataset column
     invalid_rows: Literal["skip", "fail"] = "skip"
@@ -94,7 +94,7 @@ class TripletDataSection(TripletSourceSection):
 class LossSection(StrictModel):
     scale: float = Field(50.0, gt=0)  # cosine x scale; 50 as the official training script
     # Leave a query's false negatives out of its softmax: in-batch candidates with the same text as
-    # its own positive, and positives of rows with the same query (tasks.loss). The count is
+    # its own positive, and positives of rows with the same query (tasks.training.loss). The count is
     # logged (training log `masked_pairs`, stage 1 selection.json `duplicates`). The paper's
     # recipe (its configs set false) scores them as negatives.
     mask_duplicate_positives: bool = True
@@ -125,14 +125,14 @@ class WorkersSection(RayWorkersSection):
 
 
 def classification_presets() -> dict:
-    """{name: preset} of the packaged classification datasets (tasks/classification_presets.py:
+    """{name: preset} of the packaged classification datasets (tasks/classification/classification_presets.py:
     read once at import, so the validators below do no I/O)."""
     return {name: dict(preset) for name, preset in PRESETS.items()}
 
 
 class ClassificationSection(StrictModel):
     """A labelled dataset and the prompt a causal LM classifies it with (the classification
-    objective). ``dataset`` names a packaged preset (tasks/classification_datasets.yaml) whose
+    objective). ``dataset`` names a packaged preset (tasks/classification/classification_datasets.yaml) whose
     fields fill every field this section leaves unset."""
 
     dataset: str | None = "sst2"
@@ -166,7 +166,7 @@ class ClassificationSection(StrictModel):
 
     @model_validator(mode="after")
     def _complete(self):
-        from tasks.verbalizer import TEXT_SLOT
+        from tasks.classification.verbalizer import TEXT_SLOT
 
         if self.source is None and self.local_source is None:
             raise ValueError("give a source (or local_source) for the classification data")
@@ -176,7 +176,7 @@ class ClassificationSection(StrictModel):
         if not self.verbalizers:
             raise ValueError("give verbalizers: label name -> label words")
         if self.label_names is not None:
-            from tasks.verbalizer import ClassificationPrompt
+            from tasks.classification.verbalizer import ClassificationPrompt
 
             try:  # a label without words, or words for an unknown label
                 ClassificationPrompt.from_mapping(self.template, self.label_names, self.verbalizers)
@@ -189,7 +189,7 @@ class ClassificationSection(StrictModel):
 
     def split_path(self, split: str) -> tuple[str, dict[str, str]]:
         """(path or URI of ``split``, column mapping): under the data root when one is set."""
-        from tasks.data import resolve_source
+        from tasks.training.data import resolve_source
 
         local_source = self.local_source.format(split=split) if self.local_source else None
         source = (self.source or "").format(split=split)
@@ -198,7 +198,7 @@ class ClassificationSection(StrictModel):
         return path, columns
 
     def prompt(self, label_names: list[str]):
-        from tasks.verbalizer import ClassificationPrompt
+        from tasks.classification.verbalizer import ClassificationPrompt
 
         return ClassificationPrompt.from_mapping(self.template, label_names, self.verbalizers,
                                                  self.max_length)

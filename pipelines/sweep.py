@@ -7,7 +7,7 @@ evaluates (stage 3) each depth; a report compares them.
 
 For each model, stage 1 runs in this driver (its Ray tasks do the work) and yields the L3Prune
 small and large depths; the trials are those depths joined with the grid (depths: counts or
-keep/prune fractions, tasks/depth.py). All models' trials share ONE Tune experiment; each trial is a Tune function that launches
+keep/prune fractions, tasks/model/depth.py). All models' trials share ONE Tune experiment; each trial is a Tune function that launches
 its own Ray Train run (stage 2), then stage 3, then measures encode latency and peak memory, and
 reports to Tune. Trials queue as pending until their Train workers get resources, so an
 autoscaling cluster grows as they wait.
@@ -41,7 +41,7 @@ from pipelines.sweep_resources import check_resources
 from pipelines.sweep_trials import check_one_trial_per_count, plan_trials, trial_specs
 from pipelines.sweep_tune import run_experiment
 from tasks.errors import LayercutError
-from tasks.model_access import check_model_access
+from tasks.model.model_access import check_model_access
 
 
 def run(config: SweepConfig) -> SweepResult:

@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING, Any
 
 from pipelines.config import find_config, load_config
 from pipelines.route_names import CLASSIFICATION, CONTRASTIVE
-from tasks.depth import Depth
 from tasks.errors import LayercutError
-from tasks.layer_selection import LayerSelection
+from tasks.model.depth import Depth
+from tasks.model.layer_selection import LayerSelection
 from tasks.trees import merge_trees
 
 if TYPE_CHECKING:
@@ -70,7 +70,7 @@ class ModelPlan:
     probe_tasks: list[str] = field(default_factory=list)  # mteb probes of the contrastive trials
     total_layers: int = 0
     # Per evaluation task: {"texts", "overlapping"}: its evaluated texts that occur in the
-    # training data (tasks/overlap.py); a task with overlap is marked in the report.
+    # training data (tasks/evaluation/overlap.py); a task with overlap is marked in the report.
     overlap: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @property
@@ -131,7 +131,7 @@ def base_layer_count(finetune: FinetuneConfig) -> int:
     Raises:
         LayercutError: the model cannot be found (e.g. a hub model offline).
     """
-    from tasks.models import parameters_per_depth, resolve_model
+    from tasks.model.models import parameters_per_depth, resolve_model
 
     total, _ = parameters_per_depth(resolve_model(finetune.model.name_or_path),
                                     trust_remote_code=finetune.model.trust_remote_code,

@@ -26,7 +26,7 @@ def l3prune_picks(setting: bool | str) -> tuple[str, ...]:
 
 def plan_trials(plans: list[ModelPlan], use_l3prune: bool | str,
                 route: ClassificationRoute | None = None) -> list[Trial]:
-    """Depths per model, route by route. Contrastive: the grid's depths of L (tasks/depth.py)
+    """Depths per model, route by route. Contrastive: the grid's depths of L (tasks/model/depth.py)
     and the L3Prune picks ``use_l3prune`` names (the sweep's ``l3prune``: true both, false
     none, "small" or "large" one). Classification: per dataset, the ``route`` section's depths
     (or its grid's).

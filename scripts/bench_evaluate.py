@@ -28,11 +28,11 @@ def encode_throughput(args) -> None:
     from torch.utils.data import DataLoader
 
     from pipelines.evaluate import packaged_instructions
-    from tasks.encoder import build_encoder
-    from tasks.models import ModelSpec, resolve_model
-    from tasks.mteb_model import LayercutMTEBModel
-    from tasks.mteb_tasks import load_task
-    from tasks.prompts import PromptConfig
+    from tasks.evaluation.mteb_model import LayercutMTEBModel
+    from tasks.evaluation.mteb_tasks import load_task
+    from tasks.model.encoder import build_encoder
+    from tasks.model.models import ModelSpec, resolve_model
+    from tasks.model.prompts import PromptConfig
 
     table = pq.read_table(Path(args.data_root) / "STSBenchmark" / "test.parquet")
     texts = (table["sentence1"].to_pylist() + table["sentence2"].to_pylist())[:args.texts]

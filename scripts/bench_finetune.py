@@ -47,7 +47,7 @@ def planned_steps(args) -> list[dict[str, list]]:
     from pipelines import finetune
     from pipelines.config import find_config, load_config
     from pipelines.ray_runtime import ensure_ray
-    from tasks.data import annotated_triplets, resolve_source
+    from tasks.training.data import annotated_triplets, resolve_source
 
     config = load_config(finetune.FinetuneConfig, find_config("smollm2-135m", finetune.STAGE),
                          [f"training.steps={args.steps}", f"training.batch_size={args.batch}"],
@@ -66,11 +66,11 @@ def planned_steps(args) -> list[dict[str, list]]:
 
 def plain_loop(args, layers: int | None, steps: list[dict]) -> list[tuple[float, int]]:
     """(seconds, tokens) per step of a plain PyTorch LoRA training loop."""
-    from tasks.lora import LoraSettings, add_lora
-    from tasks.models import ModelSpec, resolve_model
-    from tasks.prompts import PromptConfig, PromptFormatter
-    from tasks.objectives import contrastive_loss
-    from tasks.training import seed_everything
+    from tasks.model.lora import LoraSettings, add_lora
+    from tasks.model.models import ModelSpec, resolve_model
+    from tasks.model.prompts import PromptConfig, PromptFormatter
+    from tasks.training.objectives import contrastive_loss
+    from tasks.training.train_loop import seed_everything
 
     seed_everything(42)
     spec = ModelSpec(resolve_model("smollm2-135m"), layers=layers, dtype="float32", device="cpu")

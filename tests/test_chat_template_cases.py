@@ -12,7 +12,7 @@ import pytest
 from conftest import SHARED_CASES
 from pipelines.cli import main
 from tasks.errors import LayercutError
-from tasks.prompts import PromptConfig, PromptFormatter
+from tasks.model.prompts import PromptConfig, PromptFormatter
 
 TEMPLATES = json.loads((SHARED_CASES / "templates" / "chat_templates.json").read_text())
 SYSTEM = "Represent the text for retrieval."
@@ -109,9 +109,9 @@ def test_dated_template_renders_the_same_on_any_day(smollm2_dir, monkeypatch):
 
 def _export(tmp_path, model_dir: str, prompt: PromptConfig):
     """The artifact of ``model_dir`` cut to 2 layers with an untrained adapter."""
-    from tasks.artifact import ArtifactInfo, export_artifact
-    from tasks.lora import LoraSettings, add_lora
-    from tasks.models import ModelSource, ModelSpec
+    from tasks.export.artifact import ArtifactInfo, export_artifact
+    from tasks.model.lora import LoraSettings, add_lora
+    from tasks.model.models import ModelSource, ModelSpec
 
     spec = ModelSpec(ModelSource(model_dir, True), layers=2, dtype="float32", device="cpu")
     model, _ = spec.load()
@@ -128,7 +128,7 @@ def _export(tmp_path, model_dir: str, prompt: PromptConfig):
 
 def test_artifact_records_the_wrapper_and_evaluation_uses_it(tmp_path, tiny_model_dirs, monkeypatch):
     from pipelines.evaluate import EvaluateConfig, _evaluation_model
-    from tasks.artifact import read_layercut_file
+    from tasks.export.artifact import read_layercut_file
 
     _Clock(monkeypatch).set(DAYS[0])
     model = _model_with_template(tmp_path, tiny_model_dirs["llama"], "dated_system_turn")
@@ -165,7 +165,7 @@ def test_artifact_records_the_wrapper_and_evaluation_uses_it(tmp_path, tiny_mode
 
 def test_the_rendered_wrapper_is_part_of_the_run_fingerprint(tiny_model_dirs):
     from pipelines.layer_loss import LayerLossConfig, _fingerprint
-    from tasks.models import resolve_model
+    from tasks.model.models import resolve_model
 
     config, source = LayerLossConfig(), resolve_model(tiny_model_dirs["llama"])
     one = _fingerprint(config, source, "data.jsonl", ("<a>", "</a>"))

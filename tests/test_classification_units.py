@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from tests.conftest import SHARED_DATA
+from tasks.classification.verbalizer import ClassificationPrompt, VerbalizerScorer, classification_loss
 from tasks.errors import LayercutError
-from tasks.verbalizer import ClassificationPrompt, VerbalizerScorer, classification_loss
 
 CPU = torch.device("cpu")
 
@@ -20,7 +20,7 @@ CPU = torch.device("cpu")
 @pytest.fixture(scope="module")
 def smollm2_cut(smollm2_dir):
     """SmolLM2 cut to 2 layers with its (tied) LM head: real weights, fast on CPU."""
-    from tasks.models import ModelSource, ModelSpec
+    from tasks.model.models import ModelSource, ModelSpec
 
     return ModelSpec(ModelSource(smollm2_dir, True), layers=2, dtype="float32", device="cpu",
                      lm_head=True).load()
@@ -99,7 +99,7 @@ def test_classification_losses_on_hand_made_scores():
 
 
 def test_metrics_by_hand():
-    from tasks.classification_eval import classification_metrics
+    from tasks.classification.classification_eval import classification_metrics
 
     gold = [0, 0, 0, 1, 1, 2]
     predicted = [0, 0, 1, 1, 2, 2]
@@ -134,7 +134,7 @@ def _write_split(folder, rows):
 
 
 def test_labels_outside_the_label_list_are_an_error(tmp_path, ray_cluster):
-    from tasks.classification_data import annotated_labeled
+    from tasks.training.classification_data import annotated_labeled
 
     _write_split(tmp_path / "bad", [{"text": "fine", "label": 0}, {"text": "great", "label": 1},
                                     {"text": "what", "label": 3}])
@@ -150,7 +150,7 @@ def test_packaged_datasets_match_their_data(ray_cluster):
     """The presets' label lists are the mirror's own (label_text column), and every split reads."""
     from pipelines.resolve import label_names
     from pipelines.sections import ClassificationSection, classification_presets
-    from tasks.classification_data import annotated_labeled, label_names_from_data
+    from tasks.training.classification_data import annotated_labeled, label_names_from_data
 
     for name in classification_presets():
         section = ClassificationSection(dataset=name, data_root=str(SHARED_DATA))
@@ -225,11 +225,11 @@ EXPECTED_LORA = {"gpt2": {"c_attn", "c_proj", "c_fc"},
 def test_gpt2_and_opt_prune_save_reload_and_train(family, tmp_path, base_tokenizer):
     from transformers import AutoModelForCausalLM
 
-    from tasks.artifact import ArtifactInfo, export_artifact
-    from tasks.lora import LoraSettings, add_lora, lora_targets_of
-    from tasks.models import ModelSource, ModelSpec
-    from tasks.objectives import ClassificationObjective
-    from tasks.pruning import decoder_layers, prune_model
+    from tasks.export.artifact import ArtifactInfo, export_artifact
+    from tasks.model.lora import LoraSettings, add_lora, lora_targets_of
+    from tasks.model.models import ModelSource, ModelSpec
+    from tasks.model.pruning import decoder_layers, prune_model
+    from tasks.training.objectives import ClassificationObjective
 
     full = _tiny_causal_lm(family, len(base_tokenizer))
     full.save_pretrained(tmp_path / "base")
@@ -286,8 +286,8 @@ def test_full_fine_tuning_exports_the_trained_weights(tmp_path, base_tokenizer):
     """No LoRA: the model's own weights train and the export carries them."""
     from transformers import AutoModelForCausalLM
 
-    from tasks.artifact import ArtifactInfo, export_artifact
-    from tasks.models import ModelSource, ModelSpec
+    from tasks.export.artifact import ArtifactInfo, export_artifact
+    from tasks.model.models import ModelSource, ModelSpec
 
     _tiny_causal_lm("gpt2", len(base_tokenizer)).save_pretrained(tmp_path / "base")
     base_tokenizer.save_pretrained(tmp_path / "base")
@@ -316,7 +316,7 @@ def test_full_fine_tuning_exports_the_trained_weights(tmp_path, base_tokenizer):
 def test_a_classifier_counts_its_untied_lm_head(tmp_path, base_tokenizer):
     import transformers as tf
 
-    from tasks.models import ModelSource, parameters_per_depth
+    from tasks.model.models import ModelSource, parameters_per_depth
     from tests.conftest import TINY
 
     config = tf.LlamaConfig(vocab_size=len(base_tokenizer), tie_word_embeddings=False, **TINY)
@@ -335,11 +335,11 @@ def _full_fine_tuning_worker(rank: int, port: int, base_dir: str, out: str) -> N
 
     import torch.distributed as dist
 
-    from tasks.artifact import ArtifactInfo, export_artifact
-    from tasks.deepspeed_config import OptimizationSettings
-    from tasks.models import ModelSource, ModelSpec
-    from tasks.objectives import ClassificationObjective
-    from tasks.training import (TrainingJob, build_trainable, initialize_engine, load_checkpoint,
+    from tasks.export.artifact import ArtifactInfo, export_artifact
+    from tasks.model.models import ModelSource, ModelSpec
+    from tasks.training.deepspeed_config import OptimizationSettings
+    from tasks.training.objectives import ClassificationObjective
+    from tasks.training.train_loop import (TrainingJob, build_trainable, initialize_engine, load_checkpoint,
                                 save_checkpoint)
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1",

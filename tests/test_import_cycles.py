@@ -150,7 +150,32 @@ def test_the_graph_sees_lazy_and_main_imports_and_skips_type_checking(tmp_path):
 
 def test_no_import_cycle_among_first_party_modules():
     graph = import_graph()
-    assert {"pipelines.cli", "pipelines.sweep", "tasks.models"} <= set(graph)  # it read the tree
+    assert {"pipelines.cli", "pipelines.sweep", "tasks.model.models"} <= set(graph)  # it read the tree
     circles = [c for c in strongly_connected(graph) if len(c) > 1]
     assert not circles, "import cycles: " + "; ".join(
         f"{', '.join(c)} import each other, e.g. {' -> '.join(_cycle(graph, c))}" for c in circles)
+
+
+def test_tasks_never_imports_pipelines_and_its_subpackages_import_one_way():
+    """``tasks`` sits below ``pipelines``; within it, its subpackages (``tasks.model``,
+    ``tasks.training``, ...) and shared modules (``tasks.errors``), each taken as one node, form
+    no circle either, so the layout reads as layers (docs/architecture.md)."""
+    graph = import_graph()
+    upward = sorted(f"{name} -> {target}" for name, targets in graph.items() if name.startswith("tasks")
+                    for target in targets if target.startswith("pipelines"))
+    assert not upward, "tasks imports pipelines: " + "; ".join(upward)
+
+    def unit(name: str) -> str:
+        return ".".join(name.split(".")[:2])
+
+    units: dict[str, set[str]] = {}
+    for name, targets in graph.items():
+        if name.startswith("tasks."):
+            units.setdefault(unit(name), set()).update(
+                unit(target) for target in targets if target.startswith("tasks.") and unit(target) != unit(name))
+    assert {"tasks.model", "tasks.training", "tasks.errors"} <= set(units)  # it read the tree
+    for targets in units.values():
+        targets &= set(units)
+    circles = [c for c in strongly_connected(units) if len(c) > 1]
+    assert not circles, "tasks subpackages import each other: " + "; ".join(
+        " -> ".join(_cycle(units, c)) for c in circles)

@@ -27,7 +27,7 @@ def test_stage_configs_validate_without_reading_files(tmp_path, monkeypatch):
     from pipelines.schemas.evaluate import EvaluateConfig
     from pipelines.schemas.finetune import FinetuneConfig
     from pipelines.schemas.sweep import SweepConfig
-    from tasks.classification_presets import PRESETS
+    from tasks.classification.classification_presets import PRESETS
 
     with no_io(monkeypatch):
         tuned = FinetuneConfig.model_validate({"objective": "classification",
@@ -47,7 +47,7 @@ def test_stage_configs_validate_without_reading_files(tmp_path, monkeypatch):
 def test_the_presets_are_the_packaged_yaml():
     import yaml
 
-    from tasks.classification_presets import PRESETS, PRESETS_FILE
+    from tasks.classification.classification_presets import PRESETS, PRESETS_FILE
 
     assert {name: dict(preset) for name, preset in PRESETS.items()} == yaml.safe_load(PRESETS_FILE.read_text())
 

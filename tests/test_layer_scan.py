@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from conftest import FAMILIES
-from tasks.encoder import Encoder, build_encoder
-from tasks.layer_scan import batch_layer_losses, duplicate_mask
-from tasks.loss import hard_negative_infonce
-from tasks.models import ModelSource, ModelSpec
-from tasks.prompts import PromptConfig
+from tasks.model.encoder import Encoder, build_encoder
+from tasks.model.models import ModelSource, ModelSpec
+from tasks.model.prompts import PromptConfig
+from tasks.scan.layer_scan import batch_layer_losses, duplicate_mask
+from tasks.training.loss import hard_negative_infonce
 
 
 def _batch(rows, size):
@@ -84,7 +84,7 @@ def test_embeddings_do_not_depend_on_batching(tiny_model_dirs, triplet_rows):
     spec = ModelSpec(source=ModelSource(tiny_model_dirs["gemma3"], True))
     texts = [r["query"] for r in triplet_rows[:7]]
     model, tokenizer = spec.load()
-    from tasks.prompts import PromptFormatter
+    from tasks.model.prompts import PromptFormatter
 
     formatter = PromptFormatter(tokenizer, PromptConfig())
     one_by_one = Encoder(model, formatter, batch_size=1).encode(texts, all_layers=True)
@@ -106,7 +106,7 @@ def _real_model_scan_equals_cut_models(spec: ModelSpec, prompt: PromptConfig, ba
                                        layers: int) -> None:
     """The one-pass losses of a real model against the same model cut by hand to each depth in
     ``depths`` (descending: one load, cut further each time) and run normally."""
-    from tasks.prompts import PromptFormatter
+    from tasks.model.prompts import PromptFormatter
 
     model, tokenizer = spec.load()
     formatter = PromptFormatter(tokenizer, prompt)
@@ -134,7 +134,7 @@ def test_one_pass_equals_truly_pruned_smollm2(smollm2_dir, triplet_rows):
 def test_one_pass_equals_truly_pruned_gemma3_270m(triplet_rows):
     """The second real model: Gemma 3 mixes sliding-window and full-attention layers. (These
     rows repeat a TRECQA query, so both sides leave the duplicate positives out of its negatives.)"""
-    from tasks.models import resolve_model
+    from tasks.model.models import resolve_model
 
     batch = _batch(triplet_rows[300:], 4)
     assert duplicate_mask(batch).any()

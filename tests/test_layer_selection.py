@@ -12,11 +12,11 @@ from transformers import AutoConfig, AutoModel
 
 import _results
 from conftest import family_tokenizer, padded_inputs, tiny_config
-from tasks.depth import Depth
 from tasks.errors import LayercutError
-from tasks.layer_selection import LayerSelection
-from tasks.models import ModelSource, ModelSpec, load_backbone
-from tasks.pruning import decoder_layers, prune_model
+from tasks.model.depth import Depth
+from tasks.model.layer_selection import LayerSelection
+from tasks.model.models import ModelSource, ModelSpec, load_backbone
+from tasks.model.pruning import decoder_layers, prune_model
 
 KEPT = (0, 1, 2, 5, 6)  # of 8: drops two middle layers and the last one
 
@@ -77,11 +77,11 @@ def test_loading_and_pruning_a_selection_equal_the_hand_cut_model(eight_layers):
 
 
 def _job(model_dir: str, layers):
-    from tasks.deepspeed_config import OptimizationSettings
-    from tasks.lora import LoraSettings
-    from tasks.objectives import ContrastiveObjective
-    from tasks.prompts import PromptConfig
-    from tasks.training import TrainingJob
+    from tasks.model.lora import LoraSettings
+    from tasks.model.prompts import PromptConfig
+    from tasks.training.deepspeed_config import OptimizationSettings
+    from tasks.training.objectives import ContrastiveObjective
+    from tasks.training.train_loop import TrainingJob
 
     return TrainingJob(
         spec=ModelSpec(ModelSource(model_dir, True), layers=layers, dtype="float32", device="cpu"),
@@ -96,7 +96,7 @@ def _job(model_dir: str, layers):
 def _train_step(job, rows):
     """(loss, {LoRA parameter: gradient}, the model after one SGD step): the training path's
     model (build_trainable: load, seed, LoRA) and loss (the objective bound to the tokenizer)."""
-    from tasks.training import build_trainable
+    from tasks.training.train_loop import build_trainable
 
     model, tokenizer = build_trainable(job)
     loss, _, _ = job.objective.bind(tokenizer)(model, rows, torch.device("cpu"))
@@ -110,8 +110,8 @@ def _train_step(job, rows):
 
 
 def _info(layers: int, kept):
-    from tasks.artifact import ArtifactInfo
-    from tasks.prompts import PromptConfig
+    from tasks.export.artifact import ArtifactInfo
+    from tasks.model.prompts import PromptConfig
 
     return ArtifactInfo(
         base_model="tiny", base_model_path="tiny", layers=layers, total_layers=8, parameters=1,
@@ -125,7 +125,7 @@ def _info(layers: int, kept):
 def test_training_and_export_of_a_selection_equal_the_hand_cut_model(eight_layers, triplet_rows, tmp_path):
     from peft import PeftModel
 
-    from tasks.artifact import export_artifact, read_layercut_file
+    from tasks.export.artifact import export_artifact, read_layercut_file
 
     base, hand = eight_layers
     rows = {f: [row[f] for row in triplet_rows[240:244]]
@@ -140,7 +140,7 @@ def test_training_and_export_of_a_selection_equal_the_hand_cut_model(eight_layer
         assert torch.equal(grad, hand_grads[name]), name
     assert any(grad.abs().sum() > 0 for grad in grads.values())
 
-    trained.save_pretrained(tmp_path / "adapter")  # what a checkpoint holds (tasks.training)
+    trained.save_pretrained(tmp_path / "adapter")  # what a checkpoint holds (tasks.training.train_loop)
     artifact = export_artifact(selected_job.spec, tmp_path / "adapter", tmp_path / "model",
                                _info(len(KEPT), KEPT))
     assert AutoConfig.from_pretrained(artifact).num_hidden_layers == len(KEPT)

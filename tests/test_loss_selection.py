@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from conftest import SHARED_CASES
-from tasks.loss import false_negative_mask, hard_negative_infonce, text_ids
-from tasks.selection import choose_depths
+from tasks.scan.selection import choose_depths
+from tasks.training.loss import false_negative_mask, hard_negative_infonce, text_ids
 
 
 def _direct_loss(q, p, n, scale):

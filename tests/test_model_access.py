@@ -17,7 +17,7 @@ from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, Revi
 
 from conftest import REPO
 from tasks.errors import LayercutError
-from tasks.model_access import HUB_TIMEOUT_S, check_model_access
+from tasks.model.model_access import HUB_TIMEOUT_S, check_model_access
 
 GATED = "meta-llama/Meta-Llama-3-8B-Instruct"
 
@@ -39,7 +39,7 @@ def _cache_model(hf_home, repo: str, commit: str = "0" * 40) -> None:
 CHECKS = """
 import json, sys
 from tasks.errors import LayercutError
-from tasks.model_access import HUB_TIMEOUT_S, check_model_access
+from tasks.model.model_access import HUB_TIMEOUT_S, check_model_access
 results = {}
 for name, revision in json.loads(sys.argv[1]):
     try:

@@ -6,8 +6,9 @@ from __future__ import annotations
 import json
 
 from conftest import SHARED_DATA, TRIPLETS
-from tasks.mteb_tasks import load_task
-from tasks.overlap import dataset_texts, evaluation_parts, normalize, task_overlap, text_hash, text_hashes
+from tasks.evaluation.mteb_tasks import load_task
+from tasks.evaluation.overlap import (dataset_texts, evaluation_parts, normalize, task_overlap, text_hash,
+                                      text_hashes)
 
 
 def _triplets() -> list[dict]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tasks.prompts import PromptConfig, PromptFormatter
+from tasks.model.prompts import PromptConfig, PromptFormatter
 
 # The chat templates of the public tokenizer configs (tokenizer_config.json "chat_template").
 REAL_TEMPLATES = {

@@ -7,8 +7,8 @@ import torch
 
 from conftest import FAMILIES, family_tokenizer
 from tasks.errors import LayercutError
-from tasks.pooling import pool
-from tasks.prompts import PromptConfig, PromptFormatter
+from tasks.model.pooling import pool
+from tasks.model.prompts import PromptConfig, PromptFormatter
 
 TEXTS = ["A man is playing a guitar.", "Where is the Eiffel tower?"]
 INSTRUCTIONS = ["Retrieve semantically similar text", None]

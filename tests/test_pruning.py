@@ -10,10 +10,10 @@ from transformers import AutoConfig, AutoModel
 
 from conftest import FAMILIES
 from conftest import padded_inputs as _inputs
-from tasks.depth import Depth
 from tasks.errors import LayercutError
-from tasks.models import ModelSource, load_backbone
-from tasks.pruning import (count_parameters, decoder_layers, num_layers, parameters_at_depth,
+from tasks.model.depth import Depth
+from tasks.model.models import ModelSource, load_backbone
+from tasks.model.pruning import (count_parameters, decoder_layers, num_layers, parameters_at_depth,
                            prune_model, resolve_depth)
 
 

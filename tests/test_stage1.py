@@ -15,8 +15,8 @@ from conftest import REPO, SHARED_CASES, SHARED_DATA, TRIPLETS
 from pipelines.cli import main
 from pipelines.config import load_config
 from pipelines.layer_loss import LayerLossConfig, run
-from tasks.data import resolve_source, sample_triplet_batches
 from tasks.errors import LayercutError
+from tasks.training.data import resolve_source, sample_triplet_batches
 
 
 def _config(tmp_path, model_dir, **workers) -> LayerLossConfig:
@@ -66,8 +66,8 @@ def test_sampling_is_reproducible_and_layout_independent(tmp_path, triplet_rows,
     assert sampled <= {r["query"] for r in triplet_rows}
     # Exactly the 15 rows with the smallest keys, in key order (the annotation run here in
     # this process, on the whole file at once, without Ray).
-    from tasks.data import annotate, column_mapping
-    from tasks.json_lines import parse_lines
+    from tasks.training.data import annotate, column_mapping
+    from tasks.training.json_lines import parse_lines
 
     table = pa.concat_tables(parse_lines(iter(TRIPLETS.read_bytes().splitlines())))
     keyed = annotate(table, column_mapping(table.column_names, {}), seed=7).to_pylist()

@@ -13,8 +13,8 @@ from pipelines.config import find_config, load_config
 from pipelines.routes.contrastive.rows import best_within_budget, pareto_front
 from pipelines.schemas.sweep import DEFAULT_GRID
 from pipelines.sweep import ModelPlan, SweepConfig, check_resources, plan_trials, resolve_models
-from tasks.depth import Depth
 from tasks.errors import LayercutError
+from tasks.model.depth import Depth
 
 
 def _config(tmp_path, cli=(), **tree) -> SweepConfig:
@@ -153,7 +153,7 @@ def test_best_depth_within_a_budget():
 def test_each_contrastive_trial_evaluates_its_depth_untrained_unless_switched_off(tmp_path):
     """The untrained evaluation is the trial's stage-3 config on the finetune config's base model
     cut to the trial's depth, with the input format and pooling the artifact records (finetune's
-    encoder section, tasks/artifact.py ArtifactInfo), which here differ from evaluate's own."""
+    encoder section, tasks/export/artifact.py ArtifactInfo), which here differ from evaluate's own."""
     from pipelines.sweep import trial_specs
 
     base = str(tmp_path / "base-model")
@@ -229,8 +229,8 @@ def test_a_trial_records_its_depth_untrained_and_a_finished_one_evaluates_nothin
     assert result["mteb_mean"] == 0.70 and result["untrained_mean"] == 0.60
     assert result["change_vs_untrained"] == 0.70 - 0.60
     assert result["untrained_mean_interval"] == [0.60 - 0.05, 0.60 + 0.05]
-    # The change's interval pairs the two evaluations' items (tasks/bootstrap.py, tested there).
-    from tasks.bootstrap import paired_change_intervals
+    # The change's interval pairs the two evaluations' items (tasks/evaluation/bootstrap.py, tested there).
+    from tasks.evaluation.bootstrap import paired_change_intervals
 
     per_task, paired = paired_change_intervals(evaluated(EvaluateConfig(name="k/evaluate")).items,
                                                evaluated(EvaluateConfig(name="k/untrained")).items)
@@ -348,7 +348,7 @@ def test_untrained_depths_are_hollow_markers_on_the_score_plot(tmp_path):
 
 
 def test_subsampled_tasks_keep_a_seeded_subset_and_refuse_other_types():
-    from tasks.mteb_tasks import load_task, subsample_task
+    from tasks.evaluation.mteb_tasks import load_task, subsample_task
 
     full = load_task("STSBenchmark", str(SHARED_DATA))
     full.load_data()

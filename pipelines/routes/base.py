@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from pipelines.schemas.sweep import ClassificationRoute, ModelEntry, SweepConfig
     from pipelines.sweep_plan import ModelPlan, Trial
     from pipelines.trial import TrialSpec
-    from tasks.objectives import ClassificationObjective, ContrastiveObjective
+    from tasks.training.objectives import ClassificationObjective, ContrastiveObjective
 
 
 @dataclass(frozen=True)
@@ -87,7 +87,7 @@ class RouteReport:
 
 @dataclass(frozen=True)
 class TrainingInputs:
-    """What stage 2 trains on: the objective (tasks/objectives.py), the training data's path and
+    """What stage 2 trains on: the objective (tasks/training/objectives.py), the training data's path and
     column mapping, the label names (classification; else None) and the objective's part of the
     settings that fingerprint the run (their key order is the fingerprint's)."""
 
@@ -126,7 +126,7 @@ class TrainingRoute(Protocol):
         ``skipped_rows``, ``first_problem``)."""
 
     def artifact_fields(self, config: FinetuneConfig, inputs: TrainingInputs) -> dict[str, Any]:
-        """The objective's fields of the artifact's ``ArtifactInfo`` (tasks/artifact.py)."""
+        """The objective's fields of the artifact's ``ArtifactInfo`` (tasks/export/artifact.py)."""
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ class ClassifyConfig(StrictModel):
     name: str | None = None  # run name; default: classify-<model>-<dataset>[-<layers>l]
     output_dir: OutputDir = "runs"
     model: ModelSection = Field(default_factory=ModelSection)
-    layers: DepthSetting | None = None  # score the model cut to this depth (zero-shot; tasks/depth.py)
+    layers: DepthSetting | None = None  # score the model cut to this depth (zero-shot; tasks/model/depth.py)
     classification: ClassificationSection = Field(default_factory=ClassificationSection)
     # A seeded random subset of the test split (CPU-sized runs); None: every row.
     max_test_rows: int | None = Field(None, ge=2)

@@ -9,7 +9,7 @@ from pydantic import Field
 
 from pipelines.config import DepthSetting, StrictModel, filesystem_output_dir
 from pipelines.sections import EncoderSection, ModelSection, WorkersSection
-from tasks.mteb_tasks import TaskSelection
+from tasks.evaluation.mteb_tasks import TaskSelection
 
 STAGE = "evaluate"
 
@@ -22,10 +22,10 @@ class EvaluateConfig(StrictModel):
     name: str | None = None  # run name; default: eval-<model>[-<layers>l]-<fingerprint>
     output_dir: OutputDir = "runs"
     model: ModelSection = Field(default_factory=ModelSection)
-    layers: DepthSetting | None = None  # evaluate the model cut to this depth (tasks/depth.py)
+    layers: DepthSetting | None = None  # evaluate the model cut to this depth (tasks/model/depth.py)
     encoder: EncoderSection = Field(default_factory=EncoderSection)
     tasks: list[str] = Field(default_factory=lambda: ["quick"])  # mteb names or presets
-    # What of each task is scored (tasks/mteb_tasks.TaskSelection): MTEB(eng)'s English subsets
+    # What of each task is scored (tasks/evaluation/mteb_tasks.TaskSelection): MTEB(eng)'s English subsets
     # of the test split by default; per-task splits or subsets win (e.g. STS17: [en-en, en-de]).
     languages: list[str] = Field(default_factory=lambda: ["eng"], min_length=1)
     splits: list[str] = Field(default_factory=lambda: ["test"], min_length=1)

@@ -13,7 +13,7 @@ from pipelines.config import DepthSetting, StrictModel, filesystem_output_dir
 from pipelines.route_names import CONTRASTIVE, RouteName
 from pipelines.sections import (ClassificationSection, EncoderSection, LossSection, ModelSection,
                                 RayWorkersSection, TripletSourceSection)
-from tasks.layer_selection import LayerSelection
+from tasks.model.layer_selection import LayerSelection
 
 STAGE = "finetune"
 
@@ -82,7 +82,7 @@ class DeepSpeedSection(StrictModel):
 class FinetuneConfig(StrictModel):
     name: str | None = None  # run name; default: finetune-<model>-l<layers>
     output_dir: OutputDir = "runs"
-    layers: DepthSetting | None = None  # 8, keep:0.7, prune:0.3, [0, 1, 5] (tasks/depth.py)
+    layers: DepthSetting | None = None  # 8, keep:0.7, prune:0.3, [0, 1, 5] (tasks/model/depth.py)
     force: bool = False  # resume even though the config differs from the checkpoint's
     show_progress: bool = True
     # contrastive: an embedding model (L3Prune; encoder, data, loss). classification: a

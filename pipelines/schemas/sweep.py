@@ -15,7 +15,7 @@ from pipelines.schemas.classify import ClassifyConfig
 from pipelines.schemas.evaluate import EvaluateConfig
 from pipelines.schemas.finetune import FinetuneConfig
 from pipelines.schemas.layer_loss import LayerLossConfig
-from tasks.depth import Depth
+from tasks.model.depth import Depth
 
 STAGE = "run"
 
@@ -33,7 +33,7 @@ def _check_grid(value: list[Depth] | None) -> list[Depth] | None:
 # A list of depths to sweep (None where the field may fall back to another grid), never empty.
 Grid = Annotated[list[DepthSetting] | None, AfterValidator(_check_grid)]
 
-# The paper's grid: keep 100, 90, ..., 20 % of the layers, n = int(L * keep) (tasks/depth.py).
+# The paper's grid: keep 100, 90, ..., 20 % of the layers, n = int(L * keep) (tasks/model/depth.py).
 DEFAULT_GRID = [Depth.parse(f"keep:{percent / 100}") for percent in range(100, 10, -10)]
 
 
@@ -134,7 +134,8 @@ class ClassificationRoute(StrictModel):
     """The second use case ("Why Lift so Heavy?"): for every model whose objectives include
     classification, each dataset is prompt-tuned and scored at each depth."""
 
-    datasets: list[str] = Field(default_factory=lambda: ["sst2"])  # tasks/classification_datasets.yaml
+    # Preset names: tasks/classification/classification_datasets.yaml.
+    datasets: list[str] = Field(default_factory=lambda: ["sst2"])
     grid: Grid = None  # None: the sweep's grid
     layers: list[DepthSetting] | None = None  # explicit depths; wins over the grid
     zero_shot: bool = True  # score the unpruned model with the same prompt: the reference line
@@ -145,7 +146,7 @@ class ClassificationRoute(StrictModel):
     @field_validator("datasets")
     @classmethod
     def _datasets(cls, value):
-        from tasks.classification_presets import PRESETS  # package data: no I/O here
+        from tasks.classification.classification_presets import PRESETS  # package data: no I/O here
 
         unknown = [name for name in value if name not in PRESETS]
         if unknown or not value or len(set(value)) != len(value):

@@ -97,7 +97,7 @@ def _classification_markdown(rows, best, contrastive_rows) -> list[str]:
 def _side_by_side(rows, contrastive_rows) -> list[tuple]:
     """(model, dataset, layers, prompt-tuned accuracy, probe accuracy) wherever either exists for
     a model that ran both routes."""
-    from tasks.mteb_tasks import probe_task_name
+    from tasks.evaluation.mteb_tasks import probe_task_name
 
     probes = {}
     for row in contrastive_rows:

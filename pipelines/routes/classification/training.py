@@ -1,5 +1,5 @@
 """Stage 2 of the classification route: a cut causal LM, LM head kept, prompt-tuned to put its
-next-token probability on the label words (tasks/objectives.py ``ClassificationObjective``)."""
+next-token probability on the label words (tasks/training/objectives.py ``ClassificationObjective``)."""
 
 from __future__ import annotations
 
@@ -39,8 +39,8 @@ class ClassificationTraining:
         Data) and the prompt, checked against the tokenizer before any worker starts (a label
         word that encodes to nothing, a max_length that leaves no room for the text)."""
         from pipelines import resolve
-        from tasks.objectives import ClassificationObjective
-        from tasks.verbalizer import VerbalizerScorer
+        from tasks.classification.verbalizer import VerbalizerScorer
+        from tasks.training.objectives import ClassificationObjective
 
         task = config.classification  # with the data root resolved (``resolve``)
         label_names = resolve.label_names(task)
@@ -53,7 +53,7 @@ class ClassificationTraining:
 
     def read(self, config: FinetuneConfig, inputs: TrainingInputs) -> tuple[Any, dict[str, Any]]:
         """The labeled rows as an annotated Ray Dataset, and the data report."""
-        from tasks.classification_data import annotated_labeled
+        from tasks.training.classification_data import annotated_labeled
 
         return annotated_labeled(
             inputs.data_path, label_names=inputs.label_names, columns=inputs.columns,
@@ -61,7 +61,8 @@ class ClassificationTraining:
             source=config.classification.label())
 
     def artifact_fields(self, config: FinetuneConfig, inputs: TrainingInputs) -> dict[str, Any]:
-        """What the artifact must carry to classify: template, labels, words (tasks.verbalizer)."""
+        """What the artifact must carry to classify: template, labels, words
+        (tasks.classification.verbalizer)."""
         objective = inputs.objective
         prompt = objective.prompt
         return {"classification": {

@@ -15,7 +15,7 @@ from pipelines.schemas.evaluate import EvaluateConfig
 from pipelines.schemas.layer_loss import LayerLossConfig
 from pipelines.sweep_plan import ModelPlan, Trial, depth_origins, stage_config, trials_of
 from tasks.errors import LayercutError
-from tasks.layer_selection import LayerSelection
+from tasks.model.layer_selection import LayerSelection
 
 if TYPE_CHECKING:
     from pipelines.schemas.sweep import SweepConfig
@@ -26,7 +26,7 @@ def resolve(context: ResolveContext, plan: ModelPlan) -> None:
     after hours of fine-tuning. With the classification route too, the mteb probes of its
     datasets."""
     from pipelines.evaluate import check_tasks
-    from tasks.mteb_tasks import probe_task_name
+    from tasks.evaluation.mteb_tasks import probe_task_name
 
     config, entry, label = context.config, context.entry, context.label
     data, wait, common = context.data, context.wait, context.common
@@ -59,7 +59,7 @@ def query_instructions(evaluate: EvaluateConfig) -> dict[str, str]:
     """{task: instruction} of the tasks whose queries evaluation prepends an instruction to (a
     sweep evaluates its own artifacts, never a sentence-transformers folder)."""
     from pipelines.evaluate import packaged_instructions
-    from tasks.mteb_tasks import resolve_task_names
+    from tasks.evaluation.mteb_tasks import resolve_task_names
 
     table = {**packaged_instructions(), **evaluate.instructions}
     return {name: table[name] for name in resolve_task_names(evaluate.tasks) if table.get(name)}
@@ -70,7 +70,7 @@ def check_instructions(plan: ModelPlan) -> None:
     evaluation prepends task instructions to queries, unless the stage's
     data.allow_instruction_mismatch acknowledges it. Stage 1 and stage 2 data are both checked:
     the scan and the training see queries as evaluation will."""
-    from tasks.data import has_instructions, resolve_source
+    from tasks.training.data import has_instructions, resolve_source
 
     instructed = query_instructions(plan.evaluate)
     if not instructed:
@@ -111,9 +111,9 @@ def prepare(config: SweepConfig, plan: ModelPlan) -> None:
 def training_overlap(plan: ModelPlan) -> dict[str, dict[str, int]]:
     """For each evaluation task of the model: how many of its evaluated texts occur in the
     model's training triplets (query, positive or negative), compared through hashes."""
-    from tasks.data import annotated_triplets, resolve_source
-    from tasks.mteb_tasks import load_task, resolve_task_names
-    from tasks.overlap import task_overlap, text_hashes
+    from tasks.evaluation.mteb_tasks import load_task, resolve_task_names
+    from tasks.evaluation.overlap import task_overlap, text_hashes
+    from tasks.training.data import annotated_triplets, resolve_source
 
     data = plan.finetune.data
     path = resolve_source(data.source, data.local_source, data.data_root)
@@ -129,7 +129,7 @@ def training_overlap(plan: ModelPlan) -> dict[str, dict[str, int]]:
 
 
 def trials(plan: ModelPlan, total: int, options: TrialOptions) -> list[Trial]:
-    """The grid's depths of ``total`` layers (tasks/depth.py) and the stage-1 picks named in
+    """The grid's depths of ``total`` layers (tasks/model/depth.py) and the stage-1 picks named in
     ``options.l3prune`` ("small", "large")."""
     origins = depth_origins(plan.grid, total, "grid", f"{plan.label}'s grid")
     for pick in options.l3prune:
@@ -160,7 +160,7 @@ def preview(plan: ModelPlan, same_config: bool, config: SweepConfig) -> list[str
 
 def serving_texts(plan: ModelPlan, count: int) -> list[str]:
     """Documents (positives) of the model's training data: what an encoder serves."""
-    from tasks.data import resolve_source, sample_triplet_batches
+    from tasks.training.data import resolve_source, sample_triplet_batches
 
     data = plan.finetune.data
     path = resolve_source(data.source, data.local_source, data.data_root)

@@ -99,7 +99,7 @@ def _markdown(config, rows, best, plans) -> str:
                      f"{fmt(row['latency_ms'], '.1f')} ms)"))
     if any(row.get("mteb_mean_interval") for row in rows):
         lines += ["", "MTEB means of subsampled evaluations carry their 95% bootstrap interval "
-                  "(resampled evaluated pairs / texts; tasks/bootstrap.py). Every depth is scored "
+                  "(resampled evaluated pairs / texts; tasks/evaluation/bootstrap.py). Every depth is scored "
                   "on the same items, so a depth is compared with the best one by the paired 95% "
                   "interval of their difference (both resampled alike); where it holds 0, this "
                   "evaluation does not rank the depth below the best one."]

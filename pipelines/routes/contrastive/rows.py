@@ -120,8 +120,8 @@ def differences_from_best(best: dict[str, Any], rows: list[dict[str, Any]]
                           ) -> dict[int, tuple[float, list[float] | None]]:
     """Per other finished depth of ``best``'s model (by layers kept): best's MTEB mean minus its
     own, and the paired bootstrap 95% interval of that difference when both were scored on the
-    same subsampled items (tasks/bootstrap.paired_change_intervals), else None."""
-    from tasks.bootstrap import paired_change_intervals
+    same subsampled items (tasks/evaluation/bootstrap.paired_change_intervals), else None."""
+    from tasks.evaluation.bootstrap import paired_change_intervals
 
     differences = {}
     for row in rows:

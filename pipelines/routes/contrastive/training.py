@@ -1,5 +1,5 @@
 """Stage 2 of the contrastive route: an embedding model trained with hard-negative InfoNCE on
-triplets (query, positive, negative; tasks/objectives.py ``ContrastiveObjective``)."""
+triplets (query, positive, negative; tasks/training/objectives.py ``ContrastiveObjective``)."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ class ContrastiveTraining:
 
     def wrapper(self, config: FinetuneConfig, tokenizer) -> tuple[str, str]:
         """The rendered (prefix, suffix) around a text; a bad input format fails now."""
-        from tasks.prompts import PromptFormatter
+        from tasks.model.prompts import PromptFormatter
 
         formatter = PromptFormatter(tokenizer, config.encoder.prompt())
         return formatter.prefix, formatter.suffix
@@ -35,8 +35,8 @@ class ContrastiveTraining:
     def inputs(self, config: FinetuneConfig, tokenizer, wrapper: tuple[str, str] | None) -> TrainingInputs:
         """The triplets' source and the objective. The rendered wrapper is part of the
         fingerprint: the same config on another tokenizer revision is another run."""
-        from tasks.data import resolve_source
-        from tasks.objectives import ContrastiveObjective
+        from tasks.training.data import resolve_source
+        from tasks.training.objectives import ContrastiveObjective
 
         path = resolve_source(config.data.source, config.data.local_source, config.data.data_root)
         objective = ContrastiveObjective(config.encoder.prompt(), config.encoder.pooling,
@@ -49,7 +49,7 @@ class ContrastiveTraining:
 
     def read(self, config: FinetuneConfig, inputs: TrainingInputs) -> tuple[Any, dict[str, Any]]:
         """The triplets as an annotated Ray Dataset, and the data report."""
-        from tasks.data import annotated_triplets
+        from tasks.training.data import annotated_triplets
 
         return annotated_triplets(inputs.data_path, seed=config.training.seed,
                                   invalid_rows=config.data.invalid_rows,

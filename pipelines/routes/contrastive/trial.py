@@ -32,10 +32,10 @@ def _measure(spec: TrialSpec, artifact: str) -> dict[str, Any]:
     import ray
 
     from pipelines.ray_runtime import plan_workers
-    from tasks.artifact import read_layercut_file
-    from tasks.footprint import measure_encoding
-    from tasks.models import resolve_model
-    from tasks.prompts import PromptConfig
+    from tasks.export.artifact import read_layercut_file
+    from tasks.model.footprint import measure_encoding
+    from tasks.model.models import resolve_model
+    from tasks.model.prompts import PromptConfig
 
     evaluate = spec.evaluate
     plan = plan_workers(evaluate.workers, jobs=1)
@@ -99,8 +99,8 @@ def change_fields(trained: EvaluateResult, untrained: EvaluateResult) -> dict[st
     """result.json's keys of fine-tuning's effect: change_vs_untrained (trained minus untrained
     MTEB mean) and, for a subsampled evaluation, the paired bootstrap 95% intervals of the change
     of the mean and per task (both scored on the same items, resampled alike:
-    tasks/bootstrap.paired_change_intervals); None when tasks ran in full."""
-    from tasks.bootstrap import paired_change_intervals
+    tasks/evaluation/bootstrap.paired_change_intervals); None when tasks ran in full."""
+    from tasks.evaluation.bootstrap import paired_change_intervals
 
     per_task, mean_interval = {}, None
     if trained.items and untrained.items:
@@ -111,8 +111,8 @@ def change_fields(trained: EvaluateResult, untrained: EvaluateResult) -> dict[st
 
 
 def _card_scores(artifact: Path, spec: TrialSpec, rows: list[dict[str, Any]], probes: dict[str, float]) -> None:
-    """The artifact's model card with the scores this trial measured (tasks/card_scores.py)."""
-    from tasks.card_scores import card_with_scores
+    """The artifact's model card with the scores this trial measured (tasks/export/card_scores.py)."""
+    from tasks.export.card_scores import card_with_scores
 
     card = artifact / "README.md"
     write_atomic(card, card_with_scores(card.read_text(), f"{spec.key} (layercut)", rows,

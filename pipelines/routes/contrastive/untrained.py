@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from tasks.depth import Depth
+from tasks.model.depth import Depth
 
 if TYPE_CHECKING:
     from pipelines.schemas.evaluate import EvaluateConfig
@@ -30,7 +30,7 @@ def untrained_evaluation(evaluate: EvaluateConfig, finetune: FinetuneConfig, key
     trial's own evaluation.
 
     The artifact's evaluation takes its input format and pooling from the artifact, which records
-    ``finetune``'s encoder section (tasks/artifact.py); the base model records none, so it gets
+    ``finetune``'s encoder section (tasks/export/artifact.py); the base model records none, so it gets
     that section here. Only the evaluation's batch size (no score depends on it) stays its own."""
     base = {name: getattr(finetune.model, name) for name in BASE_MODEL_KEYS}
     encoder = finetune.encoder.model_copy(

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
-from tasks.encoder import position_ids_for
 from tasks.errors import LayercutError
+from tasks.model.encoder import position_ids_for
 
 TEXT_SLOT = "{text}"
 

@@ -14,9 +14,9 @@ from typing import Callable, Iterator, Sequence
 import torch
 from torch import nn
 
-from tasks.pooling import PoolingMode, pool
-from tasks.prompts import PromptFormatter
-from tasks.pruning import decoder_layers, final_norm
+from tasks.model.pooling import PoolingMode, pool
+from tasks.model.prompts import PromptFormatter
+from tasks.model.pruning import decoder_layers, final_norm
 
 
 def position_ids_for(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -101,6 +101,6 @@ class Encoder:
 
 
 def build_encoder(spec, prompt, pooling: PoolingMode = "weighted_mean", batch_size: int = 32) -> Encoder:
-    """Load ``spec`` (a ``tasks.models.ModelSpec``) and wrap it with a ``PromptConfig``."""
+    """Load ``spec`` (a ``tasks.model.models.ModelSpec``) and wrap it with a ``PromptConfig``."""
     model, tokenizer = spec.load()
     return Encoder(model, PromptFormatter(tokenizer, prompt), pooling=pooling, batch_size=batch_size)

@@ -9,7 +9,7 @@ login, honouring HF_HUB_OFFLINE and the local cache), so what passes here loads 
 from __future__ import annotations
 
 from tasks.errors import LayercutError
-from tasks.models import model_kind
+from tasks.model.models import model_kind
 
 HUB = "https://huggingface.co"
 # Seconds to wait for the hub's first answer: huggingface_hub waits forever by default, and a

@@ -11,7 +11,7 @@ An empty (or whitespace-only) text still gets an embedding: with no token to poo
 token, and no closing token pooled), the pool mask holds the last token before where the text
 would start (the end of the chat-template prefix,
 or of the instruction and separator). This is the same rule for evaluation, stage 1 and stage 2,
-and the exported sentence-transformers modules (``tasks.st_modules``) apply it too.
+and the exported sentence-transformers modules (``tasks.export.st_modules``) apply it too.
 
 Inputs never depend on the calendar: templates that write today's date into a system turn
 (Llama 3.1/3.2 through ``strftime_now``) render with the fixed date ``FIXED_DATE``. A wrapper can

@@ -9,8 +9,8 @@ from __future__ import annotations
 import ray
 import torch
 
-from tasks.encoder import build_encoder
-from tasks.layer_scan import scan_batches
+from tasks.model.encoder import build_encoder
+from tasks.scan.layer_scan import scan_batches
 
 
 @ray.remote

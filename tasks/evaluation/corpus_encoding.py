@@ -14,8 +14,8 @@ import numpy as np
 import torch
 
 if TYPE_CHECKING:
-    from tasks.models import ModelSpec
-    from tasks.prompts import PromptConfig
+    from tasks.model.models import ModelSpec
+    from tasks.model.prompts import PromptConfig
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,7 @@ class EncoderFactory:
     batch_size: int
 
     def __call__(self):
-        from tasks.encoder import build_encoder
+        from tasks.model.encoder import build_encoder
 
         return build_encoder(self.spec, self.prompt, pooling=self.pooling,
                              batch_size=self.batch_size).encode

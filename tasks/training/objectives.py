@@ -2,7 +2,7 @@
 
 An objective says which row fields it reads, whether the model keeps its LM head, and, bound to
 a tokenizer, turns (model, rows) into (loss, non-padding tokens, extra entries for the step's
-log). The loop (``tasks.training``) does the rest the same way for every objective: DeepSpeed,
+log). The loop (``tasks.training.train_loop``) does the rest the same way for every objective: DeepSpeed,
 checkpoints, resume, logging.
 
 - ``ContrastiveObjective`` (L3Prune): hard-negative InfoNCE over the GLOBAL batch; every worker
@@ -20,11 +20,11 @@ from typing import Callable
 
 import torch
 
-from tasks.encoder import position_ids_for
-from tasks.loss import distributed_hard_negative_infonce, global_false_negative_mask, text_ids
-from tasks.pooling import pool
-from tasks.prompts import PromptConfig, PromptFormatter
-from tasks.verbalizer import ClassificationPrompt, VerbalizerScorer, classification_loss
+from tasks.classification.verbalizer import ClassificationPrompt, VerbalizerScorer, classification_loss
+from tasks.model.encoder import position_ids_for
+from tasks.model.pooling import pool
+from tasks.model.prompts import PromptConfig, PromptFormatter
+from tasks.training.loss import distributed_hard_negative_infonce, global_false_negative_mask, text_ids
 
 # (model, rows, device) -> (loss, non-padding tokens, extra entries for the step's log)
 StepLoss = Callable[[torch.nn.Module, dict, torch.device], tuple[torch.Tensor, int, dict[str, float]]]
@@ -38,7 +38,7 @@ def contrastive_loss(model, formatter: PromptFormatter, rows: dict[str, list], p
 
     Queries carry their task instruction; positives and negatives (documents) none. All 3b
     texts run through the model in one forward pass. With ``mask_duplicates``, candidates that
-    are another correct answer of a query (``tasks.loss.false_negative_mask``, decided on the
+    are another correct answer of a query (``tasks.training.loss.false_negative_mask``, decided on the
     global batch) are left out of its negatives; n counts them (0 without the mask).
     """
     b = len(rows["query"])
@@ -91,7 +91,7 @@ def verbalizer_loss(model, scorer: VerbalizerScorer, rows: dict[str, list], mode
 @dataclass(frozen=True)
 class ClassificationObjective:
     prompt: ClassificationPrompt
-    loss: str = "classes"  # tasks.verbalizer.classification_loss
+    loss: str = "classes"  # tasks.classification.verbalizer.classification_loss
 
     name = "classification"
     fields = ("text", "label")

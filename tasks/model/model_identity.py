@@ -5,7 +5,7 @@ Two fine-tuned artifacts are both folders named ``model``; results keyed by the 
 
 - a local directory: sha256 over the name and content of its config, tokenizer and weight files,
 - a built-in or GGUF source: its converted directory's name, which carries the GGUF's cache key
-  (``tasks.models._gguf_cache_dir``), so the converted weights are not hashed on every run,
+  (``tasks.model.models._gguf_cache_dir``), so the converted weights are not hashed on every run,
 - a hub id: the commit its revision resolves to (from the local hub cache, else the hub).
 
 A file's digest is cached under the layercut cache keyed by its path, size and mtime, so a large
@@ -20,7 +20,7 @@ from pathlib import Path
 
 from tasks.atomic_files import write_atomic
 from tasks.errors import LayercutError
-from tasks.models import ModelSource, cache_root
+from tasks.model.models import ModelSource, cache_root
 
 # Files that decide what a model directory computes: config, tokenizer (vocabulary, merges, chat
 # template), weights, and a sentence-transformers directory's module configs and code.

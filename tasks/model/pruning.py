@@ -1,4 +1,4 @@
-"""Layer pruning: keep a selection of a backbone's decoder layers (tasks/layer_selection.py), the
+"""Layer pruning: keep a selection of a backbone's decoder layers (tasks/model/layer_selection.py), the
 first n of them for L3Prune (REFERENCE: Pruning).
 
 A pruned model must save and reload with plain ``transformers.AutoModel``, so every config field
@@ -15,9 +15,9 @@ from typing import Any
 
 from torch import nn
 
-from tasks.depth import Depth
 from tasks.errors import LayercutError
-from tasks.layer_selection import LayerSelection
+from tasks.model.depth import Depth
+from tasks.model.layer_selection import LayerSelection
 
 # Attribute paths of the decoder-layer list and of the final norm, per architecture style.
 # Llama, Mistral, Qwen2, Phi-3 and Gemma 2/3 backbones (AutoModel) use the first entries; the
@@ -81,7 +81,7 @@ def num_layers(config: Any) -> int:
 
 def resolve_depth(depth: "Depth | LayerSelection | int | str", total_layers: int) -> int:
     """Number of layers to keep of ``total_layers``: a Depth, a layer count, or a depth's text
-    ("8", "keep:0.7", "prune:0.3"); see tasks/depth.py for the one rule.
+    ("8", "keep:0.7", "prune:0.3"); see tasks/model/depth.py for the one rule.
 
     Raises:
         LayercutError: an invalid depth, or one outside the model's 1..L layers.

@@ -2,7 +2,7 @@
 
 A split is read through Ray Data like the training triplets (local folder, cloud URI or hf://).
 Rows get a content key hashed from the seed, the text and the label, so the batch plan
-(``tasks.batch_plan``) is the same whatever the file layout. A row whose text is missing, empty
+(``tasks.training.batch_plan``) is the same whatever the file layout. A row whose text is missing, empty
 or not text is skipped and counted (or fails naming its file and line, as configured); a label
 outside the label list is always an error: it means the label list or the column is wrong, and
 training on it would be silently wrong.
@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from tasks.data import read_rows, row_places, take_summaries, text_problems
 from tasks.errors import LayercutError
-from tasks.json_lines import UNPARSABLE
+from tasks.training.data import read_rows, row_places, take_summaries, text_problems
+from tasks.training.json_lines import UNPARSABLE
 
 FIELDS = ("text", "label")
 

@@ -16,14 +16,14 @@ from typing import TYPE_CHECKING, Any
 import ray
 import torch
 
-from tasks.corpus_encoding import EncoderFactory, embed_with_ray_data
 from tasks.errors import LayercutError
-from tasks.mteb_model import LayercutMTEBModel, sentence_transformer_embed
-from tasks.mteb_tasks import TaskSelection, load_task, subsample_task
+from tasks.evaluation.corpus_encoding import EncoderFactory, embed_with_ray_data
+from tasks.evaluation.mteb_model import LayercutMTEBModel, sentence_transformer_embed
+from tasks.evaluation.mteb_tasks import TaskSelection, load_task, subsample_task
 
 if TYPE_CHECKING:
-    from tasks.models import ModelSpec
-    from tasks.prompts import PromptConfig
+    from tasks.model.models import ModelSpec
+    from tasks.model.prompts import PromptConfig
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,7 @@ class Evaluator:
         self.selection = selection
         self.max_samples_per_split = max_samples_per_split
         if model.is_sentence_transformer:
-            from tasks.models import resolve_device
+            from tasks.model.models import resolve_device
 
             embed = sentence_transformer_embed(model.spec.source.path,
                                                device=str(resolve_device(model.spec.device)),
@@ -99,7 +99,7 @@ class Evaluator:
     def evaluate(self, task_name: str) -> dict[str, Any]:
         """Run one task; one line on stderr when it starts and one when it ends (main score and
         time). Returns {task, result (mteb TaskResult), texts, encode_seconds, items}: items
-        (tasks/bootstrap.py) are what a subsampled task's score is computed from, kept for its
+        (tasks/evaluation/bootstrap.py) are what a subsampled task's score is computed from, kept for its
         bootstrap interval; None for a full task (nothing extra is kept or computed)."""
         import tempfile
 
@@ -139,7 +139,7 @@ def _items(task, outcome, folder: str) -> dict[str, Any] | None:
     mteb's own score (else None: no interval rather than a wrong one)."""
     import json
 
-    from tasks.bootstrap import evaluated_items, full_score
+    from tasks.evaluation.bootstrap import evaluated_items, full_score
 
     path = Path(folder) / task.prediction_file_name
     if not path.exists():

@@ -25,7 +25,7 @@ What sentence-transformers 6.2 cannot express is which tokens are the text:
 
 ``TextSpanTransformer`` is sentence-transformers' ``Transformer`` with one more output: the
 pooled-span mask, found from the tokenizer's character offsets (layercut's rule,
-``tasks.prompts``); ``TextSpanPooling`` pools that span. The file is self-contained (torch and
+``tasks.model.prompts``); ``TextSpanPooling`` pools that span. The file is self-contained (torch and
 sentence-transformers only) and is loaded from the model directory, which sentence-transformers
 allows with ``trust_remote_code=True``.
 """
@@ -90,7 +90,7 @@ class TextSpanTransformer(Transformer):
             keep = [i for i in range(len(ids)) if i not in drop]
             ids, offsets = [ids[i] for i in keep], [offsets[i] for i in keep]
         span = [e > start and e > s for s, e in offsets]  # the text and everything after it
-        if not any(span):  # an empty text: the last prompt token stands for it (tasks.prompts)
+        if not any(span):  # an empty text: the last prompt token stands for it (tasks.model.prompts)
             prompt_tokens = next((i for i, (s, e) in enumerate(offsets) if e > start and e > s), len(offsets))
             if prompt_tokens == 0:
                 raise ValueError("an empty text with no prompt token cannot be embedded")

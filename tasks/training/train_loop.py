@@ -2,8 +2,8 @@
 
 The worker loads the model already cut to its depth, adds LoRA adapters (or trains every weight:
 full fine-tuning), wraps it in a DeepSpeed engine and trains with the job's objective
-(``tasks.objectives``: the hard-negative InfoNCE loss over the GLOBAL batch, or prompt-based
-classification). Its rows come from its own Ray Data shard in plan order (``tasks.batch_plan``),
+(``tasks.training.objectives``: the hard-negative InfoNCE loss over the GLOBAL batch, or prompt-based
+classification). Its rows come from its own Ray Data shard in plan order (``tasks.training.batch_plan``),
 so step s trains on the same rows whatever happened before. Every ``checkpoint_every`` steps it
 reports a checkpoint to Ray Train holding the DeepSpeed state (trained weights, optimizer,
 schedule), the adapter in peft format (or the whole model), the per-step log and every worker's
@@ -24,13 +24,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from tasks.deepspeed_config import OptimizationSettings, deepspeed_config
 from tasks.errors import LayercutError
-from tasks.lora import LoraSettings, add_lora
+from tasks.model.lora import LoraSettings, add_lora
+from tasks.training.deepspeed_config import OptimizationSettings, deepspeed_config
 
 if TYPE_CHECKING:
-    from tasks.models import ModelSpec
-    from tasks.objectives import ClassificationObjective, ContrastiveObjective
+    from tasks.model.models import ModelSpec
+    from tasks.training.objectives import ClassificationObjective, ContrastiveObjective
 
 TRAINER_STATE = "trainer_state.json"
 ADAPTER_DIR = "adapter"
@@ -264,7 +264,7 @@ def train_worker(job: TrainingJob) -> None:
     batches = shard.iter_batches(batch_size=job.optimization.per_device_batch, batch_format="numpy",
                                  prefetch_batches=1 if device.type == "cuda" else 0)
 
-    from tasks.batch_plan import steps_from_rows
+    from tasks.training.batch_plan import steps_from_rows
 
     started = time.perf_counter()
     for step, rows in steps_from_rows(batches, job.optimization.per_device_batch, start_step):

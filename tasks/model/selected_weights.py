@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from tasks.errors import LayercutError
-from tasks.layer_selection import LayerSelection
+from tasks.model.layer_selection import LayerSelection
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"

@@ -3,7 +3,7 @@
 One forward pass per batch gives every depth's embeddings (``Encoder.encode(all_layers=True)``);
 the loss is then computed for all depths at once. Queries carry their task instruction,
 documents none, as in the paper's training data. Duplicate positives are masked out of the
-negatives as in stage 2 (``tasks.loss.false_negative_mask``) unless switched off.
+negatives as in stage 2 (``tasks.training.loss.false_negative_mask``) unless switched off.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from typing import Iterable, Iterator
 import numpy as np
 import torch
 
-from tasks.encoder import Encoder
-from tasks.loss import false_negative_mask, hard_negative_infonce, text_ids
+from tasks.model.encoder import Encoder
+from tasks.training.loss import false_negative_mask, hard_negative_infonce, text_ids
 
 
 def _texts(batch: dict[str, list]) -> tuple[int, list[str], list[str | None]]:
@@ -25,7 +25,7 @@ def _texts(batch: dict[str, list]) -> tuple[int, list[str], list[str | None]]:
 
 
 def duplicate_mask(batch: dict[str, list]) -> np.ndarray:
-    """(B, 2B) bool: the batch's false negatives (``tasks.loss.false_negative_mask``)."""
+    """(B, 2B) bool: the batch's false negatives (``tasks.training.loss.false_negative_mask``)."""
     size, texts, instructions = _texts(batch)
     return false_negative_mask(*text_ids(texts, instructions).split(size)).numpy()
 

@@ -1,5 +1,5 @@
 """Which decoder layers a cut model keeps: a sorted tuple of 0-based indices of the base model's
-L layers, the resolved form of every depth (tasks/depth.py).
+L layers, the resolved form of every depth (tasks/model/depth.py).
 
 A depth that keeps the first n layers (a count, ``keep:``, ``prune:``; L3Prune, REFERENCE:
 Pruning) resolves to the prefix (0, ..., n-1), the fast path: pruning deletes the tail and
@@ -131,6 +131,6 @@ class LayerSelection:
 
     def parameters(self, cumulative: Sequence[int]) -> int:
         """Parameters of the cut model, from ``cumulative[l]`` = parameters of the model cut to its
-        first l layers (l = 0..L; tasks.pruning.parameters_at_depth): the part outside the layers
+        first l layers (l = 0..L; tasks.model.pruning.parameters_at_depth): the part outside the layers
         plus each kept layer's own count."""
         return cumulative[0] + sum(cumulative[i + 1] - cumulative[i] for i in self.indices)

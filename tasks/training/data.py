@@ -3,7 +3,7 @@
 Rows have the fields query, positive, negative (required) and instruction, source (optional).
 Two layouts: ``triplets`` (rows carry their own instruction, if any) and ``e5`` (a folder of
 ``<source>.jsonl`` files whose instructions come from the E5 table by source and line:
-tasks/e5_data.py).
+tasks/training/e5_data.py).
 Sampling does not depend on file layout, block sizes or worker count: every valid row gets a key
 hashed from the seed and its content, and the ``num_batches x batch_size`` rows with the smallest
 keys are taken, in key order.
@@ -21,9 +21,9 @@ from urllib.parse import urlparse
 import numpy as np
 import pyarrow as pa
 
-from tasks.e5_data import E5_INSTRUCTIONS, e5_instruction, e5_source
 from tasks.errors import LayercutError
-from tasks.json_lines import LINE, NOT_TEXT, UNPARSABLE, json_type, read_json_lines
+from tasks.training.e5_data import E5_INSTRUCTIONS, e5_instruction, e5_source
+from tasks.training.json_lines import LINE, NOT_TEXT, UNPARSABLE, json_type, read_json_lines
 
 REQUIRED_FIELDS = ("query", "positive", "negative")
 OPTIONAL_FIELDS = ("instruction", "source")
@@ -87,7 +87,7 @@ def read_triplets(path: str):
     kwargs = {"filesystem": filesystem} if filesystem is not None else {}
     try:
         if _format_of(path, filesystem) == "json":
-            # Line by line, every column text: one bad line is one bad row (tasks.json_lines).
+            # Line by line, every column text: one bad line is one bad row (tasks.training.json_lines).
             return read_json_lines(fs_path, file_extensions=["json", "jsonl", "gz"],
                                    include_paths=True, **kwargs)
         return ray.data.read_parquet(fs_path, file_extensions=["parquet"], include_paths=True,
@@ -296,7 +296,7 @@ def annotated_triplets(path: str, *, seed: int, invalid_rows: str = "skip",
     ``invalid_rows``: 'skip' drops unusable rows (a field missing, empty or not text, a line
     that is not a JSON object) and counts them; 'fail' stops with an error naming the first one
     by file, line (JSON lines) and field. No usable row at all is always an error.
-    ``layout``: 'triplets' or 'e5' (a folder of <source>.jsonl files; tasks/e5_data.py).
+    ``layout``: 'triplets' or 'e5' (a folder of <source>.jsonl files; tasks/training/e5_data.py).
     """
     annotated, mapping = _annotate_rows(path, seed, columns, layout)
     summaries = take_summaries(annotated, _summarize, path)

@@ -22,16 +22,17 @@ def presets() -> dict[str, list[str]]:
     return yaml.safe_load(PRESETS_FILE.read_text())
 
 
-# The classification datasets of the second use case (tasks/classification_datasets.yaml) as mteb
-# classification tasks: the same logistic-regression probe mteb runs on any classification task,
-# on the embeddings of a contrastive encoder, so both routes are scored on the same data.
+# The classification datasets of the second use case
+# (tasks/classification/classification_datasets.yaml) as mteb classification tasks: the same
+# logistic-regression probe mteb runs on any classification task, on the embeddings of a
+# contrastive encoder, so both routes are scored on the same data.
 PROBE_PREFIX = "Layercut"
 
 
 @lru_cache(maxsize=1)
 def probe_tasks() -> dict[str, dict]:
     """mteb task name (e.g. LayercutSST2) -> the dataset preset it reads."""
-    from tasks.classification_presets import PRESETS
+    from tasks.classification.classification_presets import PRESETS
 
     return {f"{PROBE_PREFIX}{Path(preset['local_source']).parent.name}": {"dataset": name, **preset}
             for name, preset in PRESETS.items()}

@@ -45,7 +45,7 @@ def measure_encoding(spec, prompt, pooling: str, texts: Sequence[str], batch_siz
 
     The first batch is a warm-up (kernels, allocator) and is not timed.
     """
-    from tasks.encoder import build_encoder
+    from tasks.model.encoder import build_encoder
 
     if threads:
         torch.set_num_threads(threads)

@@ -2,7 +2,7 @@
 
 Every global batch (W workers x b triplets) is drawn from ONE source dataset, as in the paper's
 training; worker r trains on slots r*b .. (r+1)*b of it. The plan depends only on the rows'
-content keys (``tasks.data.annotate``), their sources, the seed and the sizes: never on file
+content keys (``tasks.training.data.annotate``), their sources, the seed and the sizes: never on file
 layout, block order or which Ray Data task read a row, so a resumed or restarted run sees exactly
 the batches an uninterrupted one would.
 """

@@ -7,7 +7,7 @@ Contrastive objective:
   embedding template (chat mode: the model sees exactly layercut's input), the task instructions
   as prompts keyed the way mteb 2 picks them; ``last_token`` artifacts use sentence-transformers'
   own modules only (a plain ``SentenceTransformer(dir)``), ``mean``/``weighted_mean`` ones one
-  text-span module pair (``layercut_modules.py``, from tasks/st_modules.py, which says why; load
+  text-span module pair (``layercut_modules.py``, from tasks/export/st_modules.py, which says why; load
   with ``trust_remote_code=True``),
 - ``layercut.json`` (how layercut formats and pools inputs for this model) and a model card.
 
@@ -28,11 +28,11 @@ from typing import Any
 
 from tasks.atomic_files import staged_directory
 from tasks.errors import LayercutError
-from tasks.layer_selection import LayerSelection
-from tasks.prompts import PromptConfig, PromptFormatter
+from tasks.model.layer_selection import LayerSelection
+from tasks.model.prompts import PromptConfig, PromptFormatter
 
 LAYERCUT_FILE = "layercut.json"
-ST_MODULES_FILE = "layercut_modules.py"  # tasks/st_modules.py, copied
+ST_MODULES_FILE = "layercut_modules.py"  # tasks/export/st_modules.py, copied
 POOLING_DIR = "1_Pooling"
 
 
@@ -57,7 +57,7 @@ class ArtifactInfo:
     classification: dict[str, Any] | None = None  # template, label_names, verbalizers, ...
     # Task instructions for queries (contrastive): the artifact's sentence-transformers prompts.
     instructions: dict[str, str] | None = None
-    # The base model's layers kept, when not its first ``layers`` (tasks/layer_selection.py).
+    # The base model's layers kept, when not its first ``layers`` (tasks/model/layer_selection.py).
     kept_layers: tuple[int, ...] | None = None
 
     @property
@@ -121,12 +121,12 @@ def _sentence_transformers_files(staging: Path, formatter: PromptFormatter, info
                                  hidden_size: int, instructions: dict[str, str]) -> None:
     """modules.json and the module configs: sentence-transformers' own Transformer (chat mode,
     the embedding template) and Pooling for last_token; layercut's text-span pair (one file,
-    loaded with ``trust_remote_code=True``) for mean and weighted_mean (tasks/st_modules.py
+    loaded with ``trust_remote_code=True``) for mean and weighted_mean (tasks/export/st_modules.py
     says why)."""
     prompt = info.prompt
     # The closing template is rendered when it is pooled. Otherwise it is left out: the model is
     # causal, so the text's states do not depend on it, and max_seq_length leaves its room empty
-    # so a long text keeps exactly layercut's text tokens (tasks.prompts truncation).
+    # so a long text keeps exactly layercut's text tokens (tasks.model.prompts truncation).
     closing = formatter.suffix if prompt.pool_closing_tokens else ""
     separator = prompt.instruction_separator
     template = embedding_template(formatter.prefix, separator, closing)
@@ -176,7 +176,7 @@ def public_base_model(base_model: str) -> tuple[str, str | None, str | None]:
     the ``base_model`` front matter or None, license or None). A built-in name is its public model
     (``BUILTIN_ORIGINS``); a local folder is named by its folder name, with the license its own
     card declares; anything else is a hub id."""
-    from tasks.models import BUILTIN_ORIGINS
+    from tasks.model.models import BUILTIN_ORIGINS
 
     if base_model in BUILTIN_ORIGINS:
         hub_id, license_id, ships = BUILTIN_ORIGINS[base_model]
@@ -330,7 +330,7 @@ def _trained_model(spec, trained_dir: Path):
     fully fine-tuned model as saved."""
     from dataclasses import replace
 
-    from tasks.models import ModelSource
+    from tasks.model.models import ModelSource
 
     if (trained_dir / "adapter_config.json").is_file():
         from peft import PeftModel
@@ -357,7 +357,8 @@ def export_artifact(spec, trained_dir: Path, target: Path, info: ArtifactInfo) -
         if not info.selection.is_prefix:  # which base layers layers 0..n-1 are
             layercut["kept_layers"] = list(info.selection.indices)
         if info.objective == "classification":
-            tokenizer.padding_side = "left"  # prompts end at the last position (tasks.verbalizer)
+            # Prompts end at the last position (tasks.classification.verbalizer).
+            tokenizer.padding_side = "left"
             tokenizer.save_pretrained(staging)
             layercut["classification"] = info.classification
             (staging / "README.md").write_text(_classifier_card(info))
