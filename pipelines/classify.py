@@ -117,9 +117,11 @@ def run(config: ClassifyConfig) -> ClassifyResult:
     rows, data_path = _test_rows(config, label_names)
     store = RunStore(config.run_dir()).create()
     fingerprint = digest(_settings(config, source.path, prompt, data_path))
-    finished = store.finished("summary.json", fingerprint)
+    finished = store.finished("summary.json", fingerprint, announce=False)
     if finished is not None:
-        return ClassifyResult.from_json(finished, f"{store.root}/summary.json")
+        result = ClassifyResult.from_json(finished, f"{store.root}/summary.json")
+        store.announce_finished()
+        return result
     # Chunks are keyed by the fingerprint: scores of another setup are never mixed in, and
     # a setup scored before is reused when it comes back.
     saved_chunks = store.items(f"chunks/{fingerprint}", "{key:05d}.npz", NPZ)

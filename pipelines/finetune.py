@@ -102,9 +102,12 @@ def run(config: FinetuneConfig) -> FinetuneResult:
     settings = _settings(config, model.source.path, model.selection.to_json(), hardware.plan.count,
                          hardware.dtype, inputs.settings)
     fingerprint = digest(settings)
-    finished = store.finished("summary.json", fingerprint, requires=(f"{MODEL_DIR}/{LAYERCUT_FILE}",))
+    finished = store.finished("summary.json", fingerprint, requires=(f"{MODEL_DIR}/{LAYERCUT_FILE}",),
+                              announce=False)
     if finished is not None:
-        return FinetuneResult.from_json(finished, f"{store.root}/summary.json")
+        result = FinetuneResult.from_json(finished, f"{store.root}/summary.json")
+        store.announce_finished()
+        return result
     guard = store.guard()
     guard.check(settings, has_results=bool(store.files.names("ray/train", "step-*")),
                 refusal=REFUSAL, force=config.force)

@@ -113,8 +113,11 @@ class LayerLossResult:
         }
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> LayerLossResult:
-        return cls(**{**data, "small": DepthPick(**data["small"]), "large": DepthPick(**data["large"])})
+    def from_json(cls, data: dict[str, Any], where: str = "selection.json") -> LayerLossResult:
+        """The result stored in ``where``. Raises LayercutError (``_stored``)."""
+        data = _stored(cls, data, where)
+        return cls(**{**data, **{name: DepthPick(**_stored(DepthPick, data[name], f"{where} ({name})"))
+                                 for name in ("small", "large")}})
 
 
 @dataclass(frozen=True, kw_only=True)

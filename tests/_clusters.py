@@ -123,7 +123,7 @@ def head_node(ray_cli: str, env: dict[str, str], temp_dir: str, *flags: str,
             os.killpg(head.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-        head.wait()
+        head.wait(timeout=30)
 
 
 @dataclass

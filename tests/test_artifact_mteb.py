@@ -50,7 +50,7 @@ def _layercut(tmp_path, artifact, task: str, mirror: Path) -> float:
         "output_dir": str(tmp_path / "runs"), "model": {"name_or_path": str(artifact)}, "tasks": [task],
         "data_root": str(mirror), "workers": {"executor": "local"},
         "max_samples_per_split": SAMPLES if task == "STSBenchmark" else None})
-    return run(config)["tasks"][0]["main_score"]
+    return run(config).tasks[0]["main_score"]
 
 
 def _mteb(artifact, task: str, mirror: Path, remote_code: bool) -> float:

@@ -66,8 +66,13 @@ class RunStore:
         if fingerprint is not None and result.get("fingerprint") != fingerprint:
             return None
         if announce:
-            print(f"layercut: {self.root} is finished; nothing to do", file=sys.stderr)
+            self.announce_finished()
         return result
+
+    def announce_finished(self) -> None:
+        """Say on stderr that the run is finished (for a caller that first checks the stored
+        result, ``finished(..., announce=False)``)."""
+        print(f"layercut: {self.root} is finished; nothing to do", file=sys.stderr)
 
     def save_result(self, name: str, result: dict[str, Any]) -> None:
         """The run's result, written last: once it exists, ``finished`` returns it."""

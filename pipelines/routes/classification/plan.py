@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pipelines.route_names import CLASSIFICATION
 from pipelines.routes.base import ResolveContext, TrialOptions
 from pipelines.schemas.classify import ClassifyConfig
 from pipelines.schemas.finetune import FinetuneConfig
@@ -28,7 +29,7 @@ def resolve(context: ResolveContext, plan: ModelPlan) -> None:
         task = {"dataset": name, **context.data}
         plan.classifiers[name] = stage_config(
             FinetuneConfig, entry.finetune or entry.config, "finetune",
-            [*context.finetune_trees, {"objective": "classification", "classification": task}])
+            [*context.finetune_trees, {"objective": CLASSIFICATION, "classification": task}])
         plan.classify[name] = stage_config(
             ClassifyConfig, entry.classify or entry.config, "classify", [
                 config.overrides.classify, entry.overrides.classify, context.wait,

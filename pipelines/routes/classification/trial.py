@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pipelines.route_names import CLASSIFICATION
+
 if TYPE_CHECKING:
     from pipelines.results import FinetuneResult
     from pipelines.schemas.sweep import SweepConfig
@@ -28,7 +30,7 @@ def evaluate_trial(spec: TrialSpec, trained: FinetuneResult) -> dict[str, Any]:
         "model": spec.classify.model.model_copy(update={"name_or_path": trained.artifact})}))
     return {
         "trial": spec.key, "model": spec.model, "base_model": trained.model,
-        "objective": "classification", "dataset": spec.dataset,
+        "objective": CLASSIFICATION, "dataset": spec.dataset,
         "layers": spec.layers, "total_layers": trained.total_layers, "origins": list(spec.origins),
         "parameters": trained.parameters, "parameters_full": trained.parameters_full,
         "parameters_removed_pct": trained.parameters_removed_pct,

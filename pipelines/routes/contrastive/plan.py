@@ -10,6 +10,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from pipelines.results import LayerLossResult
+from pipelines.route_names import CLASSIFICATION
 from pipelines.routes.base import ResolveContext, TrialOptions
 from pipelines.schemas.evaluate import EvaluateConfig
 from pipelines.schemas.layer_loss import LayerLossConfig
@@ -42,7 +43,7 @@ def resolve(context: ResolveContext, plan: ModelPlan) -> None:
     if plan.evaluate.workers.executor != "ray":
         raise LayercutError(f"model {label}: a sweep evaluates on Ray workers "
                             "(evaluate workers.executor must be ray)")
-    if config.classification.probe and "classification" in entry.objectives:
+    if config.classification.probe and CLASSIFICATION in entry.objectives:
         plan.probe_tasks = [probe_task_name(name) for name in config.classification.datasets]
         check_tasks(plan.evaluate.model_copy(update={"tasks": plan.probe_tasks}))
 
@@ -144,7 +145,7 @@ def recorded_picks(plan: ModelPlan, same_config: bool) -> bool:
     (the layer count is ``plan.total_layers``). Returns whether the picks were loaded."""
     selection = plan.layer_loss.run_dir().resolve() / "selection.json"
     picked = selection.exists() and same_config
-    plan.stage1 = LayerLossResult.from_json(json.loads(selection.read_text())) if picked else None
+    plan.stage1 = LayerLossResult.from_json(json.loads(selection.read_text()), str(selection)) if picked else None
     return picked
 
 
