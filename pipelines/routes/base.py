@@ -24,6 +24,9 @@ Each piece, in the order of a run:
 | after training | ``evaluate_trial`` | MTEB, untrained, probes, card, latency | accuracy, macro-F1 |
 | Tune's metrics | ``tune_metrics`` | per-type means, probes | none |
 | report | ``report`` | report.md's main table, report.csv, figures | its section, classification.csv |
+
+Stage 2's part is a ``TrainingRoute`` (below). A route's ``artifact.py`` names what its exported
+models are for; a stage refuses another route's artifact through pipelines/routes/artifacts.py.
 """
 
 from __future__ import annotations
