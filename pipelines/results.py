@@ -222,17 +222,6 @@ class EvaluateResult:
     model_identity: Any
     items: dict[str, Any] | None = None
 
-    def to_json(self) -> dict[str, Any]:
-        """The summary as a dict, in the order ``run`` built it."""
-        return {
-            "tasks": self.tasks, "mean_per_type": self.mean_per_type, "mean": self.mean,
-            "mean_interval": self.mean_interval, "bootstrap": self.bootstrap,
-            "parameters": self.parameters, "layers": self.layers, "layers_total": self.layers_total,
-            "texts_per_second": self.texts_per_second,
-            "run_dir": self.run_dir, "fingerprint": self.fingerprint,
-            "model_identity": self.model_identity, "items": self.items,
-        }
-
 
 @dataclass(frozen=True, kw_only=True)
 class ClassifyResult:
