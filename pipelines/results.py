@@ -3,8 +3,10 @@
 A stage returns its result typed; consumers (the CLI's rendering, the sweep's trial code and
 routes, the report) read attributes. What a stage writes to disk is ``to_json()``: exactly the
 dict it wrote before these types existed (same keys, same order), so summary.json and
-selection.json stay byte-identical. A finished run ("already finished -> the stored result")
-rebuilds its result from the stored JSON with ``from_json``.
+selection.json stay byte-identical. ``to_json`` is built from the fields (``_record``), so a
+field added to a result is written too; the field order is the files' key order. A finished run
+("already finished -> the stored result") rebuilds its result from the stored JSON with
+``from_json``.
 
 This module imports nothing of the project but its error type (tasks/errors.py): the stages,
 routes and tests all import it.
@@ -27,6 +29,17 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
 
 from tasks.errors import LayercutError
+
+
+def _record(result: Any) -> dict[str, Any]:
+    """``result``'s fields as a JSON record: {field name: value}, in field order.
+
+    ``dataclasses.asdict``: nested results become dicts, containers are copied (so a caller
+    editing the record leaves the result alone). On Python 3.11 it rebuilds a dict subclass from
+    (key, value) pairs, which a Counter or defaultdict field would not survive: fields hold plain
+    dicts.
+    """
+    return asdict(result)
 
 
 def _stored(cls: type, data: dict[str, Any], where: str) -> dict[str, Any]:
@@ -64,7 +77,7 @@ class DepthPick:
     parameters_removed_pct: float
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return _record(self)
 
 
 @dataclass(frozen=True)
@@ -103,14 +116,8 @@ class LayerLossResult:
         return {"small": self.small, "large": self.large}[name]
 
     def to_json(self) -> dict[str, Any]:
-        """selection.json's record."""
-        return {
-            "model": self.model, "model_path": self.model_path, "num_layers": self.num_layers,
-            "parameters_full": self.parameters_full, "small": self.small.to_json(),
-            "large": self.large.to_json(), "rule": self.rule, "num_batches": self.num_batches,
-            "batch_size": self.batch_size, "loss_scale": self.loss_scale, "pooling": self.pooling,
-            "data": self.data, "duplicates": self.duplicates, "prompt": self.prompt,
-        }
+        """selection.json's record (the picks as ``DepthPick.to_json``)."""
+        return _record(self)
 
     @classmethod
     def from_json(cls, data: dict[str, Any], where: str = "selection.json") -> LayerLossResult:
@@ -165,22 +172,12 @@ class FinetuneResult:
     train_workers: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        """summary.json's record."""
-        return {
-            "model": self.model, "objective": self.objective,
-            "layers": self.layers, "total_layers": self.total_layers,
-            **({} if self.kept_layers is None else {"kept_layers": list(self.kept_layers)}),
-            "parameters": self.parameters, "parameters_full": self.parameters_full,
-            "parameters_removed_pct": self.parameters_removed_pct,
-            "steps": self.steps, "lr_decay_steps": self.lr_decay_steps, "workers": self.workers,
-            "global_batch": self.global_batch,
-            "first_loss": self.first_loss, "final_loss": self.final_loss,
-            "mean_tokens_per_second": self.mean_tokens_per_second,
-            "masked_pairs": self.masked_pairs,
-            "artifact": self.artifact, "data": self.data,
-            "fingerprint": self.fingerprint,
-            "train_workers": self.train_workers,
-        }
+        """summary.json's record; ``kept_layers`` only when the layers kept are not a prefix
+        (a prefix run's summary.json has never had the key)."""
+        record = _record(self)
+        if self.kept_layers is None:
+            del record["kept_layers"]
+        return record
 
     @classmethod
     def from_json(cls, data: dict[str, Any], where: str = "summary.json") -> FinetuneResult:
@@ -262,16 +259,7 @@ class ClassifyResult:
 
     def to_json(self) -> dict[str, Any]:
         """summary.json's record."""
-        return {
-            "model": self.model, "dataset": self.dataset, "split": self.split,
-            "zero_shot": self.zero_shot, "layers": self.layers, "layers_total": self.layers_total,
-            "parameters": self.parameters, "template": self.template,
-            "label_names": self.label_names, "accuracy": self.accuracy, "macro_f1": self.macro_f1,
-            "majority_rate": self.majority_rate, "examples": self.examples,
-            "per_class_f1": self.per_class_f1, "predicted_counts": self.predicted_counts,
-            "texts_per_second": self.texts_per_second, "data": self.data,
-            "fingerprint": self.fingerprint,
-        }
+        return _record(self)
 
     @classmethod
     def from_json(cls, data: dict[str, Any], where: str = "summary.json") -> ClassifyResult:
@@ -298,5 +286,9 @@ class SweepResult:
     failed: list[str]
 
     def to_json(self) -> dict[str, Any]:
-        """summary.json's record."""
-        return {"run_dir": self.run_dir, **self.routes, "overlap": self.overlap, "failed": self.failed}
+        """summary.json's record: the routes' keys spread where ``routes`` stands (between
+        run_dir and overlap), as the report's readers expect them at the top level."""
+        record: dict[str, Any] = {}
+        for name, value in _record(self).items():
+            record.update(value if name == "routes" else {name: value})
+        return record
