@@ -246,6 +246,43 @@ def test_a_trial_records_its_depth_untrained_and_a_finished_one_evaluates_nothin
     assert "change_vs_untrained" not in off
 
 
+
+def test_result_json_keys_of_each_route_in_their_order(tmp_path, monkeypatch):
+    """Both routes' evaluate_trial, their stages replaced by stand-ins: result.json's keys, stage
+    2's (pipelines/routes/base.trial_result) around each route's own, in the order every
+    result.json has had."""
+    from pipelines import classify, evaluate
+    from pipelines.evaluate import EvaluateConfig
+    from pipelines.routes.classification import trial as classification_trial
+    from pipelines.routes.contrastive import trial as contrastive_trial
+    from pipelines.schemas.classify import ClassifyConfig
+    from pipelines.trial import TrialSpec
+
+    monkeypatch.setattr(evaluate, "run", lambda config: _results.evaluated(texts_per_second=1.0))
+    monkeypatch.setattr(classify, "run", lambda config: _results.classified())
+    monkeypatch.setattr(contrastive_trial, "_measure", lambda spec, artifact: {"latency_ms": 1.0})
+    monkeypatch.setattr(contrastive_trial, "_card_scores", lambda *args: None)
+    spec = TrialSpec(key="k", model="m", layers=1, origins=("grid 1",), finetune=None,
+                     evaluate=EvaluateConfig(), latency_texts=[], latency_batch_size=1,
+                     result_dir=str(tmp_path), untrained=EvaluateConfig(name="k/untrained"),
+                     probe_tasks=("LayercutSST2",), dataset="sst2", classify=ClassifyConfig())
+    trained = _results.finetuned(artifact=str(tmp_path / "model"))
+    stage2_before = ["trial", "model", "base_model"]
+    stage2_size = ["layers", "total_layers", "origins", "parameters", "parameters_full",
+                   "parameters_removed_pct"]
+    stage2_training = ["final_loss", "first_loss", "steps"]
+    stage2_after = ["artifact", "training_log", "train_workers"]
+    scores = [f"{prefix}_{key}" for prefix in ("mteb", "untrained")
+              for key in ("mean", "per_type", "tasks", "mean_interval", "task_intervals")]
+    assert list(contrastive_trial.evaluate_trial(spec, trained)) == [
+        *stage2_before, *stage2_size, *scores, "change_vs_untrained", "change_vs_untrained_interval",
+        "change_vs_untrained_task_intervals", *stage2_training, "encode_texts_per_second",
+        "latency_ms", *stage2_after, "probe_accuracy", "mteb_items"]
+    assert list(classification_trial.evaluate_trial(spec, trained)) == [
+        *stage2_before, "objective", "dataset", *stage2_size, "accuracy", "macro_f1",
+        "majority_rate", "test_examples", *stage2_training, "classify_texts_per_second",
+        *stage2_after]
+
 def _untrained_outcomes() -> dict[str, dict]:
     """Trial results as trial.execute writes them: "tiny" subsampled (intervals), its l2 from
     before the untrained baseline; "whole" evaluated in full (no interval)."""

@@ -164,7 +164,7 @@ class Route:
             configs of a trial (pipelines/trial.py ``TrialSpec``).
         evaluate_trial: ``(TrialSpec, FinetuneResult) -> result``: stage 3 and the rest of a
             trial after training (given stage 2's result); the result, a dict of the route's
-            keys, is saved as result.json.
+            keys around stage 2's (``trial_result``), is saved as result.json.
         tune_metrics: ``(result) -> {name: number}``: metrics Tune gets beside the result's
             numbers (nested scores flattened).
         report: ``(SweepConfig, plans, trials, outcomes, references, run dir, earlier) ->
@@ -193,3 +193,37 @@ class Route:
 def nothing(*args: Any) -> None:
     """A step a route does not need (e.g. no checks before work)."""
     return None
+
+
+def trial_result(spec: TrialSpec, trained: FinetuneResult, *, scores: dict[str, Any],
+                 throughput: dict[str, Any], identity: dict[str, Any] | None = None,
+                 extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """result.json's record of a trial (``Route.evaluate_trial``): the keys every route takes
+    from the trial and stage 2's result, with the route's own keys in their places. The order is
+    the one every result.json has had:
+
+    trial, model, base_model, *identity*, layers, total_layers, origins, parameters,
+    parameters_full, parameters_removed_pct, *scores*, final_loss, first_loss, steps,
+    *throughput*, artifact, training_log, train_workers, *extra*.
+
+    Args:
+        spec: the trial (``TrialSpec``: its key, model label, layers and origins).
+        trained: stage 2's result of it (``FinetuneResult``: base model, sizes, losses, artifact).
+        scores: stage 3's scores of the artifact (the route's keys).
+        throughput: stage 3's throughput (texts/s), and what else was measured on the artifact.
+        identity: what the trial is besides its model (classification: objective, dataset).
+        extra: the route's keys after all the others.
+    """
+    return {
+        "trial": spec.key, "model": spec.model, "base_model": trained.model, **(identity or {}),
+        "layers": spec.layers, "total_layers": trained.total_layers, "origins": list(spec.origins),
+        "parameters": trained.parameters, "parameters_full": trained.parameters_full,
+        "parameters_removed_pct": trained.parameters_removed_pct,
+        **scores,
+        "final_loss": trained.final_loss, "first_loss": trained.first_loss, "steps": trained.steps,
+        **throughput,
+        "artifact": trained.artifact,
+        "training_log": str(Path(trained.artifact).parent / "training_log.csv"),
+        "train_workers": trained.train_workers,  # rank -> Ray node that trained it
+        **(extra or {}),
+    }

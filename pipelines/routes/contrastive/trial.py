@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pipelines.routes.base import trial_result
 from pipelines.run_store.files import write_atomic
 
 if TYPE_CHECKING:
@@ -68,21 +69,11 @@ def evaluate_trial(spec: TrialSpec, trained: FinetuneResult) -> dict[str, Any]:
     _card_scores(Path(trained.artifact), spec, scores.tasks, probes)
     with user_errors_from_ray():
         footprint = _measure(spec, trained.artifact)
-    return {
-        "trial": spec.key, "model": spec.model, "base_model": trained.model,
-        "layers": spec.layers, "total_layers": trained.total_layers, "origins": list(spec.origins),
-        "parameters": trained.parameters, "parameters_full": trained.parameters_full,
-        "parameters_removed_pct": trained.parameters_removed_pct,
-        **score_fields("mteb", scores), **untrained,
-        "final_loss": trained.final_loss, "first_loss": trained.first_loss,
-        "steps": trained.steps, "encode_texts_per_second": scores.texts_per_second,
-        **footprint, "artifact": trained.artifact,
-        "training_log": str(Path(trained.artifact).parent / "training_log.csv"),
-        "train_workers": trained.train_workers,  # rank -> Ray node that trained it
-        "probe_accuracy": probes,
-        # What the subsampled scores were computed from: the report pairs depths on them.
-        "mteb_items": scores.items,
-    }
+    return trial_result(
+        spec, trained, scores={**score_fields("mteb", scores), **untrained},
+        throughput={"encode_texts_per_second": scores.texts_per_second, **footprint},
+        # mteb_items: what the subsampled scores were computed from: the report pairs depths on them.
+        extra={"probe_accuracy": probes, "mteb_items": scores.items})
 
 
 def score_fields(prefix: str, scores: EvaluateResult) -> dict[str, Any]:
