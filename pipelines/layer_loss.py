@@ -198,8 +198,12 @@ def _duplicate_report(config: LayerLossConfig, batches: list[dict]) -> dict[str,
             "batches_with_duplicates": sum(1 for c in counts if c)}
 
 
-def _depth_entry(depth: int, params: list[int], loss: float) -> DepthPick:
-    return DepthPick(layers=depth, loss=loss, parameters=params[depth],
+def _depth_entry(depth: int, params: list[int], losses: np.ndarray) -> DepthPick:
+    """The model cut to ``depth`` layers: its loss (``losses[depth - 1]``, nats; ``losses`` has
+    one per depth 1..L), parameters (``params[depth]``; ``params[-1]`` is the whole model's) and
+    the percent removed. One record for both uses: selection.json's picks and each row of
+    layer_losses.json/.csv."""
+    return DepthPick(layers=depth, loss=float(losses[depth - 1]), parameters=params[depth],
                      parameters_removed_pct=round(100.0 * (1 - params[depth] / params[-1]), 2))
 
 
@@ -210,8 +214,8 @@ def _summary(config, source, total_layers, params, losses, small, large, data_re
         model_path=source.path,
         num_layers=total_layers,
         parameters_full=params[-1],
-        small=_depth_entry(small, params, float(losses[small - 1])),
-        large=_depth_entry(large, params, float(losses[large - 1])),
+        small=_depth_entry(small, params, losses),
+        large=_depth_entry(large, params, losses),
         rule="small = argmin loss over 1..floor(L/2); large = argmin over floor(L/2)+1..L",
         num_batches=config.data.num_batches,
         batch_size=config.data.batch_size,
@@ -224,9 +228,8 @@ def _summary(config, source, total_layers, params, losses, small, large, data_re
 
 
 def _write_outputs(run: RunStore, summary: LayerLossResult, losses: np.ndarray, params: list[int]) -> None:
-    rows = [{"layers": l, "loss": float(losses[l - 1]), "parameters": params[l],
-             "parameters_removed_pct": round(100.0 * (1 - params[l] / params[-1]), 2)}
-            for l in range(1, len(losses) + 1)]
+    """layer_losses.json and .csv (one row per depth, the picks' record) and selection.json."""
+    rows = [_depth_entry(depth, params, losses).to_json() for depth in range(1, len(losses) + 1)]
     run.files.write_json("layer_losses.json", {"model": summary.model, "layers": rows})
     run.files.write_csv("layer_losses.csv", list(rows[0]), [list(row.values()) for row in rows])
     run.save_result("selection.json", summary.to_json())
