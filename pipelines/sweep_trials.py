@@ -7,21 +7,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pipelines.routes.registry import ROUTES, routes_of
-from pipelines.routes.base import TrialOptions
+from pipelines.routes.base import TrialOptions, l3prune_picks
 from pipelines.sweep_plan import ModelPlan, Trial
 from tasks.errors import LayercutError
 
 if TYPE_CHECKING:
     from pipelines.schemas.sweep import ClassificationRoute, SweepConfig
     from pipelines.trial import TrialSpec
-
-
-def l3prune_picks(setting: bool | str) -> tuple[str, ...]:
-    """The L3Prune picks a sweep's ``l3prune`` setting adds to the grid: true both ("small",
-    "large"), false none, "small" or "large" that one."""
-    if isinstance(setting, str):
-        return (setting,)
-    return ("small", "large") if setting else ()
 
 
 def plan_trials(plans: list[ModelPlan], use_l3prune: bool | str,

@@ -73,6 +73,16 @@ class TrialOptions:
     classification: ClassificationRoute | None = None
 
 
+def l3prune_picks(setting: bool | str) -> tuple[str, ...]:
+    """The L3Prune picks a sweep's ``l3prune`` setting adds to the grid: true both ("small",
+    "large"), false none, "small" or "large" that one. Here, below the routes and the sweep,
+    so that the sweep's planning (``TrialOptions.l3prune``) and the contrastive route's `--plan`
+    preview read the setting alike."""
+    if isinstance(setting, str):
+        return (setting,)
+    return ("small", "large") if setting else ()
+
+
 @dataclass
 class RouteReport:
     """One route's part of the sweep's report: its rows (one per trial, ``status`` "done" or

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from pipelines.results import LayerLossResult
 from pipelines.route_names import CLASSIFICATION
-from pipelines.routes.base import ResolveContext, TrialOptions
+from pipelines.routes.base import ResolveContext, TrialOptions, l3prune_picks
 from pipelines.schemas.evaluate import EvaluateConfig
 from pipelines.schemas.layer_loss import LayerLossConfig
 from pipelines.sweep_plan import ModelPlan, Trial, depth_origins, stage_config, trials_of
@@ -154,9 +154,9 @@ def preview(plan: ModelPlan, same_config: bool, config: SweepConfig) -> list[str
     for the same configuration (``same_config``; loaded into ``plan.stage1``), else a note that
     they come after stage 1."""
     picked = recorded_picks(plan, same_config)
-    picks = {True: "small and large depths", "small": "small depth", "large": "large depth"}
-    return ([] if picked or not config.l3prune
-            else [f"  {plan.label}: L3Prune {picks[config.l3prune]} after stage 1"])
+    picks = l3prune_picks(config.l3prune)  # what plan_trials will add, once stage 1 has run
+    depths = " and ".join(picks) + (" depths" if len(picks) > 1 else " depth")
+    return [] if picked or not picks else [f"  {plan.label}: L3Prune {depths} after stage 1"]
 
 
 def serving_texts(plan: ModelPlan, count: int) -> list[str]:
