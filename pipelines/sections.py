@@ -13,7 +13,7 @@ from tasks.classification.classification_presets import PRESETS
 from tasks.model.depth import Depth
 from tasks.model.models import DEFAULT_MODEL, ModelSource, ModelSpec
 from tasks.model.prompts import PromptConfig
-from tasks.training.data import FIELD_ALIASES
+from tasks.training.fields import FIELD_ALIASES
 
 
 class ModelSection(StrictModel):

@@ -179,3 +179,21 @@ def test_tasks_never_imports_pipelines_and_its_subpackages_import_one_way():
     circles = [c for c in strongly_connected(units) if len(c) > 1]
     assert not circles, "tasks subpackages import each other: " + "; ".join(
         " -> ".join(_cycle(units, c)) for c in circles)
+
+
+def test_configs_and_the_trial_import_without_torch_or_ray_data():
+    """Every CLI process, the sweep's driver before its first stage and every Tune trial actor
+    (which unpickles its TrialSpec and configs) import the schemas and pipelines.trial; torch and
+    Ray Data (about 5 s of CPU per process on 2 cores) load only where a model or a dataset is
+    built. Checked in a fresh interpreter: this one has loaded both."""
+    import os
+    import subprocess
+    import sys
+
+    heavy = ("torch", "ray.data", "transformers", "mteb")
+    code = ("import sys, pipelines.cli, pipelines.sweep, pipelines.trial, pipelines.schemas.sweep; "
+            f"print(','.join(m for m in {heavy!r} if m in sys.modules))")
+    loaded = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                            timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert loaded.returncode == 0, loaded.stderr[-2000:]
+    assert loaded.stdout.strip() == "", f"imported at start: {loaded.stdout.strip()}"

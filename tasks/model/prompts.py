@@ -25,11 +25,12 @@ import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Sequence
-
-import torch
+from typing import TYPE_CHECKING, Sequence
 
 from tasks.errors import LayercutError
+
+if TYPE_CHECKING:  # torch where texts become tensors: config sections import PromptConfig
+    import torch
 
 # Private-use characters: never part of real content.
 _SLOT = "\uE000LAYERCUT-TEXT\uE001"
@@ -200,6 +201,8 @@ class PromptFormatter:
                 rows.append(self._truncate(ids, offsets, start, end, len(full)))
             except LayercutError as exc:
                 raise LayercutError(f"text {k} of the batch ({texts[k][:40]!r}): {exc}") from None
+        import torch
+
         width = max(len(ids) for ids, _ in rows)
         input_ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
         attention_mask = torch.zeros((len(rows), width), dtype=torch.long)

@@ -11,13 +11,14 @@ cache uses), so the cut model is exactly a fresh n-layer model holding those lay
 from __future__ import annotations
 
 import copy
-from typing import Any
-
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from tasks.errors import LayercutError
 from tasks.model.depth import Depth
 from tasks.model.layer_selection import LayerSelection
+
+if TYPE_CHECKING:  # torch where a model is pruned: config sections import this module's helpers
+    from torch import nn
 
 # Attribute paths of the decoder-layer list and of the final norm, per architecture style.
 # Llama, Mistral, Qwen2, Phi-3 and Gemma 2/3 backbones (AutoModel) use the first entries; the
@@ -53,6 +54,8 @@ def _first_module(model: nn.Module, paths: tuple[str, ...], kind: type, what: st
 
 def decoder_layers_path(model: nn.Module) -> str:
     """The attribute path of the decoder-layer list ("layers", "model.layers", "h", ...)."""
+    from torch import nn
+
     return _first_path(model, _LAYER_PATHS, nn.ModuleList, "decoder layer list")
 
 
@@ -62,6 +65,8 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
 
 def final_norm(model: nn.Module) -> nn.Module:
     """The norm every decoder output passes through before it leaves the model."""
+    from torch import nn
+
     return _first_module(model, _NORM_PATHS, nn.Module, "final norm")
 
 

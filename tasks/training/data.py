@@ -23,14 +23,9 @@ import pyarrow as pa
 
 from tasks.errors import LayercutError
 from tasks.training.e5_data import E5_INSTRUCTIONS, e5_instruction, e5_source
+from tasks.training.fields import FIELD_ALIASES, OPTIONAL_FIELDS, REQUIRED_FIELDS
 from tasks.training.json_lines import LINE, NOT_TEXT, UNPARSABLE, json_type, read_json_lines
 
-REQUIRED_FIELDS = ("query", "positive", "negative")
-OPTIONAL_FIELDS = ("instruction", "source")
-# Column names other datasets use for our fields (sentence-transformers/all-nli: anchor).
-FIELD_ALIASES = {"query": ("query", "anchor"), "positive": ("positive", "pos"),
-                 "negative": ("negative", "neg"), "instruction": ("instruction",),
-                 "source": ("source",)}
 DATA_ROOT_ENV = "LAYERCUT_DATA_ROOT"
 INTERNAL_COLUMNS = (LINE, NOT_TEXT, UNPARSABLE)  # added by the JSON-lines reader
 
