@@ -69,8 +69,6 @@ def _format_of(path: str, filesystem) -> str:
 
 def read_triplets(path: str):
     """A Ray Dataset over the raw rows of ``path`` (JSONL or Parquet; local, cloud URI or hf://)."""
-    import ray.data
-
     scheme = urlparse(path).scheme
     if scheme in ("", "file"):
         local = Path(urlparse(path).path if scheme == "file" else path).expanduser()
@@ -85,10 +83,32 @@ def read_triplets(path: str):
             # Line by line, every column text: one bad line is one bad row (tasks.training.json_lines).
             return read_json_lines(fs_path, file_extensions=["json", "jsonl", "gz"],
                                    include_paths=True, **kwargs)
-        return ray.data.read_parquet(fs_path, file_extensions=["parquet"], include_paths=True,
-                                     **kwargs)
+        return _read_parquet_v1(fs_path, **kwargs)
     except Exception as exc:  # noqa: BLE001
         raise LayercutError(f"cannot read training data {path}: {short_error(exc)}") from exc
+
+
+def _read_parquet_v1(fs_path: str, **kwargs):
+    """``ray.data.read_parquet`` through Ray Data's first Parquet reader (DataContext
+    ``use_datasource_v2`` off for this call only; the choice is made when the read is created).
+
+    Why: the V2 reader (Ray Data's default in the Ray we pin) lists every read with a pool of
+    up to 32 ``FooterReader`` actors (RAY_DATA_PARQUET_FOOTER_NUM_ACTORS), each a new worker
+    process, and a stage executes a read several times (schema, data report, batch plan,
+    per-worker slots). For one small file here: 12 worker processes and 2.3-3.2 s a read against 3 and
+    0.34-0.45 s (scripts/bench_parquet_read.py); in the main job's test they were 82 processes
+    and a fifth of its CPU time. V1 reads the footers in the driver and, for many files, in
+    parallel tasks: the same rows, the same columns.
+    """
+    import ray.data
+    from ray.data import DataContext
+
+    context = DataContext.get_current()
+    default, context.use_datasource_v2 = context.use_datasource_v2, False
+    try:
+        return ray.data.read_parquet(fs_path, file_extensions=["parquet"], include_paths=True, **kwargs)
+    finally:
+        context.use_datasource_v2 = default
 
 
 def read_rows(path: str, what: str = "training data"):
