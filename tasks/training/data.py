@@ -95,10 +95,10 @@ def _read_parquet_v1(fs_path: str, **kwargs):
     Why: the V2 reader (Ray Data's default in the Ray we pin) lists every read with a pool of
     up to 32 ``FooterReader`` actors (RAY_DATA_PARQUET_FOOTER_NUM_ACTORS), each a new worker
     process, and a stage executes a read several times (schema, data report, batch plan,
-    per-worker slots). For one small file here: 12 worker processes and 2.3-3.2 s a read against 3 and
-    0.34-0.45 s (scripts/bench_parquet_read.py); in the main job's test they were 82 processes
-    and a fifth of its CPU time. V1 reads the footers in the driver and, for many files, in
-    parallel tasks: the same rows, the same columns.
+    per-worker slots). One small file here (scripts/bench_parquet_read.py): 2.27 s a read
+    against 0.39 s; in the main job's test the footer actors were 82 processes and a fifth of
+    its CPU time. V1 reads the footers in the driver and, for many files, in parallel tasks:
+    the same rows, the same columns.
     """
     import ray.data
     from ray.data import DataContext
