@@ -246,7 +246,6 @@ def test_a_trial_records_its_depth_untrained_and_a_finished_one_evaluates_nothin
     assert "change_vs_untrained" not in off
 
 
-
 def test_result_json_keys_of_each_route_in_their_order(tmp_path, monkeypatch):
     """Both routes' evaluate_trial, their stages replaced by stand-ins: result.json's keys, stage
     2's (pipelines/routes/base.trial_result) around each route's own, in the order every
@@ -282,6 +281,7 @@ def test_result_json_keys_of_each_route_in_their_order(tmp_path, monkeypatch):
         *stage2_before, "objective", "dataset", *stage2_size, "accuracy", "macro_f1",
         "majority_rate", "test_examples", *stage2_training, "classify_texts_per_second",
         *stage2_after]
+
 
 def _untrained_outcomes() -> dict[str, dict]:
     """Trial results as trial.execute writes them: "tiny" subsampled (intervals), its l2 from
