@@ -3,8 +3,10 @@
 A stage returns its result typed; consumers (the CLI's rendering, the sweep's trial code and
 routes, the report) read attributes. What a stage writes to disk is ``to_json()``: exactly the
 dict it wrote before these types existed (same keys, same order), so summary.json and
-selection.json stay byte-identical. ``to_json`` is built from the fields (``_record``), so a
-field added to a result is written too; the field order is the files' key order. A finished run
+selection.json stay byte-identical. ``to_json`` is built from the fields (``dataclasses.asdict``),
+so a field added to a result is written too; the field order is the files' key order. (asdict
+copies containers and rebuilds a dict subclass from its pairs, which a Counter or defaultdict
+would not survive on Python 3.11: fields hold plain dicts.) A finished run
 ("already finished -> the stored result") rebuilds its result from the stored JSON with
 ``from_json``.
 
@@ -29,17 +31,6 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
 
 from tasks.errors import LayercutError
-
-
-def _record(result: Any) -> dict[str, Any]:
-    """``result``'s fields as a JSON record: {field name: value}, in field order.
-
-    ``dataclasses.asdict``: nested results become dicts, containers are copied (so a caller
-    editing the record leaves the result alone). On Python 3.11 it rebuilds a dict subclass from
-    (key, value) pairs, which a Counter or defaultdict field would not survive: fields hold plain
-    dicts.
-    """
-    return asdict(result)
 
 
 def _stored(cls: type, data: dict[str, Any], where: str) -> dict[str, Any]:
@@ -77,7 +68,7 @@ class DepthPick:
     parameters_removed_pct: float
 
     def to_json(self) -> dict[str, Any]:
-        return _record(self)
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -117,7 +108,7 @@ class LayerLossResult:
 
     def to_json(self) -> dict[str, Any]:
         """selection.json's record (the picks as ``DepthPick.to_json``)."""
-        return _record(self)
+        return asdict(self)
 
     @classmethod
     def from_json(cls, data: dict[str, Any], where: str = "selection.json") -> LayerLossResult:
@@ -174,7 +165,7 @@ class FinetuneResult:
     def to_json(self) -> dict[str, Any]:
         """summary.json's record; ``kept_layers`` only when the layers kept are not a prefix
         (a prefix run's summary.json has never had the key)."""
-        record = _record(self)
+        record = asdict(self)
         if self.kept_layers is None:
             del record["kept_layers"]
         return record
@@ -259,7 +250,7 @@ class ClassifyResult:
 
     def to_json(self) -> dict[str, Any]:
         """summary.json's record."""
-        return _record(self)
+        return asdict(self)
 
     @classmethod
     def from_json(cls, data: dict[str, Any], where: str = "summary.json") -> ClassifyResult:
@@ -289,6 +280,6 @@ class SweepResult:
         """summary.json's record: the routes' keys spread where ``routes`` stands (between
         run_dir and overlap), as the report's readers expect them at the top level."""
         record: dict[str, Any] = {}
-        for name, value in _record(self).items():
+        for name, value in asdict(self).items():
             record.update(value if name == "routes" else {name: value})
         return record
