@@ -331,10 +331,9 @@ def _export(config: FinetuneConfig, training: TrainingRoute, model: CutModel, in
         base_model=config.model.name_or_path, base_model_path=model.source.path,
         layers=selection.count, total_layers=model.total_layers, parameters=model.parameters,
         kept_layers=None if selection.is_prefix else selection.indices,
-        parameters_full=model.params[-1], pooling=config.encoder.pooling,
-        prompt=config.encoder.prompt(), training=config.training.model_dump(),
+        parameters_full=model.params[-1], training=config.training.model_dump(),
         lora=config.lora.model_dump() if config.lora.enabled else None,
-        loss_scale=config.loss.scale, objective=inputs.objective.name,
+        objective=inputs.objective.name,
         final_loss=history[-1]["loss"] if history else None, steps_done=steps_done,
         workers=hardware.plan.count, data=inputs.data_path,
         **training.artifact_fields(config, inputs))

@@ -175,7 +175,8 @@ def test_model_cards_name_public_models_and_hold_no_local_path(tmp_path):
     no placeholder link."""
     import yaml
 
-    from tasks.export.artifact import _classifier_card, _model_card
+    from tasks.export.classifier import classifier_card as _classifier_card
+    from tasks.export.embedding import model_card as _model_card
 
     local = tmp_path / "my-base"
     local.mkdir()
@@ -208,7 +209,7 @@ def test_scores_go_into_the_card_and_replace_earlier_ones(tmp_path):
     evaluation replaces the first rather than adding to it."""
     from huggingface_hub import ModelCard
 
-    from tasks.export.artifact import _model_card
+    from tasks.export.embedding import model_card as _model_card
     from tasks.export.card_scores import SECTION, card_with_scores
 
     rows = [{"task": "STSBenchmark", "type": "STS", "main_score": 0.612345678, "splits": ["test"],

@@ -139,7 +139,9 @@ class TrainingRoute(Protocol):
         ``skipped_rows``, ``first_problem``)."""
 
     def artifact_fields(self, config: FinetuneConfig, inputs: TrainingInputs) -> dict[str, Any]:
-        """The objective's fields of the artifact's ``ArtifactInfo`` (tasks/export/artifact.py)."""
+        """The objective's fields of the artifact's ``ArtifactInfo`` (tasks/export/artifact.py),
+        ``writer`` among them: the ``ArtifactWriter`` of its kind of artifact (its files, its keys
+        of layercut.json, its model card), which the export calls without naming the route."""
 
 
 @dataclass(frozen=True)

@@ -62,11 +62,13 @@ class ClassificationTraining:
 
     def artifact_fields(self, config: FinetuneConfig, inputs: TrainingInputs) -> dict[str, Any]:
         """What the artifact must carry to classify: template, labels, words
-        (tasks.classification.verbalizer)."""
+        (tasks.classification.verbalizer), written as a classifier (tasks/export/classifier.py)."""
+        from tasks.export.classifier import CLASSIFIER
+
         objective = inputs.objective
         prompt = objective.prompt
         return {"classification": {
             "dataset": config.classification.label(), "template": prompt.template,
             "label_names": list(prompt.label_names),
             "verbalizers": [list(words) for words in prompt.verbalizers],
-            "max_length": prompt.max_length, "loss": objective.loss}, "instructions": None}
+            "max_length": prompt.max_length, "loss": objective.loss}, "writer": CLASSIFIER}

@@ -56,7 +56,12 @@ class ContrastiveTraining:
                                   columns=config.data.columns, layout=config.data.layout)
 
     def artifact_fields(self, config: FinetuneConfig, inputs: TrainingInputs) -> dict[str, Any]:
-        """The instructions evaluation prepends to queries: the artifact serves them."""
+        """An embedding model (tasks/export/embedding.py): how it pools and formats inputs, the
+        loss scale for its card, and the instructions evaluation prepends to queries (the
+        artifact serves them)."""
         from pipelines.evaluate import packaged_instructions  # the table `layercut evaluate` applies
+        from tasks.export.embedding import EMBEDDING
 
-        return {"classification": None, "instructions": packaged_instructions()}
+        return {"pooling": config.encoder.pooling, "prompt": config.encoder.prompt(),
+                "loss_scale": config.loss.scale, "instructions": packaged_instructions(),
+                "writer": EMBEDDING}
