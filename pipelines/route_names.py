@@ -17,6 +17,11 @@ CLASSIFICATION = "classification"  # the prompt-based classification route (pipe
 # Every route's name, in the registry's order (the report's).
 ROUTE_NAMES = (CONTRASTIVE, CLASSIFICATION)
 
+# The route of whatever names none: stage 2's default ``objective``, a model entry's default
+# ``objectives``, a trial spec built without one. One name here, so no module outside the
+# route packages has to pick a route itself.
+DEFAULT_ROUTE = CONTRASTIVE
+
 # A route's name as a config field's type: pydantic refuses any other value in one line
 # ("Input should be 'contrastive' or 'classification'").
 RouteName = Literal[ROUTE_NAMES]  # type: ignore[valid-type]

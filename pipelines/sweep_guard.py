@@ -32,13 +32,19 @@ def _settings(plan: ModelPlan) -> dict[str, Any]:
             mode="json", exclude={"workers": True, **dict.fromkeys(exclude, True), **acknowledged})
 
     # The order is the fingerprint's: sweep.json of earlier runs stays valid.
-    return {"layer_loss": dump(plan.layer_loss),
-            "finetune": dump(plan.finetune, {"show_progress", "force"}),
-            "finetune_workers": plan.finetune.workers.num_workers,
-            "evaluate": dump(plan.evaluate, {"corpus_workers", "corpus_min_texts", "show_progress"}),
-            "probe_tasks": plan.probe_tasks,
-            "classifiers": {name: dump(c, {"show_progress", "force"}) for name, c in plan.classifiers.items()},
-            "classify": {name: dump(c, {"show_progress"}) for name, c in plan.classify.items()}}
+    settings = {"layer_loss": dump(plan.layer_loss),
+                "finetune": dump(plan.finetune, {"show_progress", "force"}),
+                "finetune_workers": plan.finetune.workers.num_workers,
+                "evaluate": dump(plan.evaluate, {"corpus_workers", "corpus_min_texts", "show_progress"}),
+                "probe_tasks": plan.probe_tasks,
+                "classifiers": {name: dump(c, {"show_progress", "force"}) for name, c in plan.classifiers.items()},
+                "classify": {name: dump(c, {"show_progress"}) for name, c in plan.classify.items()}}
+    if plan.routes:  # a route without fields of its own (ModelPlan.routes); absent otherwise,
+        # so every earlier fingerprint stays what it was
+        settings["routes"] = {name: {key: dump(value) if hasattr(value, "model_dump") else value
+                                     for key, value in entry.items()}
+                              for name, entry in plan.routes.items()}
+    return settings
 
 
 def _has_results(run_dir: Path, plan: ModelPlan) -> bool:

@@ -31,8 +31,11 @@ class Trial:
     model: str  # the model's label
     layers: int  # how many layers are kept
     origins: tuple[str, ...]  # why this depth: "l3prune-small", "l3prune-large", "grid keep:0.5"
-    dataset: str | None = None  # the classification route's dataset; None: contrastive
+    dataset: str | None = None  # the task it is trained on, when its route has one per trial (classification)
     kept: tuple[int, ...] | None = None  # which layers, when not the first ``layers``
+    # The route that planned it (a key of pipelines.routes.ROUTES; ``trials_of`` sets it).
+    # None: a trial built by hand, whose route ``objective`` infers.
+    route: str | None = None
 
     @property
     def depth(self) -> Depth:
@@ -40,8 +43,12 @@ class Trial:
 
     @property
     def objective(self) -> str:
-        """The route this trial belongs to (a key of pipelines.routes.ROUTES): a trial on a
-        dataset is prompt-tuned on it, one without is an embedding model."""
+        """The route this trial belongs to (a key of pipelines.routes.ROUTES): the one that
+        planned it. A trial built without one (a hand-made list, as the tests build) is
+        inferred as before routes named their trials: on a dataset, classification; else
+        contrastive."""
+        if self.route is not None:
+            return self.route
         return CONTRASTIVE if self.dataset is None else CLASSIFICATION
 
     @property
@@ -72,6 +79,10 @@ class ModelPlan:
     # Per evaluation task: {"texts", "overlapping"}: its evaluated texts that occur in the
     # training data (tasks/evaluation/overlap.py); a task with overlap is marked in the report.
     overlap: dict[str, dict[str, int]] = field(default_factory=dict)
+    # A route's own resolved settings, by route name, for a route added without a field above
+    # (its ``resolve`` fills its entry; the built-in routes keep the fields above, which
+    # sweep.json's fingerprint names: pipelines/sweep_guard.py).
+    routes: dict[str, Any] = field(default_factory=dict)
 
     @property
     def contrastive(self) -> bool:
@@ -117,10 +128,12 @@ def depth_origins(depths: list[Depth], total: int, origin: str, where: str) -> d
     return origins
 
 
-def trials_of(label: str, origins: dict[LayerSelection, list[str]], dataset: str | None = None) -> list[Trial]:
-    """One trial per selection, the most layers first (a prefix before another selection of as many)."""
+def trials_of(route: str, label: str, origins: dict[LayerSelection, list[str]],
+              dataset: str | None = None) -> list[Trial]:
+    """``route``'s trials of model ``label``: one per selection, the most layers first (a prefix
+    before another selection of as many)."""
     return [Trial(label, kept.count, tuple(origins[kept]), dataset,
-                  None if kept.is_prefix else kept.indices)
+                  None if kept.is_prefix else kept.indices, route)
             for kept in sorted(origins, key=lambda kept: (kept.count, kept.is_prefix, kept.indices),
                                reverse=True)]
 

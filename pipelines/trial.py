@@ -11,12 +11,12 @@ evaluate skips tasks with a result file, and a trial whose result.json exists re
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from pipelines.routes.registry import ROUTES
 from pipelines.run_store.run import RunStore
-from pipelines.route_names import CONTRASTIVE
+from pipelines.route_names import DEFAULT_ROUTE
 
 if TYPE_CHECKING:  # configs only name types here: a Tune trial's worker imports little
     from pipelines.schemas.classify import ClassifyConfig
@@ -34,7 +34,9 @@ class TrialSpec:
     latency_texts: list[str]
     latency_batch_size: int
     result_dir: str
-    objective: str = CONTRASTIVE  # the trial's route: a key of pipelines.routes.ROUTES
+    objective: str = DEFAULT_ROUTE  # the trial's route: a key of pipelines.routes.ROUTES
+    # The fields below are the built-in routes' (``Route.trial_configs`` fills them); a route
+    # added later keeps its own in ``configs`` rather than adding a field here.
     # The contrastive route's stage 3: its model path is set to the trial's artifact.
     evaluate: EvaluateConfig | None = None
     dataset: str | None = None  # the classification route's dataset; None: contrastive
@@ -45,6 +47,8 @@ class TrialSpec:
     # The same depth untrained (pipelines/routes/contrastive/untrained.py); None: classification,
     # or switched off.
     untrained: EvaluateConfig | None = None
+    # A route's own stage configs by name, for a route without fields above (see there).
+    configs: dict[str, Any] = field(default_factory=dict)
 
 
 RESULT_FILE = "result.json"  # in result_dir: a trial whose result exists is not run again

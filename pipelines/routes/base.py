@@ -156,13 +156,16 @@ class Route:
         active: ``(plan) -> bool``: whether the model runs this route (its configs are resolved).
         resolve: ``(ResolveContext, plan) -> None``: fill the plan's stage configs of this route,
             validating every key now; raises ``LayercutError`` naming the model and the stage.
+            A route without fields in ``ModelPlan`` keeps them in ``plan.routes[name]`` (a dict:
+            what sweep.json's fingerprint records of it, configs dumped without ``workers``).
         stage_workers: ``(plan) -> [(stage name, workers section)]``: the stages it runs besides
             stage 2, for the resource admission (pipelines/sweep_resources.py).
         check_inputs: ``(plan) -> None``: refuse, before any work, inputs that would make the
             results meaningless (``LayercutError``).
         prepare: ``(SweepConfig, plan) -> None``: the work before the trials; sets
             ``plan.total_layers`` when a route before it has not.
-        trials: ``(plan, total layers, TrialOptions) -> [Trial]``: its trials of the model.
+        trials: ``(plan, total layers, TrialOptions) -> [Trial]``: its trials of the model, each
+            naming this route (``pipelines.sweep_plan.trials_of(name, ...)``).
         preview: ``(plan, same configuration recorded, SweepConfig) -> [line]``: for `layercut
             run --plan`, before any work: load what an earlier run of the same configuration
             decided (stage 1's picks) and return lines on what only the run will decide.
@@ -173,7 +176,8 @@ class Route:
         finetune_config: ``(plan, trial) -> FinetuneConfig``: stage 2's config of a trial,
             before its depth and run name are set.
         trial_configs: ``(SweepConfig, plan, trial) -> {TrialSpec field: value}``: its stage
-            configs of a trial (pipelines/trial.py ``TrialSpec``).
+            configs of a trial (pipelines/trial.py ``TrialSpec``; a route without fields there
+            returns ``{"configs": {...}}``).
         evaluate_trial: ``(TrialSpec, FinetuneResult) -> result``: stage 3 and the rest of a
             trial after training (given stage 2's result); the result, a dict of the route's
             keys around stage 2's (``trial_result``), is saved as result.json.

@@ -10,7 +10,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from pipelines.config import DepthSetting, StrictModel, filesystem_output_dir
-from pipelines.route_names import CONTRASTIVE, RouteName
+from pipelines.route_names import DEFAULT_ROUTE, RouteName
 from pipelines.sections import (ClassificationSection, EncoderSection, LossSection, ModelSection,
                                 RayWorkersSection, TripletSourceSection)
 from tasks.model.layer_selection import LayerSelection
@@ -87,7 +87,7 @@ class FinetuneConfig(StrictModel):
     show_progress: bool = True
     # contrastive: an embedding model (L3Prune; encoder, data, loss). classification: a
     # prompt-based classifier keeping the LM head ("Why Lift so Heavy?"; the classification section).
-    objective: RouteName = CONTRASTIVE  # a route's name (pipelines/route_names.py)
+    objective: RouteName = DEFAULT_ROUTE  # a route's name (pipelines/route_names.py)
     model: ModelSection = Field(default_factory=ModelSection)
     encoder: EncoderSection = Field(default_factory=EncoderSection)
     data: TripletSourceSection = Field(default_factory=TripletSourceSection)

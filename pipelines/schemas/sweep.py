@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from pipelines.config import DepthSetting, StrictModel, filesystem_output_dir
-from pipelines.route_names import CONTRASTIVE, RouteName
+from pipelines.route_names import DEFAULT_ROUTE, RouteName
 from pipelines.schemas.classify import ClassifyConfig
 from pipelines.schemas.evaluate import EvaluateConfig
 from pipelines.schemas.finetune import FinetuneConfig
@@ -64,7 +64,7 @@ class ModelEntry(StrictModel):
     # contrastive: the embedding route (L3Prune: stage 1, depths, MTEB). classification: prompt-
     # based classifiers of the `classification` section's datasets at every depth of its grid.
     objectives: list[RouteName] = Field(  # route names (pipelines/route_names.py)
-        default_factory=lambda: [CONTRASTIVE])
+        default_factory=lambda: [DEFAULT_ROUTE])
 
     @field_validator("objectives")
     @classmethod

@@ -53,7 +53,8 @@ def trials(plan: ModelPlan, total: int, options: TrialOptions) -> list[Trial]:
         origins = depth_origins(route.layers, total, "layers", f"classification.layers of {plan.label}")
     else:
         origins = depth_origins(route.grid or plan.grid, total, "grid", f"{plan.label}'s classification grid")
-    return [trial for name in plan.classifiers for trial in trials_of(plan.label, origins, name)]
+    return [trial for name in plan.classifiers
+            for trial in trials_of(CLASSIFICATION, plan.label, origins, name)]
 
 
 def references(config: SweepConfig, plans: list[ModelPlan], run_dir: Path) -> dict[str, ClassifyResult]:

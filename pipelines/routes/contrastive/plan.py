@@ -10,7 +10,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from pipelines.results import LayerLossResult
-from pipelines.route_names import CLASSIFICATION
+from pipelines.route_names import CLASSIFICATION, CONTRASTIVE
 from pipelines.routes.base import ResolveContext, TrialOptions, l3prune_picks
 from pipelines.schemas.evaluate import EvaluateConfig
 from pipelines.schemas.layer_loss import LayerLossConfig
@@ -136,7 +136,7 @@ def trials(plan: ModelPlan, total: int, options: TrialOptions) -> list[Trial]:
     for pick in options.l3prune:
         picked = LayerSelection.prefix(plan.stage1.pick(pick).layers, total)
         origins.setdefault(picked, []).append(f"l3prune-{pick}")
-    return trials_of(plan.label, origins)
+    return trials_of(CONTRASTIVE, plan.label, origins)
 
 
 def recorded_picks(plan: ModelPlan, same_config: bool) -> bool:
