@@ -91,8 +91,11 @@ class ModelPlan:
     def base_models(self) -> list[tuple[str, str | None]]:
         """(name_or_path, revision) of each model this plan loads from its source: stage 1's and
         stage 2's of each route (stage 3 loads the trained artifacts, and the zero-shot reference
-        stage 2's model)."""
-        stages = [self.layer_loss, self.finetune, *self.classifiers.values()]
+        stage 2's model), then those of a later route's stage configs in ``routes`` (any value
+        with a ``model`` section; its trained artifacts are its own)."""
+        later = [value for settings in self.routes.values() for value in settings.values()
+                 if hasattr(getattr(value, "model", None), "name_or_path")]
+        stages = [self.layer_loss, self.finetune, *self.classifiers.values(), *later]
         return [(stage.model.name_or_path, stage.model.revision) for stage in stages if stage is not None]
 
 

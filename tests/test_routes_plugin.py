@@ -90,6 +90,9 @@ def test_a_registered_route_is_resolved_planned_and_specified(tmp_path, echo_reg
     config = _config(tmp_path)
     (plan,) = resolve_models(config)
     assert [route.name for route in routes_of(plan)] == ["classification", ECHO]
+    # Its stage configs' models are checked reachable with the others' (sweep.admit).
+    model = (plan.finetune.model.name_or_path, plan.finetune.model.revision)
+    assert plan.base_models() == [model, model, model]  # stage 2, the sst2 classifier's, echo's
     plan.total_layers = 30  # what a route's prepare sets (the classification route reads the model's config)
 
     trials = plan_trials([plan], use_l3prune=False, route=config.classification)
