@@ -25,8 +25,10 @@ Each piece, in the order of a run:
 | Tune's metrics | ``tune_metrics`` | per-type means, probes | none |
 | report | ``report`` | report.md's main table, report.csv, figures | its section, classification.csv |
 
-Stage 2's part is a ``TrainingRoute`` (below). A route's ``artifact.py`` names what its exported
-models are for; a stage refuses another route's artifact through pipelines/routes/artifacts.py.
+Stage 2's part is a ``TrainingRoute`` (below); its ``artifact_fields`` hands the export the
+route's ``ArtifactWriter`` (tasks/export/artifact.py: the artifact's own files, layercut.json
+keys and card). A route's ``artifact.py`` names what its exported models are for; a stage
+refuses another route's artifact through pipelines/routes/artifacts.py.
 """
 
 from __future__ import annotations
