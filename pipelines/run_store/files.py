@@ -3,8 +3,10 @@
 ``RunFiles`` is the only part of the run store that touches a filesystem: guards, finished
 results and item stores go through its methods, never through ``open`` or ``Path``. It is a
 local directory; ``ObjectStoreFiles`` (object_store.py) implements the same methods on a
-pyarrow filesystem (s3://, gs://). What must stay local (Ray Train's storage, mteb's result
-cache) asks for ``local(name)`` explicitly, which an object store refuses.
+pyarrow filesystem (s3://, gs://). What must stay local (mteb's result cache) asks for
+``local(name)`` explicitly, which an object store refuses; a writer that takes a pyarrow
+filesystem (Ray Train's storage) asks for ``storage(name)``; work done in another process (a Ray
+task) gets ``for_task()``.
 
 The module functions (``write_atomic``, ``write_json``, ``write_csv``) write one file at an
 absolute path, for outputs outside a run's own files (the report, plots, a model card).
@@ -58,8 +60,23 @@ class RunFiles:
         return str(self.root)
 
     def local(self, name: str = "") -> Path:
-        """The local path of ``name``, for writers that need one (Ray Train, mteb, matplotlib)."""
+        """The local path of ``name``, for writers that need one (mteb's result cache)."""
         return self.root / name if name else self.root
+
+    def storage(self, name: str) -> tuple[Any, str]:
+        """(pyarrow filesystem or None, path) of ``name`` for a writer that takes both (Ray
+        Train's ``storage_filesystem`` and ``storage_path``): here None and the absolute path,
+        so the writer resolves its own local filesystem."""
+        return None, str((self.root / name).resolve())
+
+    def where(self, name: str) -> str:
+        """How a user or another program names ``name``: its absolute path."""
+        return str((self.root / name).resolve())
+
+    def for_task(self) -> "RunFiles":
+        """These files as another process reaches them (a Ray task, whose working directory
+        is not the driver's): the same directory by its absolute path."""
+        return RunFiles(self.root.resolve())
 
     def create(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,9 @@ manifest, so a rerun never trusts a half-uploaded directory.
 Credentials and endpoint come from the environment, as for any pyarrow / AWS SDK client:
 ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_REGION``, ``AWS_ENDPOINT_URL`` (or
 ``AWS_ENDPOINT_URL_S3``) for an S3-compatible server; for gs://, Google's application default
-credentials. Query parameters of the URI (``?region=...&endpoint_override=...``) work too.
+credentials. Query parameters of the URI (``?region=...&endpoint_override=...``) work too. The
+filesystem carries the driver's S3 keys when pickled (portable_fs.py), so ``for_task()`` is the
+same object and ``storage(name)`` hands Ray Train a filesystem its other processes can use.
 """
 
 from __future__ import annotations
@@ -21,9 +23,10 @@ import fnmatch
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 from pipelines.run_store.files import RunFiles, json_text
+from pipelines.run_store.portable_fs import filesystem_of
 from tasks.errors import LayercutError
 
 # Written last into a directory that appears whole: its files' names, relative to it.
@@ -39,11 +42,9 @@ class ObjectStoreFiles(RunFiles):
     """
 
     def __init__(self, root: str):
-        from pyarrow.fs import FileSystem
-
         self.root = root.rstrip("/")
         try:
-            self.fs, self.base = FileSystem.from_uri(self.root)
+            self.fs, self.base = filesystem_of(self.root)
         except (OSError, ValueError) as error:  # unknown scheme, a malformed URI
             raise LayercutError(f"output directory {self.root}: {_first_line(error)}") from None
         self.base = self.base.rstrip("/")
@@ -57,6 +58,17 @@ class ObjectStoreFiles(RunFiles):
     def local(self, name: str = "") -> Path:
         raise LayercutError(f"{self.root}/{name} needs a local path, which an object store "
                             "cannot give; use a local or shared --output-dir for this stage")
+
+    def storage(self, name: str) -> tuple[Any, str]:
+        """(this store's pyarrow filesystem, the path of ``name`` on it): Ray Train writes there
+        itself, from any process (the filesystem pickles with its endpoint and keys)."""
+        return self.fs, self._path(name)
+
+    def where(self, name: str) -> str:
+        return f"{self.root}/{name}"
+
+    def for_task(self) -> "ObjectStoreFiles":
+        return self
 
     def create(self) -> None:
         """Check that the store answers and the bucket exists (object stores have no folders).
