@@ -207,7 +207,7 @@ def filesystem_output_dir(command: str, why: str) -> Any:
         if is_uri(value):
             raise ValueError(f"{value}: layercut {command} needs a filesystem path ({why}); give a "
                              "directory every node mounts (README: Shared storage); of the "
-                             "commands, only layer-loss writes to an object store")
+                             "commands, only layer-loss and finetune write to an object store")
         return value
 
     return Annotated[str, AfterValidator(check)]

@@ -16,6 +16,12 @@ of the fingerprint, what the artifact carries) comes from that route's
 
 Rerunning the same command resumes: Ray Train restores the run (same name and storage) from its
 latest checkpoint; a finished run is not trained again.
+
+The run directory is a local (or shared) path or an object store URI (``--output-dir
+s3://bucket/runs``): everything goes through the run store's files (pipelines/run_store/), Ray
+Train's checkpoints through its ``storage(...)`` filesystem, the artifact through its
+``staged_directory`` (on a store: built in a local temporary directory, uploaded file by file,
+its manifest last); summary.json, which marks the run finished, is written after all of them.
 """
 
 from __future__ import annotations
@@ -23,7 +29,8 @@ from __future__ import annotations
 import json
 import sys
 from dataclasses import dataclass, replace
-from pathlib import Path
+from functools import partial
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from pipelines.commands import Stage, run_as_script
@@ -90,6 +97,9 @@ def run(config: FinetuneConfig) -> FinetuneResult:
     """
     from tasks.export.artifact import LAYERCUT_FILE
 
+    # The artifact counts only whole: locally it is renamed into place whole; on a store
+    # exists(MODEL_DIR) needs the manifest its upload writes last.
+    artifact = (MODEL_DIR, f"{MODEL_DIR}/{LAYERCUT_FILE}")
     training = ROUTES[config.objective].training  # the objective's steps (pipelines/routes/)
     config = training.resolve(config)
     _check(config)
@@ -102,8 +112,7 @@ def run(config: FinetuneConfig) -> FinetuneResult:
     settings = _settings(config, model.source.path, model.selection.to_json(), hardware.plan.count,
                          hardware.dtype, inputs.settings)
     fingerprint = digest(settings)
-    finished = store.finished("summary.json", fingerprint, requires=(f"{MODEL_DIR}/{LAYERCUT_FILE}",),
-                              announce=False)
+    finished = store.finished("summary.json", fingerprint, requires=artifact, announce=False)
     if finished is not None:
         result = FinetuneResult.from_json(finished, f"{store.root}/summary.json")
         store.announce_finished()
@@ -114,16 +123,21 @@ def run(config: FinetuneConfig) -> FinetuneResult:
     store.record_config(config)
 
     datasets, data_report, epoch_steps = _datasets(config, training, inputs, hardware.plan)
-    job = _job(config, model, inputs, hardware, fingerprint, epoch_steps, store.root)
+    job = _job(config, model, inputs, hardware, fingerprint, epoch_steps, _run_name(store))
     guard.record(settings)
-    checkpoint = _fit(config, job, datasets, hardware.plan, store.root)
+    checkpoint = _fit(config, job, datasets, hardware.plan, store)
     history, steps_done = _trained_history(config, checkpoint, fingerprint, store.root)
-    _export(config, training, model, inputs, hardware, job, checkpoint, history, steps_done, store.root)
+    _export(config, training, model, inputs, hardware, job, checkpoint, history, steps_done, store)
     _write_log_and_curve(config, training, model, history, store)
     summary = _summary(config, model, inputs, hardware, job, history, steps_done, data_report,
-                       fingerprint, store.root, _placement(checkpoint, hardware.plan.count))
+                       fingerprint, store, _placement(checkpoint, hardware.plan.count))
     store.save_result("summary.json", summary.to_json())
     return summary
+
+
+def _run_name(store: RunStore) -> str:
+    """The run directory's last part (a path's or a URI's): the runs' metrics tag."""
+    return PurePosixPath(str(store.root)).name
 
 
 def _check(config: FinetuneConfig) -> None:
@@ -247,7 +261,7 @@ def _worker_datasets(annotated, plan, workers: int, per_worker: int,
 
 
 def _job(config: FinetuneConfig, model: CutModel, inputs: TrainingInputs, hardware: Hardware,
-         fingerprint: str, epoch_steps: int, run_dir: Path):
+         fingerprint: str, epoch_steps: int, run_name: str):
     """The training loop's job (tasks.training.train_loop.TrainingJob): the cut model, the objective,
     LoRA, DeepSpeed, the schedule."""
     from tasks.model.lora import LoraSettings
@@ -269,18 +283,21 @@ def _job(config: FinetuneConfig, model: CutModel, inputs: TrainingInputs, hardwa
         fingerprint=fingerprint, user_deepspeed=hardware.user_deepspeed,
         user_deepspeed_path=config.deepspeed.config_file or "the DeepSpeed JSON",
         threads=hardware.plan.threads, show_progress=config.show_progress,
-        metrics_tags={"run": run_dir.name})
+        metrics_tags={"run": run_name})
 
 
-def _fit(config: FinetuneConfig, job, datasets: dict, plan, run_dir: Path):
+def _fit(config: FinetuneConfig, job, datasets: dict, plan, store: RunStore):
+    """Ray Train's run ``train`` in <run>/ray: a local path, or the store itself (its
+    controller and workers write checkpoints there through the store's pickled filesystem)."""
     import ray.train
     from ray.data import ExecutionOptions
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from tasks.training.train_loop import cpu_worker_env, train_loop
 
+    filesystem, path = store.files.storage("ray")
     run_config = ray.train.RunConfig(
-        name="train", storage_path=str((run_dir / "ray").resolve()),
+        name="train", storage_path=path, storage_filesystem=filesystem,
         failure_config=ray.train.FailureConfig(max_failures=config.training.max_failures),
         checkpoint_config=ray.train.CheckpointConfig(num_to_keep=config.training.keep_checkpoints),
         worker_runtime_env=None if plan.use_gpu else {"env_vars": cpu_worker_env()})
@@ -301,7 +318,7 @@ def _fit(config: FinetuneConfig, job, datasets: dict, plan, run_dir: Path):
 
 
 def _trained_history(config: FinetuneConfig, checkpoint, fingerprint: str,
-                     run_dir: Path) -> tuple[list[dict], int]:
+                     run_dir: Path | str) -> tuple[list[dict], int]:
     """(the loss history, steps done) of the final checkpoint, refused when another
     configuration trained it (unless --force)."""
     state = _trainer_state(checkpoint)
@@ -319,12 +336,13 @@ def _trainer_state(checkpoint) -> dict[str, Any]:
 
 def _export(config: FinetuneConfig, training: TrainingRoute, model: CutModel, inputs: TrainingInputs,
             hardware: Hardware, job, checkpoint, history: list[dict], steps_done: int,
-            run_dir: Path) -> None:
+            store: RunStore) -> None:
     """The artifact in <run>/model: the adapter merged into the cut backbone, in a Ray task
-    where a training worker would run (merging needs the model in memory)."""
+    where a training worker would run (merging needs the model in memory), written through the
+    run directory's ``staged_directory`` (``_export_into``)."""
     import ray
 
-    from tasks.export.artifact import ArtifactInfo, export_from_checkpoint
+    from tasks.export.artifact import ArtifactInfo
 
     selection = model.selection
     info = ArtifactInfo(
@@ -337,9 +355,20 @@ def _export(config: FinetuneConfig, training: TrainingRoute, model: CutModel, in
         final_loss=history[-1]["loss"] if history else None, steps_done=steps_done,
         workers=hardware.plan.count, data=inputs.data_path,
         **training.artifact_fields(config, inputs))
-    export = ray.remote(**hardware.plan.task_options)(export_from_checkpoint)
+    export = ray.remote(**hardware.plan.task_options)(_export_into)
     with user_errors_from_ray():
-        ray.get(export.remote(job.spec, checkpoint, (run_dir / MODEL_DIR).resolve(), info))
+        ray.get(export.remote(store.files.for_task(), job.spec, checkpoint, info))
+
+
+def _export_into(files, spec, checkpoint, info) -> None:
+    """The export task: the artifact built in a staging directory of the run directory
+    ``files`` (pipelines.run_store.files.RunFiles, as ``for_task`` gives it), which becomes
+    <run>/model whole once it is complete: renamed into place locally; on an object store
+    uploaded from a local temporary directory (removed afterwards), its manifest last."""
+    from tasks.export.artifact import export_from_checkpoint
+
+    with files.staged_directory(MODEL_DIR) as staging:
+        export_from_checkpoint(spec, checkpoint, staging, info)
 
 
 def _write_log_and_curve(config: FinetuneConfig, training: TrainingRoute, model: CutModel,
@@ -354,12 +383,12 @@ def _write_log_and_curve(config: FinetuneConfig, training: TrainingRoute, model:
     plot_training_loss([h["step"] for h in history], [h["loss"] for h in history],
                        f"{config.model.name_or_path} cut to {selection.count}/{model.total_layers} layers"
                        + ("" if selection.is_prefix else f" ({selection.label})"),
-                       store.files.local("loss_curve.png"), ylabel=training.loss_label)
+                       partial(store.files.write_text, "loss_curve.png"), ylabel=training.loss_label)
 
 
 def _summary(config: FinetuneConfig, model: CutModel, inputs: TrainingInputs, hardware: Hardware,
              job, history: list[dict], steps_done: int, data_report: dict[str, Any], fingerprint: str,
-             run_dir: Path, train_workers: list[dict[str, Any]]) -> FinetuneResult:
+             store: RunStore, train_workers: list[dict[str, Any]]) -> FinetuneResult:
     """summary.json: the depth, parameters, losses, throughput, the artifact's path, and where
     each Train worker rank ran (``train_workers``)."""
     selection, parameters, full = model.selection, model.parameters, model.params[-1]
@@ -376,7 +405,7 @@ def _summary(config: FinetuneConfig, model: CutModel, inputs: TrainingInputs, ha
         mean_tokens_per_second=(sum(h["tokens"] for h in history)
                                 / max(sum(h["seconds"] for h in history), 1e-9)) if history else None,
         masked_pairs=sum(h.get("masked_pairs", 0) for h in history),
-        artifact=str((run_dir / MODEL_DIR).resolve()), data=data_report,
+        artifact=store.files.where(MODEL_DIR), data=data_report,
         fingerprint=fingerprint,
         # Which node trained each rank (the run's last attempt): on a cluster, where the work went.
         train_workers=train_workers,
@@ -399,7 +428,7 @@ def _placement(checkpoint, workers: int) -> list[dict[str, Any]]:
     return placement
 
 
-def print_summary(summary: FinetuneResult, run_dir: Path) -> None:
+def print_summary(summary: FinetuneResult, run_dir: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -415,7 +444,8 @@ def print_summary(summary: FinetuneResult, run_dir: Path) -> None:
 
 
 def render(config: FinetuneConfig, summary: FinetuneResult) -> int:
-    print_summary(summary, Path(summary.artifact).parent)
+    # The artifact's parent, of a path or a URI (Path would fold 's3://' into 's3:/').
+    print_summary(summary, summary.artifact.rstrip("/").rsplit("/", 1)[0])
     return 0
 
 

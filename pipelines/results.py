@@ -134,7 +134,7 @@ class FinetuneResult:
         first_loss, final_loss: the training loss at the first and last step (None: no step).
         mean_tokens_per_second: training throughput over the run (tokens/s; None: no step).
         masked_pairs: false-negative pairs masked out of the loss over the run (count).
-        artifact: the exported model directory (absolute path).
+        artifact: the exported model directory (absolute path, or its URI on an object store).
         data: the data report (``rows``, ``skipped_rows``, ``first_problem``).
         fingerprint: the digest of the settings that determine the weights.
         train_workers: per rank, where its worker ran (``rank``, Ray node id, node IP); [] for a

@@ -9,18 +9,14 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from pipelines.config import DepthSetting, StrictModel, filesystem_output_dir
+from pipelines.config import DepthSetting, StrictModel
 from pipelines.route_names import DEFAULT_ROUTE, RouteName
+from pipelines.run_store.location import run_path
 from pipelines.sections import (ClassificationSection, EncoderSection, LossSection, ModelSection,
                                 RayWorkersSection, TripletSourceSection)
 from tasks.model.layer_selection import LayerSelection
 
 STAGE = "finetune"
-
-# An s3:// or gs:// output_dir is refused at validation, before any work.
-OutputDir = filesystem_output_dir("finetune",
-                                  "a Ray task exports the model to a path that transformers then loads")
-
 
 class LoraSection(StrictModel):
     enabled: bool = True  # false: full fine-tuning (every weight trains)
@@ -81,7 +77,7 @@ class DeepSpeedSection(StrictModel):
 
 class FinetuneConfig(StrictModel):
     name: str | None = None  # run name; default: finetune-<model>-l<layers>
-    output_dir: OutputDir = "runs"
+    output_dir: str = "runs"  # or an object store URI: s3://bucket/prefix, gs://... (README)
     layers: DepthSetting | None = None  # 8, keep:0.7, prune:0.3, [0, 1, 5] (tasks/model/depth.py)
     force: bool = False  # resume even though the config differs from the checkpoint's
     show_progress: bool = True
@@ -98,8 +94,9 @@ class FinetuneConfig(StrictModel):
     deepspeed: DeepSpeedSection = Field(default_factory=DeepSpeedSection)
     workers: RayWorkersSection = Field(default_factory=RayWorkersSection)
 
-    def run_dir(self, kept: int | LayerSelection, task: str) -> Path:
+    def run_dir(self, kept: int | LayerSelection, task: str) -> Path | str:
         """<output_dir>/<name>, by default finetune-<model><task>-<depth>; ``task``: the
-        objective's part of the name (its route's ``TrainingRoute.name_suffix``)."""
+        objective's part of the name (its route's ``TrainingRoute.name_suffix``). A Path, or a
+        URI string when ``output_dir`` is one."""
         depth = kept.name if isinstance(kept, LayerSelection) else f"l{kept}"
-        return Path(self.output_dir) / (self.name or f"finetune-{self.model.slug()}{task}-{depth}")
+        return run_path(self.output_dir, self.name or f"finetune-{self.model.slug()}{task}-{depth}")
