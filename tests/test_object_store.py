@@ -174,7 +174,7 @@ def test_an_endpoint_that_does_not_answer_is_one_line(s3, monkeypatch):
                                                                "AWS_* variables, see README)")
 
 
-@pytest.mark.parametrize("command", ["finetune", "evaluate", "evaluate-classifier", "run"])
+@pytest.mark.parametrize("command", ["evaluate", "evaluate-classifier", "run"])
 def test_commands_that_need_a_filesystem_refuse_a_uri_in_one_line(command, capsys, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     assert main([command, "--output-dir", "s3://bucket/runs", "--no-progress"]) == 2
@@ -182,7 +182,7 @@ def test_commands_that_need_a_filesystem_refuse_a_uri_in_one_line(command, capsy
     # The bad value came from the flag, not the packaged config file: no file is blamed.
     assert len(lines) == 1 and lines[0].startswith("layercut: error: invalid config: output_dir: ")
     assert f"s3://bucket/runs: layercut {command} needs a filesystem path (" in lines[0]
-    assert "only layer-loss writes to an object store" in lines[0]
+    assert "only layer-loss and finetune write to an object store" in lines[0]
     assert list(tmp_path.iterdir()) == []  # nothing was written or started
 
 
@@ -223,3 +223,133 @@ def test_stage1_writes_to_s3_and_a_rerun_resumes_from_it(s3, tiny_model_dirs, ra
     # Another configuration in the same run directory is refused, naming the differing key.
     assert main([*argv, "loss.scale=20"]) == 2
     assert "holds results of a different configuration" in capsys.readouterr().err
+
+
+# Stage 2 on the store: a tiny random Llama cut to 2 layers, 4 steps of 2 triplets on 1 CPU worker,
+# a checkpoint every 2 steps; the decay horizon is fixed, so a 2-step run is the 4-step run's start.
+FINETUNE = ["--layers", "2", "--no-progress", "training.steps=4", "training.batch_size=2",
+            "training.warmup_steps=1", "training.decay_steps=4", "training.learning_rate=1e-3",
+            "training.checkpoint_every=2", "encoder.max_length=32", "workers.num_workers=1",
+            "workers.cpus_per_worker=1"]
+MODEL_FILES = {"config.json", "model.safetensors", "layercut.json", "README.md", "tokenizer.json",
+               "modules.json", "sentence_bert_config.json", MANIFEST}
+
+
+def _finetune_args(tiny_model_dirs, output: str, name: str, *extra: str) -> list[str]:
+    return ["finetune", "--output-dir", output, "--name", name, *FINETUNE,
+            f"model.name_or_path={tiny_model_dirs['llama']}", f"data.source={TRIPLETS}", *extra]
+
+
+def _log(text: str) -> list[dict[str, str]]:
+    import csv
+    import io
+
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+def _download(client, prefix: str, target) -> None:
+    """Every object under ``prefix`` into the local folder ``target`` (boto3, not pyarrow)."""
+    for key in _keys(client, prefix):
+        path = target / key[len(prefix):]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(_body(client, key))
+
+
+def _weights(model_dir) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(model_dir / "model.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def local_finetune(tiny_model_dirs, ray_cluster, tmp_path_factory, s3):
+    """The reference: the same command on a local directory. (``s3`` first: this process's
+    AWS_* variables are set, Ray's processes, started before, never saw them.)"""
+    output = tmp_path_factory.mktemp("local-finetune")
+    assert main(_finetune_args(tiny_model_dirs, str(output), "tiny")) == 0
+    return output / "tiny"
+
+
+def test_finetune_writes_its_run_to_s3_equal_to_a_local_run(s3, local_finetune, tiny_model_dirs, capsys,
+                                                            monkeypatch, tmp_path):
+    import torch
+    from transformers import AutoModel
+
+    monkeypatch.delenv("LAYERCUT_DATA_ROOT", raising=False)
+    work = tmp_path / "cwd"
+    work.mkdir()
+    monkeypatch.chdir(work)  # a run that wrote anything locally would leave it here
+    argv = _finetune_args(tiny_model_dirs, f"s3://{BUCKET}/runs", "tiny")
+    assert main(argv) == 0, capsys.readouterr().err
+    prefix = "runs/tiny/"
+    keys = _keys(s3, prefix)
+    ours = {key[len(prefix):] for key in keys if not key.startswith(f"{prefix}ray/") and "/" not in key[len(prefix):]}
+    assert ours == {"config.yaml", "fingerprint.json", "loss_curve.png", "summary.json", "training_log.csv"}
+    assert MODEL_FILES <= {key.rsplit("/", 1)[1] for key in keys if key.startswith(f"{prefix}model/")}
+    for step in ("step-0000002", "step-0000004"):  # Ray Train's checkpoints, written by its own processes
+        assert f"{prefix}ray/train/{step}/trainer_state.json" in keys
+    assert list(work.iterdir()) == []
+    assert _body(s3, f"{prefix}loss_curve.png")[:8] == b"\x89PNG\r\n\x1a\n"
+    summary = json.loads(_body(s3, f"{prefix}summary.json"))
+    assert summary["artifact"] == f"s3://{BUCKET}/{prefix}model" and summary["steps"] == 4
+
+    # The same losses step by step, and the same exported weights, as the local run.
+    stored = _log(_body(s3, f"{prefix}training_log.csv").decode())
+    local = _log((local_finetune / "training_log.csv").read_text())
+    assert [row["step"] for row in stored] == ["1", "2", "3", "4"]
+    np.testing.assert_allclose([float(row["loss"]) for row in stored],
+                               [float(row["loss"]) for row in local], rtol=0, atol=1e-6)
+    downloaded = tmp_path / "model"
+    _download(s3, f"{prefix}model/", downloaded)
+    assert json.loads((downloaded / MANIFEST).read_text())["files"][-1] != MANIFEST
+    theirs, mine = _weights(downloaded), _weights(local_finetune / "model")
+    assert theirs.keys() == mine.keys()
+    for name in mine:
+        torch.testing.assert_close(theirs[name], mine[name], rtol=0, atol=0)
+    backbone = AutoModel.from_pretrained(downloaded)
+    assert backbone.config.num_hidden_layers == 2
+
+    # Finished: nothing to do. Another configuration: refused by the guard on the store.
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert "nothing to do" in capsys.readouterr().err
+    assert main([*argv, "training.learning_rate=5e-4"]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith(f"layercut: error: run directory s3://{BUCKET}/runs/tiny holds a run with a different")
+    assert list(work.iterdir()) == []
+
+
+def test_finetune_on_s3_resumes_from_the_stores_checkpoint_and_redoes_only_the_missing_export(
+        s3, local_finetune, tiny_model_dirs, capsys, monkeypatch, tmp_path):
+    monkeypatch.delenv("LAYERCUT_DATA_ROOT", raising=False)
+    monkeypatch.chdir(tmp_path)
+    output, prefix = f"s3://{BUCKET}/runs", "runs/grown/"
+    # A run stopped after 2 steps (its checkpoint on the store), then continued to 4 (--force:
+    # the step count is part of the fingerprint): steps 1-2 come from the checkpoint, not trained
+    # again (their timings are the first run's), and all 4 losses are the uninterrupted run's.
+    assert main(_finetune_args(tiny_model_dirs, output, "grown", "training.steps=2")) == 0, capsys.readouterr().err
+    first = _log(_body(s3, f"{prefix}training_log.csv").decode())
+    argv = _finetune_args(tiny_model_dirs, output, "grown")
+    assert main([*argv, "--force"]) == 0, capsys.readouterr().err
+    resumed = _log(_body(s3, f"{prefix}training_log.csv").decode())
+    assert resumed[:2] == first
+    local = _log((local_finetune / "training_log.csv").read_text())
+    np.testing.assert_allclose([float(row["loss"]) for row in resumed],
+                               [float(row["loss"]) for row in local], rtol=0, atol=1e-6)
+
+    # A crash in the middle of the export's upload: the manifest (written last) and the summary
+    # (after it) are missing, so the run is unfinished; the rerun trains nothing (no new
+    # checkpoint, the same log) and uploads the model whole again.
+    weights = _body(s3, f"{prefix}model/model.safetensors")
+    for name in ("summary.json", f"model/{MANIFEST}", "model/model.safetensors"):
+        s3.delete_object(Bucket=BUCKET, Key=f"{prefix}{name}")
+    checkpoints = {key: s3.head_object(Bucket=BUCKET, Key=key)["ETag"]
+                   for key in _keys(s3, f"{prefix}ray/train/") if "/step-" in key}
+    assert main(argv) == 0, capsys.readouterr().err
+    assert "nothing to do" not in capsys.readouterr().err
+    assert {key: s3.head_object(Bucket=BUCKET, Key=key)["ETag"]
+            for key in _keys(s3, f"{prefix}ray/train/") if "/step-" in key} == checkpoints
+    assert _log(_body(s3, f"{prefix}training_log.csv").decode()) == resumed
+    assert _body(s3, f"{prefix}model/model.safetensors") == weights
+    assert f"{prefix}model/{MANIFEST}" in _keys(s3, prefix) and f"{prefix}summary.json" in _keys(s3, prefix)
+    assert list(tmp_path.iterdir()) == []
