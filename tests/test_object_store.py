@@ -255,6 +255,16 @@ def _download(client, prefix: str, target) -> None:
         path.write_bytes(_body(client, key))
 
 
+def _scratch() -> set:
+    """The temporary folders an object-store run makes on local disk: the run store's uploads
+    (layercut-upload-*) and Ray's downloads of a remote checkpoint (checkpoint_tmp_*)."""
+    import tempfile
+    from pathlib import Path
+
+    root = Path(tempfile.gettempdir())
+    return {*root.glob("layercut-upload-*"), *root.glob("checkpoint_tmp_*")}
+
+
 def _weights(model_dir) -> dict:
     from safetensors.torch import load_file
 
@@ -280,7 +290,9 @@ def test_finetune_writes_its_run_to_s3_equal_to_a_local_run(s3, local_finetune, 
     work.mkdir()
     monkeypatch.chdir(work)  # a run that wrote anything locally would leave it here
     argv = _finetune_args(tiny_model_dirs, f"s3://{BUCKET}/runs", "tiny")
+    scratch = _scratch()
     assert main(argv) == 0, capsys.readouterr().err
+    assert _scratch() <= scratch  # the export's and the checkpoints' local copies are gone
     prefix = "runs/tiny/"
     keys = _keys(s3, prefix)
     ours = {key[len(prefix):] for key in keys if not key.startswith(f"{prefix}ray/") and "/" not in key[len(prefix):]}
