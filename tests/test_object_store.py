@@ -156,6 +156,33 @@ def test_a_directory_counts_only_with_its_manifest_and_is_replaced_whole(s3):
     assert not files.exists("model") and files.exists("model/config.json")
 
 
+# A process that has none of the driver's AWS_* variables (as Ray's workers, started before
+# them or on another node) gets the store's files pickled and writes through them.
+_CHILD = """
+import pickle, sys
+files = pickle.loads(sys.stdin.buffer.read())
+files.write_text("from-child.txt", "written by a process without AWS_* variables")
+import pyarrow.fs
+pyarrow.fs.finalize_s3()  # pyarrow's S3 client shut down before the interpreter's exit
+"""
+
+
+def test_the_stores_files_work_in_a_process_without_the_aws_variables(s3):
+    import pickle
+
+    from conftest import REPO
+
+    files = RunStore(f"s3://{BUCKET}/portable").files.for_task()
+    env = {key: value for key, value in os.environ.items() if not key.startswith("AWS_")}
+    env["PYTHONPATH"] = str(REPO)
+    child = subprocess.run([sys.executable, "-c", _CHILD], input=pickle.dumps(files), env=env,
+                           capture_output=True, timeout=120)
+    assert child.returncode == 0, child.stderr.decode()[-2000:]
+    assert _body(s3, "portable/from-child.txt") == b"written by a process without AWS_* variables"
+    assert files.storage("ray") == (files.fs, f"{BUCKET}/portable/ray")
+    assert files.where("model") == f"s3://{BUCKET}/portable/model"
+
+
 def test_a_missing_bucket_is_one_line_before_any_work(s3):
     with pytest.raises(LayercutError, match=r"^output directory s3://no-such-bucket/x: bucket "
                                             r"no-such-bucket does not exist; create it first$"):

@@ -148,3 +148,12 @@ def test_a_stored_result_round_trips_and_one_of_another_version_is_one_line():
         FinetuneResult.from_json(older, "runs/x/summary.json")
     with pytest.raises(LayercutError, match=r"missing: none; unknown: tokens"):
         FinetuneResult.from_json({**stored, "tokens": 1}, "runs/x/summary.json")
+
+
+def test_a_local_run_hands_writers_in_other_processes_its_absolute_paths(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    files = RunStore("runs/x").create().files
+    # Ray Train resolves its own local filesystem; a Ray task's working directory is not ours.
+    assert files.storage("ray") == (None, str(tmp_path / "runs" / "x" / "ray"))
+    assert files.where("model") == str(tmp_path / "runs" / "x" / "model")
+    assert files.for_task().root == tmp_path / "runs" / "x"
