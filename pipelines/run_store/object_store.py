@@ -20,6 +20,7 @@ same object and ``storage(name)`` hands Ray Train a filesystem its other process
 from __future__ import annotations
 
 import fnmatch
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -134,15 +135,23 @@ class ObjectStoreFiles(RunFiles):
 
         The old manifest goes first (from then on ``exists(name)`` is false), then the old
         objects, then each new file, and the new manifest last: a crash anywhere in between
-        leaves a directory that ``exists`` calls absent, so a rerun writes it again."""
+        leaves a directory that ``exists`` calls absent, so a rerun writes it again. Each file
+        is streamed up (a model's shards are GBs: never held in memory whole)."""
         with tempfile.TemporaryDirectory(prefix="layercut-upload-") as scratch:
             yield Path(scratch)
             files = sorted(path.relative_to(scratch).as_posix()
                            for path in Path(scratch).rglob("*") if path.is_file())
             self._delete_tree(name)
             for relative in files:
-                self.write_text(f"{name}/{relative}", (Path(scratch) / relative).read_bytes())
+                self._stream(f"{name}/{relative}", Path(scratch) / relative)
             self.write_text(f"{name}/{MANIFEST}", json_text({"files": files}))
+
+    def _stream(self, name: str, local: Path) -> None:
+        """Upload the local file ``local`` as ``name`` in pieces of 16 MiB. An error mid-way can
+        publish part of it (closing the stream completes the upload), so only a staged
+        directory's files go this way: the directory counts only with its manifest."""
+        with open(local, "rb") as source, self.fs.open_output_stream(self._path(name)) as stream:
+            shutil.copyfileobj(source, stream, 16 << 20)
 
     def _delete_tree(self, name: str) -> None:
         from pyarrow.fs import FileType
