@@ -66,9 +66,11 @@ class ObjectStoreFiles(RunFiles):
         return self.fs, self._path(name)
 
     def where(self, name: str) -> str:
+        """The URI of ``name`` ('s3://bucket/runs/x/model')."""
         return f"{self.root}/{name}"
 
     def for_task(self) -> "ObjectStoreFiles":
+        """Itself: it pickles whole, its filesystem with the driver's endpoint and keys."""
         return self
 
     def create(self) -> None:

@@ -1,15 +1,16 @@
 """A pyarrow filesystem for a URI that keeps working in the other processes it is pickled into.
 
 Ray Train's controller and workers, and the export task, are other processes, possibly on other
-nodes, started before (and without) the driver's environment: a filesystem that pickles only
-"use the default credential chain" would look there for credentials and an endpoint the driver
-was given in ``AWS_*`` variables, and not find them. pyarrow pickles an S3 filesystem's endpoint,
-region and options, and its keys only when they were given explicitly; so when the driver has
-``AWS_ACCESS_KEY_ID`` and ``AWS_SECRET_ACCESS_KEY`` (and ``AWS_SESSION_TOKEN``), they are given
-explicitly here and travel with the filesystem (inside Ray's object store, as env_vars of a
-runtime environment would). Without them (an instance role, ``AWS_PROFILE``), and for gs://
-(application default credentials), every process resolves its own, as any client does.
-Imports pyarrow only when called.
+nodes, started before (and without) the driver's environment. pyarrow pickles an S3
+filesystem's endpoint, region and options, but its keys only when they were given explicitly:
+one built from the driver's ``AWS_*`` variables arrives there as "use the default credential
+chain", finds none and is refused (ACCESS_DENIED from Ray Train's workers, measured against
+moto). So when the driver has ``AWS_ACCESS_KEY_ID`` and ``AWS_SECRET_ACCESS_KEY`` (and
+``AWS_SESSION_TOKEN``), they are given explicitly here and travel with the filesystem (inside
+Ray's object store, as env_vars of a runtime environment would). They are a snapshot: temporary
+keys expire there when they expire for the driver (a rerun resumes with fresh ones). Without
+them (an instance role, ``AWS_PROFILE``), and for gs:// (application default credentials),
+every process resolves its own, as any client does. Imports pyarrow only when called.
 """
 
 from __future__ import annotations
