@@ -14,6 +14,19 @@ SHARED_DATA = Path(os.environ.get("LAYERCUT_TEST_DATA", REPO.parent / "shared" /
 TRIPLETS = SHARED_DATA / "train" / "triplets.jsonl"
 SHARED_CASES = SHARED_DATA.parent / "cases"  # failure cases from real-world reports (read-only)
 
+# Every Ray the suite starts (in-process, `ray start`, the autoscaler's simulated nodes, the CLI in
+# a subprocess) inherits this process's environment. On 2 cores, process starts are the suite's
+# largest cost, so two Ray features that only add processes here are off:
+# - worker prestart: a raylet starts idle workers ahead of demand, without the job's runtime env,
+#   which a job with a working_dir never uses (tests/test_main_job.py: about a quarter of its CPU
+#   went to such workers, docs/benchmarks.md);
+# - Ray Train's PreemptionWatcher, one actor per training run, for spot-instance preemption
+#   notices, which a local cluster never gets.
+# Users' clusters keep Ray's defaults; nothing in layercut sets these.
+os.environ.setdefault("RAY_enable_worker_prestart", "0")
+os.environ.setdefault("RAY_prestart_worker_first_driver", "0")
+os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+
 # Chat templates of the families (the wrapping part of each real template), so formatting is
 # tested against each family's conventions with a tokenizer we have offline.
 CHAT_TEMPLATES = {
