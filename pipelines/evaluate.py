@@ -34,7 +34,7 @@ from pipelines.ray_runtime import plan_workers, stream_in_one_task, user_errors_
 from pipelines.results import EvaluateResult
 from pipelines.route_names import CONTRASTIVE
 from pipelines.routes.artifacts import refuse_other_routes
-from pipelines.run_store.guard import Refusal
+from pipelines.run_store.guard import Refusal, check
 from pipelines.run_store.items import ItemStore
 from pipelines.run_store.run import RunStore
 from pipelines.schemas.evaluate import STAGE, EvaluateConfig
@@ -174,9 +174,10 @@ def guard_results(store: RunStore, settings: dict[str, Any], tasks: dict[str, di
     guard = store.guard(FINGERPRINT_FILE)
     refusal = replace(REFUSAL, fix=f"{REFUSAL.fix} {store}")
     has_results = bool(finished) or any(store.files.local("results").rglob("*.json"))
-    guard.check(settings, has_results=has_results, refusal=refusal)
-    record = guard.recorded()
-    recorded = (guard.extra("tasks") or {}) if record is not None and record.fingerprint == digest(settings) else {}
+    record = guard.recorded()  # read once: the check and the finished tasks' inputs both use it
+    check(store.files, record, settings, has_results=has_results, refusal=refusal)
+    same = record is not None and record.fingerprint == digest(settings)
+    recorded = (record.extra.get("tasks") or {}) if same else {}
     for name in finished:
         if recorded.get(name) != tasks[name]:
             raise LayercutError(

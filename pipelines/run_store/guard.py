@@ -10,7 +10,7 @@ configurations are never mixed and finished work is never overwritten.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pipelines.fingerprints import describe_difference, digest
@@ -25,6 +25,7 @@ class Record:
 
     fingerprint: str
     settings: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # a stage's own fields (evaluation's "tasks")
 
 
 @dataclass(frozen=True)
@@ -77,14 +78,12 @@ class FingerprintGuard:
         self.files, self.name = files, name
 
     def recorded(self) -> Record | None:
+        """The record, read once (one request on an object store), or None when there is none."""
         if not self.files.exists(self.name):
             return None
         record = self.files.read_json(self.name)
-        return Record(record["fingerprint"], record.get("settings"))
-
-    def extra(self, key: str) -> Any:
-        """A stage's own field of the record (evaluation's per-task inputs), or None."""
-        return self.files.read_json(self.name).get(key) if self.files.exists(self.name) else None
+        fingerprint, settings = record.pop("fingerprint"), record.pop("settings", None)
+        return Record(fingerprint, settings, record)
 
     def check(self, settings: dict[str, Any], *, has_results: bool, refusal: Refusal,
               force: bool = False) -> None:
