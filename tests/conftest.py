@@ -26,9 +26,6 @@ SHARED_CASES = SHARED_DATA.parent / "cases"  # failure cases from real-world rep
 os.environ.setdefault("RAY_enable_worker_prestart", "0")
 os.environ.setdefault("RAY_prestart_worker_first_driver", "0")
 os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
-# The main job runs beside the other tests (main_job_in_background): a Ray Train worker group
-# may take longer than Ray's default 60 s to start on a loaded 2-core machine.
-os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "600")
 
 # Chat templates of the families (the wrapping part of each real template), so formatting is
 # tested against each family's conventions with a tokenizer we have offline.
@@ -160,23 +157,6 @@ def tiny_causal_lm(tmp_path_factory, smollm2_dir) -> str:
     model.save_pretrained(target)
     tokenizer.save_pretrained(target)
     return str(target)
-
-
-@pytest.fixture(scope="session", autouse=True)
-def main_job_in_background(request, tmp_path_factory):
-    """tests/test_main_job.py's main job (an autoscaling cluster, two `ray job submit`s), started
-    at the session's first test when its tests are selected, so that the rest of the suite runs
-    in its waits (test_main_job.BackgroundMainJob says why that is safe); None otherwise."""
-    modules = {item.module for item in request.session.items
-               if item.module.__name__.rsplit(".", 1)[-1] == "test_main_job"}
-    if not modules:
-        yield None
-        return
-    (module,) = modules
-    job = module.BackgroundMainJob(tmp_path_factory.mktemp("main-job"),
-                                   request.getfixturevalue("tiny_causal_lm")).start()
-    yield job
-    job.close()
 
 
 @pytest.fixture(scope="session")

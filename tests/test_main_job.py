@@ -7,9 +7,8 @@ its own Ray temp dir (the job's working directory is unpacked there), and every 
 a worker node records any file it opens inside another node's directory (tests/_fake_nodes.py,
 tests/node_audit/): a path that only the head has on a real cluster. The sweep
 (`tune.autoscaling: true`) is stopped after its first finished trial and submitted again. The
-tests below read this one run (a sweep costs minutes), which starts in the background at the
-session's first test (conftest.py ``main_job_in_background``): the report and the resume, both
-routes side by side, and what the autoscaler and the nodes did."""
+tests below read this one run (a sweep costs minutes): the report and the resume, both routes
+side by side, and what the autoscaler and the nodes did."""
 
 from __future__ import annotations
 
@@ -20,13 +19,10 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import threading
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import yaml
@@ -65,14 +61,14 @@ def _autoscaling_config(path: Path, cluster_dir: Path, gcs_address: str) -> Path
     return path
 
 
-@contextmanager
-def _autoscaling_cluster(cluster_dir: Path) -> Iterator[LocalCluster]:
+@pytest.fixture(scope="module")
+def autoscaling_cluster():
     """A head with Ray's autoscaler (RAY_FAKE_CLUSTER=1) in the README's shell (token auth), all
-    in ``cluster_dir`` (short: socket paths): ``head/`` the head's temp dir, ``w<N>/`` each worker
-    node's. Stopped by its process group, which holds the autoscaler and so every node it
-    launched; a process still naming the directory after that is killed by its pid. The
-    directory stays (the tests read the nodes' audit logs in it)."""
+    in a short directory of its own: ``head/`` the head's temp dir, ``w<N>/`` each worker node's.
+    Stopped by its process group, which holds the autoscaler and so every node it launched; a
+    process still naming the directory after that is killed by its pid."""
     env, ray_cli = readme_shell()
+    cluster_dir = Path(tempfile.mkdtemp(prefix="lcas-", dir="/tmp"))  # short: socket paths
     (cluster_dir / "head").mkdir()
     gcs_port = free_port()
     config = _autoscaling_config(cluster_dir / "autoscaling.yaml", cluster_dir, f"127.0.0.1:{gcs_port}")
@@ -83,20 +79,17 @@ def _autoscaling_cluster(cluster_dir: Path) -> Iterator[LocalCluster]:
         with head_node(ray_cli, env, str(cluster_dir / "head"), "--num-cpus=0", "--node-ip-address=127.0.0.1",
                        "--object-store-memory=200000000", f"--autoscaling-config={config}",
                        gcs_port=gcs_port) as cluster:
-            yield cluster
+            yield cluster, cluster_dir
     finally:
         deadline = time.time() + 5
         while (left := processes_under(cluster_dir)) and time.time() < deadline:
             time.sleep(1)
-        _kill(left)
-
-
-def _kill(pids: list[int]) -> None:
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        for pid in left:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        shutil.rmtree(cluster_dir, ignore_errors=True)
 
 
 def _nodes(cluster: LocalCluster) -> list[dict]:
@@ -169,12 +162,15 @@ class MainJob:
         return self.job.second
 
 
-def _run_main_job(cluster: LocalCluster, cluster_dir: Path, tmp_path: Path, model_dir: str) -> MainJob:
+@pytest.fixture(scope="module")
+def main_job(tmp_path_factory, tiny_causal_lm, autoscaling_cluster) -> MainJob:
     """One run of the main job at toy size through `ray job submit`: the first submission is
     stopped with `ray job stop` once a trial has finished, the same command is submitted again and
     completes; then the idle worker nodes must be released."""
-    config = _sweep_config(tmp_path / "sweep.yaml", model_dir)
-    out = tmp_path / "runs"  # the run's storage path, shared by all nodes
+    cluster, cluster_dir = autoscaling_cluster
+    tmp_path = tmp_path_factory.mktemp("main-job")  # the run's storage path, shared by all nodes
+    config = _sweep_config(tmp_path / "sweep.yaml", tiny_causal_lm)
+    out = tmp_path / "runs"
     entrypoint = ["python", "-m", "pipelines.sweep", "--config", str(config), "--no-progress",
                   "--data-root", str(SHARED_DATA), "--output-dir", str(out)]
     job = stop_after_first_trial_and_resubmit(cluster, entrypoint, out / "sweep")
@@ -184,53 +180,7 @@ def _run_main_job(cluster: LocalCluster, cluster_dir: Path, tmp_path: Path, mode
     while any(node["state"] == "ALIVE" and not node["is_head_node"] for node in _nodes(cluster)):
         assert time.time() < deadline, "idle worker nodes were not released"
         time.sleep(5)
-    return MainJob(out / "sweep", model_dir, job, cluster_dir, head_id, nodes, time.time() - ended)
-
-
-class BackgroundMainJob:
-    """The main job run in a thread from the session's first test on (conftest.py
-    ``main_job_in_background``), its cluster stopped as soon as it is done. Most of its 5
-    minutes are waits (node launches, process starts, Tune's and the tests' polling: about 1.3 of
-    the 2 cores used), which the rest of the suite fills; its tests here only read what it left.
-    Its cluster is invisible to the suite's other Ray clients: a `ray start` with a temp dir of
-    its own records its address there, not in /tmp/ray, where ``ray.init()`` looks."""
-
-    def __init__(self, tmp_path: Path, model_dir: str):
-        self.tmp_path, self.model_dir = tmp_path, model_dir
-        self.cluster_dir = Path(tempfile.mkdtemp(prefix="lcas-", dir="/tmp"))  # short: socket paths
-        self._outcome: MainJob | BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="main-job", daemon=True)
-
-    def start(self) -> BackgroundMainJob:
-        self._thread.start()
-        return self
-
-    def _run(self) -> None:
-        try:
-            with _autoscaling_cluster(self.cluster_dir) as cluster:
-                self._outcome = _run_main_job(cluster, self.cluster_dir, self.tmp_path, self.model_dir)
-        except BaseException as error:  # raised again in the tests' thread by result()
-            self._outcome = error
-
-    def result(self, timeout: float = 3600) -> MainJob:
-        self._thread.join(timeout)
-        assert not self._thread.is_alive(), f"the main job did not finish in {timeout} s"
-        if isinstance(self._outcome, BaseException):
-            raise self._outcome
-        return self._outcome
-
-    def close(self) -> None:
-        """End what is left (a session stopped early: the cluster's processes; the thread is a
-        daemon) and remove the cluster's directory."""
-        _kill(processes_under(self.cluster_dir))
-        shutil.rmtree(self.cluster_dir, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def main_job(main_job_in_background) -> MainJob:
-    """The main job started at the session's start (conftest.py), once it is done."""
-    assert main_job_in_background is not None, "conftest.py starts the main job when its tests are selected"
-    return main_job_in_background.result()
+    return MainJob(out / "sweep", tiny_causal_lm, job, cluster_dir, head_id, nodes, time.time() - ended)
 
 
 @pytest.mark.slow
