@@ -69,3 +69,13 @@ def lora_line(info: ArtifactInfo) -> str:
     if info.lora is None:
         return "none: full fine-tuning"
     return f"r {info.lora['r']}, alpha {info.lora['alpha']}, dropout {info.lora['dropout']}"
+
+
+def cut_model_rows(info: ArtifactInfo, base: str, license_id: str | None) -> str:
+    """The rows every card's table starts with: the base model (as ``public_base_model`` names
+    it), its license, the layers kept and the parameters left."""
+    license_text = license_id or "the base model's"
+    return (f"| base model | {base} |\n"
+            f"| license | {license_text} |\n"
+            f"| layers kept | {info.selection.of_total()} |\n"
+            f"| parameters | {info.parameters:,} of {info.parameters_full:,} ({info.removed_pct:.1f}% removed) |")

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tasks.export.card import front_matter, lora_line, public_base_model, public_data, title
+from tasks.export.card import cut_model_rows, front_matter, lora_line, public_base_model, public_data, title
 
 if TYPE_CHECKING:
     from tasks.export.artifact import ArtifactInfo
@@ -33,10 +33,7 @@ Language Models by Cutting Off the Layers" (Yuan et al., 2024).
 
 | | |
 |---|---|
-| base model | {base} |
-| license | {license_id or "the base model's"} |
-| layers kept | {info.selection.of_total()} |
-| parameters | {info.parameters:,} of {info.parameters_full:,} ({info.removed_pct:.1f}% removed) |
+{cut_model_rows(info, base, license_id)}
 | template | `{task['template']}` |
 | verbalizers | {words} |
 | training | {info.steps_done} steps, lr {training['learning_rate']}, warmup {training['warmup_steps']}, batch {training['batch_size']} x {info.workers} workers, seed {training['seed']}; loss over {task['loss']}; final loss {info.final_loss if info.final_loss is None else round(info.final_loss, 4)} |

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tasks.errors import LayercutError
-from tasks.export.card import front_matter, lora_line, public_base_model, public_data, title
+from tasks.export.card import cut_model_rows, front_matter, lora_line, public_base_model, public_data, title
 from tasks.model.prompts import PromptFormatter
 
 if TYPE_CHECKING:
@@ -147,10 +147,7 @@ fine-tuned with LoRA on a contrastive (hard-negative InfoNCE) objective, adapter
 
 | | |
 |---|---|
-| base model | {base} |
-| license | {license_id or "the base model's"} |
-| layers kept | {info.selection.of_total()} |
-| parameters | {info.parameters:,} of {info.parameters_full:,} ({info.removed_pct:.1f}% removed) |
+{cut_model_rows(info, base, license_id)}
 | pooling | {info.pooling} over {span}; the chat-template prefix and the instruction are not pooled |
 | training | {info.steps_done} steps, lr {training['learning_rate']}, warmup {training['warmup_steps']}, {training['schedule']} schedule, batch {training['batch_size']} x {info.workers} workers, seed {training['seed']} |
 | LoRA | {lora_line(info)} |
