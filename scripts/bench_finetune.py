@@ -55,7 +55,7 @@ def planned_steps(args) -> list[dict[str, list]]:
     ensure_ray("local")
     path = resolve_source(config.data.source, config.data.local_source, config.data.data_root)
     annotated, _ = annotated_triplets(path, seed=config.training.seed)
-    plan = finetune._plan(annotated, config, args.batch)
+    plan, _ = finetune._plan(annotated, config, args.batch)  # (plan, global batches per epoch)
     rows = {row["_key"]: row for row in annotated.take_all() if not row["_problem"]}
     # This process's Ray is no longer needed: the plain loop runs bare, and the stage (its own
     # process, its own Ray) does not share the 2 cores with a second, idle cluster.
