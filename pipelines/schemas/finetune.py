@@ -18,6 +18,7 @@ from tasks.model.layer_selection import LayerSelection
 
 STAGE = "finetune"
 
+
 class LoraSection(StrictModel):
     enabled: bool = True  # false: full fine-tuning (every weight trains)
     r: int = Field(16, ge=1)
