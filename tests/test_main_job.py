@@ -294,20 +294,23 @@ def test_both_routes_side_by_side_in_one_sweep(main_job):
     # loss while the trial runs, then its scores; TensorBoard event files (tune.loggers). A trial
     # the stop interrupted runs again on resume: its logs hold both attempts, the last one last,
     # or, if the stop came before Tune recorded the trial, the rerun has a directory of its own
-    # (Tune adds a suffix to the name): the newest result is the trial's.
+    # (Tune adds a suffix to the name) and the first attempt's may hold nothing: the newest
+    # reported result is the trial's. (Not the newest file: Tune's driver copies its whole
+    # staging directory to storage at each sync, which rewrites every file's mtime.)
     (experiment,) = run_dir.glob("tune-*")
     reported = {}
     for row in [*classified, *contrastive]:
-        logged = [path.parent for path in experiment.glob(f"{row['key']}*/result.json")
-                  if path.parent.name == row["key"] or path.parent.name.startswith(f"{row['key']}_")]
-        assert logged, row["key"]
-        trial_dir = max(logged, key=lambda path: (path / "result.json").stat().st_mtime_ns)
+        attempts = {path.parent: [json.loads(line) for line in path.read_text().splitlines()]
+                    for path in experiment.glob(f"{row['key']}*/result.json")
+                    if path.parent.name == row["key"] or path.parent.name.startswith(f"{row['key']}_")}
+        attempts = {trial_dir: results for trial_dir, results in attempts.items() if results}
+        assert attempts, row["key"]
+        trial_dir, results = max(attempts.items(), key=lambda attempt: attempt[1][-1]["timestamp"])
         params = json.loads((trial_dir / "params.json").read_text())["trial"]
         objective = "classification" if "-sst2-" in row["key"] else "contrastive"
         assert params == {"key": row["key"], "model": "tiny", "base_model": main_job.model_dir,
                           "layers": row["layers"], "origins": ", ".join(row["origins"]),
                           "objective": objective, "dataset": "sst2" if objective == "classification" else ""}
-        results = [json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines()]
         final = "accuracy" if objective == "classification" else "mteb_mean"
         assert final in results[-1] and results[-1][final] == row.get(final, row.get("accuracy"))
         reported[row["key"]] = [r for r in results[:-1] if "training_loss" in r and r["step"] == 3]
