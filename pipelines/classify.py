@@ -185,9 +185,10 @@ def _write_summary(store: RunStore, summary: ClassifyResult) -> None:
     store.files.write_text("summary.md", "\n".join(lines) + "\n")
 
 
-def print_summary(summary: ClassifyResult, run_dir: Path) -> None:
-    print((run_dir / "summary.md").read_text())
-    print(f"predictions in {run_dir / 'predictions.csv'}")
+def print_summary(summary: ClassifyResult, run_dir: Path | str) -> None:
+    files = RunStore(run_dir).files  # a local path or an object store URI
+    print(files.read_text("summary.md"))
+    print(f"predictions in {files.where('predictions.csv')}")
 
 
 def render(config: ClassifyConfig, summary: ClassifyResult) -> int:

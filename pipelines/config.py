@@ -206,8 +206,8 @@ def filesystem_output_dir(command: str, why: str) -> Any:
     def check(value: str) -> str:
         if is_uri(value):
             raise ValueError(f"{value}: layercut {command} needs a filesystem path ({why}); give a "
-                             "directory every node mounts (README: Shared storage); of the "
-                             "commands, only layer-loss and finetune write to an object store")
+                             "directory every node mounts (README: Shared storage); of the commands, "
+                             "layer-loss, finetune, evaluate and evaluate-classifier write to an object store")
         return value
 
     return Annotated[str, AfterValidator(check)]

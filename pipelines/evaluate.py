@@ -173,7 +173,7 @@ def guard_results(store: RunStore, settings: dict[str, Any], tasks: dict[str, di
     finished task's recorded inputs differ from ``tasks``."""
     guard = store.guard(FINGERPRINT_FILE)
     refusal = replace(REFUSAL, fix=f"{REFUSAL.fix} {store}")
-    has_results = bool(finished) or any(store.files.local("results").rglob("*.json"))
+    has_results = bool(finished) or any(name.endswith(".json") for name in store.files.tree("results"))
     record = guard.recorded()  # read once: the check and the finished tasks' inputs both use it
     check(store.files, record, settings, has_results=has_results, refusal=refusal)
     same = record is not None and record.fingerprint == digest(settings)
@@ -190,17 +190,13 @@ def run(config: EvaluateConfig) -> EvaluateResult:
     """Evaluate (or resume) and write the run's outputs; returns the result, with ``run_dir``,
     ``fingerprint`` and ``items`` (per task, the evaluated items of a subsampled run; else None).
     Raises LayercutError on bad input or results of other inputs."""
-    import mteb
-
     names = check_tasks(config)
     model = _evaluation_model(config)
     facts = _model_facts(model)
     settings = settings_fingerprint(config, model)
     tasks = task_inputs(config, model, names)
-    store = RunStore(evaluation_run_dir(config, digest(settings)))
-    cache = mteb.ResultCache(cache_path=store.root)
-    meta = model_meta(model.name, model.revision)
-    results_store = _TaskResults(store, cache, meta)
+    store = RunStore(evaluation_run_dir(config, digest(settings))).create()
+    results_store = _TaskResults(store, model_meta(model.name, model.revision))
     finished = results_store.done(names)
     guard_results(store, settings, tasks, finished)
     store.record_config(config)
@@ -234,24 +230,39 @@ class _TaskResults:
     """Finished tasks' mteb results, in mteb's own layout (results/<model>/<revision>/<task>.json
     beside model_meta.json and run_settings.jsonl, which mteb's tooling reads).
 
-    mteb writes its files in place; here it writes into a scratch cache and each file then
-    replaces its counterpart whole, the task's result last: a result file exists only complete,
-    so a crash mid-write leaves the task pending, never a half-written score."""
+    mteb reads and writes its cache on a local path; here it writes into a local scratch cache
+    and each file then replaces its counterpart in the run directory whole (a local folder or an
+    object store), the task's result last: a result file exists only complete, so a crash
+    mid-write leaves the task pending, never a half-written score."""
 
-    def __init__(self, store: RunStore, cache, meta):
-        self.store, self.cache, self.meta = store, cache, meta
+    def __init__(self, store: RunStore, meta):
+        self.store, self.meta = store, meta
 
     def name(self, task: str) -> str:
-        path = self.cache.get_task_result_path(task, self.meta.name, self.meta.revision)
-        return Path(path).relative_to(self.store.root).as_posix()
+        """The run-relative name of ``task``'s result file, as mteb's cache lays it out."""
+        import tempfile
+
+        import mteb
+
+        with tempfile.TemporaryDirectory(prefix="layercut-mteb-") as scratch:
+            path = mteb.ResultCache(cache_path=scratch).get_task_result_path(task, self.meta.name,
+                                                                             self.meta.revision)
+            return Path(path).relative_to(scratch).as_posix()
 
     def done(self, names: list[str]) -> list[str]:
         return [name for name in names if self.store.files.exists(self.name(name))]
 
     def load(self, task: str):
+        """``task``'s result, read by mteb's own loader from a local copy (the run directory
+        may be an object store)."""
+        import tempfile
+
         import mteb
 
-        return mteb.TaskResult.from_disk(self.store.files.local(self.name(task)))
+        with tempfile.TemporaryDirectory(prefix="layercut-mteb-") as scratch:
+            local = Path(scratch) / f"{task}.json"
+            local.write_bytes(self.store.files.read_bytes(self.name(task)))
+            return mteb.TaskResult.from_disk(local)
 
     def save(self, result) -> None:
         import tempfile
@@ -259,8 +270,7 @@ class _TaskResults:
         import mteb
 
         files = self.store.files
-        files.create()
-        with tempfile.TemporaryDirectory(dir=files.local(), prefix=".mteb-") as scratch:
+        with tempfile.TemporaryDirectory(prefix="layercut-mteb-") as scratch:
             mteb.ResultCache(cache_path=scratch).save_to_cache(result, self.meta)
             written = sorted(Path(scratch).rglob("*"))
             target = self.name(result.task_name)
@@ -386,9 +396,9 @@ def _write_summary(store: RunStore, model, summary: EvaluateResult) -> None:
 
 
 def render(config: EvaluateConfig, summary: EvaluateResult) -> int:
-    run_dir = Path(summary.run_dir)
-    print((run_dir / "summary.md").read_text())
-    print(f"mteb result files in {run_dir / 'results'}")
+    files = RunStore(summary.run_dir).files
+    print(files.read_text("summary.md"))
+    print(f"mteb result files in {files.where('results')}")
     return 0
 
 

@@ -201,16 +201,92 @@ def test_an_endpoint_that_does_not_answer_is_one_line(s3, monkeypatch):
                                                                "AWS_* variables, see README)")
 
 
-@pytest.mark.parametrize("command", ["evaluate", "evaluate-classifier", "run"])
-def test_commands_that_need_a_filesystem_refuse_a_uri_in_one_line(command, capsys, monkeypatch, tmp_path):
+def test_the_sweep_refuses_a_uri_in_one_line(capsys, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
-    assert main([command, "--output-dir", "s3://bucket/runs", "--no-progress"]) == 2
+    assert main(["run", "--output-dir", "s3://bucket/runs", "--no-progress"]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     # The bad value came from the flag, not the packaged config file: no file is blamed.
     assert len(lines) == 1 and lines[0].startswith("layercut: error: invalid config: output_dir: ")
-    assert f"s3://bucket/runs: layercut {command} needs a filesystem path (" in lines[0]
-    assert "only layer-loss and finetune write to an object store" in lines[0]
+    assert "s3://bucket/runs: layercut run needs a filesystem path (" in lines[0]
+    assert "layer-loss, finetune, evaluate and evaluate-classifier write to an object store" in lines[0]
     assert list(tmp_path.iterdir()) == []  # nothing was written or started
+
+
+def _local_and_stored(s3, local, prefix: str) -> dict[str, tuple[bytes, bytes]]:
+    """{name: (the local run's bytes, the stored run's bytes)} of every file of the local run
+    directory ``local``; the stored run under ``prefix`` must hold the same names, no more."""
+    names = sorted(path.relative_to(local).as_posix() for path in local.rglob("*") if path.is_file())
+    assert [key[len(prefix):] for key in _keys(s3, prefix)] == names
+    return {name: ((local / name).read_bytes(), _body(s3, prefix + name)) for name in names}
+
+
+def test_evaluate_writes_its_run_to_s3_equal_to_a_local_run(s3, tiny_model_dirs, capsys, monkeypatch, tmp_path):
+    """Stage 3 on the store: the tiny random Llama on 16 STSBenchmark pairs (subsampled, so its
+    items are saved too), in this process. Every file the local run writes is on the store with
+    the same scores; mteb's own loader reads the stored result; a rerun reuses it."""
+    import mteb
+
+    from conftest import SHARED_DATA
+
+    work = tmp_path / "cwd"
+    work.mkdir()
+    monkeypatch.chdir(work)  # a run that wrote anything locally would leave it here
+    args = ["evaluate", "--model", tiny_model_dirs["llama"], "--tasks", "STSBenchmark", "--data-root",
+            str(SHARED_DATA), "--name", "tiny", "--no-progress", "max_samples_per_split=16",
+            "workers.executor=local"]
+    assert main([*args, "--output-dir", str(tmp_path / "local")]) == 0
+    capsys.readouterr()
+    argv = [*args, "--output-dir", f"s3://{BUCKET}/evaluate"]
+    assert main(argv) == 0, capsys.readouterr().err
+    prefix = "evaluate/tiny/"
+    assert f"mteb result files in s3://{BUCKET}/{prefix}results" in capsys.readouterr().out
+    files = _local_and_stored(s3, tmp_path / "local" / "tiny", prefix)
+    assert files["summary.csv"][0] == files["summary.csv"][1]
+    assert files["items/STSBenchmark.json"][0] == files["items/STSBenchmark.json"][1]
+    assert json.loads(files["fingerprint.json"][0]) == json.loads(files["fingerprint.json"][1])
+    (result,) = [name for name in files if name.endswith("/STSBenchmark.json") and name.startswith("results/")]
+    stored = tmp_path / "stored.json"
+    stored.write_bytes(files[result][1])
+    local_score = mteb.TaskResult.from_disk(tmp_path / "local" / "tiny" / result).get_score()
+    assert mteb.TaskResult.from_disk(stored).get_score() == local_score
+    assert list(work.iterdir()) == []
+
+    # Finished: reused from the store. Another subsample under the same name: refused by the
+    # guard on the store, naming what differs.
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert f"STSBenchmark: main score {local_score:.4f}, reused from s3://{BUCKET}/evaluate/tiny" in err
+    assert "STSBenchmark: started" not in err
+    assert main([*args, "max_samples_per_split=20", "--output-dir", f"s3://{BUCKET}/evaluate"]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "another model or settings" in last and "subsample" in last
+
+
+def test_the_classifier_writes_its_run_to_s3_equal_to_a_local_run(s3, tiny_causal_lm, ray_cluster, capsys,
+                                                                  monkeypatch, tmp_path):
+    """evaluate-classifier on the store (the tiny random Llama with its LM head cut to 2 layers,
+    zero-shot, 24 test rows in chunks of 8, in this process): the same predictions and summary
+    as the local run; the rerun has nothing to do."""
+    from conftest import SHARED_DATA
+
+    work = tmp_path / "cwd"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    args = ["evaluate-classifier", "--model", tiny_causal_lm, "--layers", "2", "--data-root", str(SHARED_DATA),
+            "--name", "tiny", "--no-progress", "max_test_rows=24", "chunk_size=8", "workers.executor=local"]
+    assert main([*args, "--output-dir", str(tmp_path / "local")]) == 0
+    capsys.readouterr()
+    argv = [*args, "--output-dir", f"s3://{BUCKET}/classify"]
+    assert main(argv) == 0, capsys.readouterr().err
+    assert f"predictions in s3://{BUCKET}/classify/tiny/predictions.csv" in capsys.readouterr().out
+    files = _local_and_stored(s3, tmp_path / "local" / "tiny", "classify/tiny/")
+    assert len([name for name in files if name.startswith("chunks/")]) == 3
+    assert files["predictions.csv"][0] == files["predictions.csv"][1]
+    local, stored = (json.loads(data) for data in files["summary.json"])
+    assert {**stored, "texts_per_second": None} == {**local, "texts_per_second": None}
+    assert list(work.iterdir()) == []
+    assert main(argv) == 0
+    assert "is finished; nothing to do" in capsys.readouterr().err
 
 
 @pytest.mark.slow

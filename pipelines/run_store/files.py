@@ -89,6 +89,11 @@ class RunFiles:
         return sorted((self.root / folder / path.name).relative_to(self.root).as_posix()
                       for path in (self.root / folder).glob(pattern))
 
+    def tree(self, folder: str) -> list[str]:
+        """Sorted names (relative to the root) of every file under ``folder``, at any depth."""
+        return sorted(path.relative_to(self.root).as_posix()
+                      for path in (self.root / folder).rglob("*") if path.is_file())
+
     def read_bytes(self, name: str) -> bytes:
         return (self.root / name).read_bytes()
 

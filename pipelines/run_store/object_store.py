@@ -108,6 +108,15 @@ class ObjectStoreFiles(RunFiles):
         return sorted(f"{folder}/{base}" if folder else base
                       for base in found if fnmatch.fnmatchcase(base, pattern))
 
+    def tree(self, folder: str) -> list[str]:
+        """Sorted names (relative to the root) of every object under ``folder``, at any depth
+        (directory manifests and the folder markers a store may keep left out)."""
+        from pyarrow.fs import FileSelector, FileType
+
+        selector = FileSelector(self._path(folder), allow_not_found=True, recursive=True)
+        return sorted(info.path[len(self.base) + 1:] for info in self.fs.get_file_info(selector)
+                      if info.type == FileType.File and info.base_name != MANIFEST)
+
     def read_bytes(self, name: str) -> bytes:
         with self.fs.open_input_stream(self._path(name)) as stream:
             return stream.read()

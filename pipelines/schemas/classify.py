@@ -7,19 +7,16 @@ from pathlib import Path
 
 from pydantic import Field
 
-from pipelines.config import DepthSetting, StrictModel, filesystem_output_dir
+from pipelines.config import DepthSetting, StrictModel
+from pipelines.run_store.location import run_path
 from pipelines.sections import ClassificationSection, ModelSection, WorkersSection
 
 STAGE = "classify"
 
-# An s3:// or gs:// output_dir is refused at validation, before any work.
-OutputDir = filesystem_output_dir("evaluate-classifier",
-                                  "it reads its summary back from a path; untested on object stores")
-
 
 class ClassifyConfig(StrictModel):
     name: str | None = None  # run name; default: classify-<model>-<dataset>[-<layers>l]
-    output_dir: OutputDir = "runs"
+    output_dir: str = "runs"  # or an object store URI: s3://bucket/prefix, gs://... (README)
     model: ModelSection = Field(default_factory=ModelSection)
     layers: DepthSetting | None = None  # score the model cut to this depth (zero-shot; tasks/model/depth.py)
     classification: ClassificationSection = Field(default_factory=ClassificationSection)
@@ -31,7 +28,9 @@ class ClassifyConfig(StrictModel):
     show_progress: bool = True
     workers: WorkersSection = Field(default_factory=WorkersSection)
 
-    def run_dir(self) -> Path:
+    def run_dir(self) -> Path | str:
+        """<output_dir>/<name>, by default classify-<model>-<dataset>[-<layers>l]: a Path, or a
+        URI string when ``output_dir`` is one."""
         depth = f"-{self.layers.slug}l" if self.layers is not None else ""
         default = f"classify-{self.model.slug()}-{self.classification.label()}{depth}"
-        return Path(self.output_dir) / (self.name or default)
+        return run_path(self.output_dir, self.name or default)

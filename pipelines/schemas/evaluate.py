@@ -7,20 +7,17 @@ from pathlib import Path
 
 from pydantic import Field
 
-from pipelines.config import DepthSetting, StrictModel, filesystem_output_dir
+from pipelines.config import DepthSetting, StrictModel
+from pipelines.run_store.location import run_path
 from pipelines.sections import EncoderSection, ModelSection, WorkersSection
 from tasks.evaluation.mteb_tasks import TaskSelection
 
 STAGE = "evaluate"
 
-# An s3:// or gs:// output_dir is refused at validation, before any work.
-OutputDir = filesystem_output_dir("evaluate",
-                                  "mteb writes its result cache to a path")
-
 
 class EvaluateConfig(StrictModel):
     name: str | None = None  # run name; default: eval-<model>[-<layers>l]-<fingerprint>
-    output_dir: OutputDir = "runs"
+    output_dir: str = "runs"  # or an object store URI: s3://bucket/prefix, gs://... (README)
     model: ModelSection = Field(default_factory=ModelSection)
     layers: DepthSetting | None = None  # evaluate the model cut to this depth (tasks/model/depth.py)
     encoder: EncoderSection = Field(default_factory=EncoderSection)
@@ -48,16 +45,17 @@ class EvaluateConfig(StrictModel):
                              {name: tuple(v) for name, v in self.task_splits.items()},
                              {name: tuple(v) for name, v in self.task_subsets.items()})
 
-    def run_dir(self, fingerprint: str, artifact: dict | None = None) -> Path:
+    def run_dir(self, fingerprint: str, artifact: dict | None = None) -> Path | str:
         """``name``, else eval-<model>[-<layers>l]-<fingerprint's first 8 digits>: another
         model or setting gets another directory. A fine-tuned artifact (a folder usually named
         ``model``; ``artifact`` is its layercut.json, pipelines.evaluate.evaluation_run_dir
-        reads it) is named by its base model and depth."""
+        reads it) is named by its base model and depth. A Path, or a URI string when
+        ``output_dir`` is one."""
         if self.name:
-            return Path(self.output_dir) / self.name
+            return run_path(self.output_dir, self.name)
         label = self.model.slug()
         if artifact is not None:
             base = self.model.model_copy(update={"name_or_path": artifact["base_model"]}).slug()
             label = f"{base}-l{artifact['layers']}"
         depth = f"-{self.layers.slug}l" if self.layers is not None else ""
-        return Path(self.output_dir) / f"eval-{label}{depth}-{fingerprint[:8]}"
+        return run_path(self.output_dir, f"eval-{label}{depth}-{fingerprint[:8]}")
