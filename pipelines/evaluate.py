@@ -129,8 +129,10 @@ def evaluation_run_dir(config: EvaluateConfig, fingerprint: str) -> Path:
     """``config.run_dir`` of the run with ``fingerprint``; a fine-tuned artifact's base model and
     depth (its layercut.json, read here: the config itself reads nothing) name the default."""
     from tasks.export.artifact import read_layercut_file
+    from tasks.object_store import is_uri
 
-    path = Path(config.model.name_or_path).expanduser()
+    name = config.model.name_or_path  # a URI's directory: its local copy (fetched already)
+    path = Path(resolve_model(name).path if is_uri(name) else name).expanduser()
     artifact = read_layercut_file(path) if config.name is None and path.is_dir() else None
     return config.run_dir(fingerprint, artifact)
 

@@ -13,8 +13,9 @@
 - ``tasks.export``: the artifact stage 2 writes, and the scores stage 3 puts in its card.
 
 Beside them, shared by all (and by ``pipelines``): ``tasks.errors`` (``LayercutError``),
-``tasks.atomic_files`` (files that appear whole or not at all) and ``tasks.trees`` (merging
-config trees).
+``tasks.atomic_files`` (files that appear whole or not at all), ``tasks.object_store`` (URIs,
+the manifest of a directory uploaded whole, a model directory fetched from a store) and
+``tasks.trees`` (merging config trees).
 
 Imports point one way: ``model`` needs only the shared modules; ``classification`` and
 ``export`` build on ``model``; ``training`` on ``model`` and ``classification`` (the

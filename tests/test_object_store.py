@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -85,8 +86,9 @@ def test_files_round_trip_list_and_guard_on_the_store(s3):
         store.guard("batches/fingerprint.json").check({"seed": 2}, has_results=True, refusal=_refusal())
     with pytest.raises(FileNotFoundError):
         store.files.read_text("missing.json")
-    with pytest.raises(LayercutError, match=r"needs a local path"):
-        store.files.local("ray")
+    assert store.files.tree("") == ["batches/batch-00001.json", "batches/batch-00003.json",
+                                    "batches/fingerprint.json", "summary.json", "table.csv"]
+    assert store.files.tree("batches") == store.files.tree("")[:3] and store.files.tree("nothing") == []
 
 
 def _refusal():
@@ -220,10 +222,62 @@ def _local_and_stored(s3, local, prefix: str) -> dict[str, tuple[bytes, bytes]]:
     return {name: ((local / name).read_bytes(), _body(s3, prefix + name)) for name in names}
 
 
+def _upload(client, folder, prefix: str) -> None:
+    """Every file of the local ``folder`` as an object under ``prefix`` (boto3, no manifest: a
+    model uploaded by other means than layercut)."""
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            client.put_object(Bucket=BUCKET, Key=prefix + path.relative_to(folder).as_posix(),
+                              Body=path.read_bytes())
+
+
+def test_a_model_directory_is_fetched_once_and_again_when_the_store_changes(s3, tiny_model_dirs, tmp_path):
+    from tasks.object_store import SOURCE_RECORD, fetch_directory
+
+    model = Path(tiny_model_dirs["llama"])
+    _upload(s3, model, "models/tiny/")
+    uri, cache = f"s3://{BUCKET}/models/tiny", tmp_path / "cache"
+    copy = fetch_directory(uri, cache)
+    assert copy.parent == cache and copy.name.startswith("tiny-")
+    names = sorted(path.relative_to(model).as_posix() for path in model.rglob("*") if path.is_file())
+    assert sorted(path.relative_to(copy).as_posix() for path in copy.rglob("*")
+                  if path.is_file() and path.name != SOURCE_RECORD) == names
+    assert all((copy / name).read_bytes() == (model / name).read_bytes() for name in names)
+    # Unchanged on the store: the same copy, not downloaded again.
+    stamp = (copy / "model.safetensors").stat().st_mtime_ns
+    assert fetch_directory(uri + "/", cache) == copy and (copy / "model.safetensors").stat().st_mtime_ns == stamp
+    # Changed on the store (a new export to the same URI): fetched again, whole.
+    s3.put_object(Bucket=BUCKET, Key="models/tiny/README.md", Body=b"a new card")
+    assert fetch_directory(uri, cache) == copy and (copy / "README.md").read_bytes() == b"a new card"
+    assert (copy / "model.safetensors").read_bytes() == (model / "model.safetensors").read_bytes()
+
+    # A layercut export is fetched by its manifest: what the manifest lists, no more.
+    files = RunStore(f"s3://{BUCKET}/models/export").files
+    with files.staged_directory("model") as staging:
+        for name in ("config.json", "layercut.json"):
+            (staging / name).write_text("{}")
+    s3.put_object(Bucket=BUCKET, Key="models/export/model/stray.txt", Body=b"not the export's")
+    exported = fetch_directory(f"s3://{BUCKET}/models/export/model", cache)
+    assert sorted(path.name for path in exported.iterdir()) == sorted(["config.json", "layercut.json", SOURCE_RECORD])
+
+    # What cannot be loaded is one line naming the URI.
+    s3.delete_object(Bucket=BUCKET, Key=f"models/export/model/{MANIFEST}")
+    cases = {"models/export/model": "its upload did not finish (no .layercut-complete.json); rerun",
+             "models/nothing": "no objects there"}
+    s3.put_object(Bucket=BUCKET, Key="models/noconfig/weights.bin", Body=b"0")
+    cases["models/noconfig"] = "has no config.json"
+    for prefix, message in cases.items():
+        with pytest.raises(LayercutError) as refused:
+            fetch_directory(f"s3://{BUCKET}/{prefix}", cache)
+        assert str(refused.value).startswith(f"model s3://{BUCKET}/{prefix}") and message in str(refused.value)
+        assert "\n" not in str(refused.value)
+
+
 def test_evaluate_writes_its_run_to_s3_equal_to_a_local_run(s3, tiny_model_dirs, capsys, monkeypatch, tmp_path):
-    """Stage 3 on the store: the tiny random Llama on 16 STSBenchmark pairs (subsampled, so its
-    items are saved too), in this process. Every file the local run writes is on the store with
-    the same scores; mteb's own loader reads the stored result; a rerun reuses it."""
+    """Stage 3 on the store, of a model on the store: the tiny random Llama on 16 STSBenchmark
+    pairs (subsampled, so its items are saved too), in this process. Every file the local run
+    (the local model directory) writes is on the store, with the same model identity (its
+    content) and scores; mteb's own loader reads the stored result; a rerun reuses it."""
     import mteb
 
     from conftest import SHARED_DATA
@@ -231,19 +285,24 @@ def test_evaluate_writes_its_run_to_s3_equal_to_a_local_run(s3, tiny_model_dirs,
     work = tmp_path / "cwd"
     work.mkdir()
     monkeypatch.chdir(work)  # a run that wrote anything locally would leave it here
-    args = ["evaluate", "--model", tiny_model_dirs["llama"], "--tasks", "STSBenchmark", "--data-root",
-            str(SHARED_DATA), "--name", "tiny", "--no-progress", "max_samples_per_split=16",
-            "workers.executor=local"]
-    assert main([*args, "--output-dir", str(tmp_path / "local")]) == 0
+    monkeypatch.setenv("LAYERCUT_CACHE", str(tmp_path / "cache"))
+    model = Path(tiny_model_dirs["llama"])  # the same last component: the same mteb model name
+    _upload(s3, model, f"models/{model.name}/")
+    args = ["evaluate", "--tasks", "STSBenchmark", "--data-root", str(SHARED_DATA), "--name", "tiny",
+            "--no-progress", "max_samples_per_split=16", "workers.executor=local"]
+    assert main([*args, "--model", tiny_model_dirs["llama"], "--output-dir", str(tmp_path / "local")]) == 0
     capsys.readouterr()
+    args = [*args, "--model", f"s3://{BUCKET}/models/{model.name}"]
     argv = [*args, "--output-dir", f"s3://{BUCKET}/evaluate"]
     assert main(argv) == 0, capsys.readouterr().err
+    assert [path.name.rsplit("-", 1)[0] for path in (tmp_path / "cache" / "object-store").iterdir()
+            if path.is_dir()] == [model.name]  # the fetched copy
     prefix = "evaluate/tiny/"
     assert f"mteb result files in s3://{BUCKET}/{prefix}results" in capsys.readouterr().out
     files = _local_and_stored(s3, tmp_path / "local" / "tiny", prefix)
     assert files["summary.csv"][0] == files["summary.csv"][1]
     assert files["items/STSBenchmark.json"][0] == files["items/STSBenchmark.json"][1]
-    assert json.loads(files["fingerprint.json"][0]) == json.loads(files["fingerprint.json"][1])
+    assert json.loads(files["fingerprint.json"][0]) == json.loads(files["fingerprint.json"][1])  # same content
     (result,) = [name for name in files if name.endswith("/STSBenchmark.json") and name.startswith("results/")]
     stored = tmp_path / "stored.json"
     stored.write_bytes(files[result][1])
@@ -257,7 +316,7 @@ def test_evaluate_writes_its_run_to_s3_equal_to_a_local_run(s3, tiny_model_dirs,
     err = capsys.readouterr().err
     assert f"STSBenchmark: main score {local_score:.4f}, reused from s3://{BUCKET}/evaluate/tiny" in err
     assert "STSBenchmark: started" not in err
-    assert main([*args, "max_samples_per_split=20", "--output-dir", f"s3://{BUCKET}/evaluate"]) == 2
+    assert main([*args[:-2], "max_samples_per_split=20", *args[-2:], "--output-dir", f"s3://{BUCKET}/evaluate"]) == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert "another model or settings" in last and "subsample" in last
 

@@ -3,10 +3,11 @@
 ``RunFiles`` is the only part of the run store that touches a filesystem: guards, finished
 results and item stores go through its methods, never through ``open`` or ``Path``. It is a
 local directory; ``ObjectStoreFiles`` (object_store.py) implements the same methods on a
-pyarrow filesystem (s3://, gs://). What must stay local (mteb's result cache) asks for
-``local(name)`` explicitly, which an object store refuses; a writer that takes a pyarrow
-filesystem (Ray Train's storage) asks for ``storage(name)``; work done in another process (a Ray
-task) gets ``for_task()``.
+pyarrow filesystem (s3://, gs://). A writer that wants a local path (mteb's result cache, a
+plot, transformers' save_pretrained) writes into ``staged_file`` / ``staged_directory`` or a
+scratch directory of its own and hands the bytes over; a writer that takes a pyarrow filesystem
+(Ray Train's storage) asks for ``storage(name)``; work done in another process (a Ray task) gets
+``for_task()``.
 
 The module functions (``write_atomic``, ``write_json``, ``write_csv``) write one file at an
 absolute path, for outputs outside a run's own files (the report, plots, a model card).
@@ -58,10 +59,6 @@ class RunFiles:
 
     def __str__(self) -> str:
         return str(self.root)
-
-    def local(self, name: str = "") -> Path:
-        """The local path of ``name``, for writers that need one (mteb's result cache)."""
-        return self.root / name if name else self.root
 
     def storage(self, name: str) -> tuple[Any, str]:
         """(pyarrow filesystem or None, path) of ``name`` for a writer that takes both (Ray

@@ -29,9 +29,7 @@ from typing import Any, Iterator
 from pipelines.run_store.files import RunFiles, json_text
 from pipelines.run_store.portable_fs import filesystem_of
 from tasks.errors import LayercutError
-
-# Written last into a directory that appears whole: its files' names, relative to it.
-MANIFEST = ".layercut-complete.json"
+from tasks.object_store import MANIFEST  # written last into a directory that appears whole
 
 
 class ObjectStoreFiles(RunFiles):
@@ -55,10 +53,6 @@ class ObjectStoreFiles(RunFiles):
 
     def _path(self, name: str) -> str:
         return f"{self.base}/{name}" if name else self.base
-
-    def local(self, name: str = "") -> Path:
-        raise LayercutError(f"{self.root}/{name} needs a local path, which an object store "
-                            "cannot give; use a local or shared --output-dir for this stage")
 
     def storage(self, name: str) -> tuple[Any, str]:
         """(this store's pyarrow filesystem, the path of ``name`` on it): Ray Train writes there

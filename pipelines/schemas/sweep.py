@@ -21,7 +21,7 @@ STAGE = "run"
 
 # An s3:// or gs:// output_dir is refused at validation, before any work.
 OutputDir = filesystem_output_dir("run",
-                                  "each trial evaluates its fine-tuned model through filesystem paths")
+                                  "its trials' and Tune's files, the report and plots go through paths")
 
 
 def _check_grid(value: list[Depth] | None) -> list[Depth] | None:

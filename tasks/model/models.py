@@ -1,8 +1,11 @@
-"""Loading a decoder backbone: built-in local models, GGUF files, local HF directories, hub ids.
+"""Loading a decoder backbone: built-in local models, GGUF files, local HF directories, model
+directories on an object store (s3://, gs://), hub ids.
 
 A GGUF file is converted once into a cached safetensors directory (a plain causal-LM checkpoint
 plus its tokenizer) and every later run and Ray task loads that directory: the conversion takes
-tens of seconds for a 135M model and must never be repeated per run or per task.
+tens of seconds for a 135M model and must never be repeated per run or per task. A directory on
+an object store is downloaded into the cache the same way (tasks/object_store.py), again only
+when the store's copy changed.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from filelock import FileLock
 from tasks.atomic_files import staged_directory
 from tasks.errors import LayercutError
 from tasks.model.depth import Depth
+from tasks.object_store import fetch_directory, is_uri
 from tasks.model.layer_selection import LayerSelection
 from tasks.model.pruning import decoder_layers_path, num_layers, prune_config, resolve_selection
 
@@ -112,14 +116,17 @@ def convert_gguf(gguf: Path) -> Path:
     return target
 
 
-def model_kind(name_or_path: str) -> Literal["builtin", "gguf", "directory", "hub"]:
-    """What ``name_or_path`` names: a built-in model, a GGUF file, a local model directory or a
-    hub id; local ones are checked to exist, nothing is loaded, converted or downloaded.
+def model_kind(name_or_path: str) -> Literal["builtin", "gguf", "directory", "uri", "hub"]:
+    """What ``name_or_path`` names: a built-in model, a GGUF file, a local model directory, a
+    directory on an object store (a URI) or a hub id; local ones are checked to exist, nothing
+    is loaded, converted or downloaded.
 
     Raises:
         LayercutError: a built-in whose package is not installed, a missing GGUF file, a
-            directory without config.json, or a name that is none of the four.
+            directory without config.json, or a name that is none of the five.
     """
+    if is_uri(name_or_path):
+        return "uri"
     if name_or_path in BUILTIN_MODELS:
         _package_dir(BUILTIN_MODELS[name_or_path][0])
         return "builtin"
@@ -136,14 +143,16 @@ def model_kind(name_or_path: str) -> Literal["builtin", "gguf", "directory", "hu
     if not looks_like_hub_id:
         raise LayercutError(
             f"unknown model {name_or_path!r}: not a built-in ({', '.join(BUILTIN_MODELS)}), "
-            "an existing directory, a .gguf file, or a hub id like org/name")
+            "an existing directory, a .gguf file, an s3:// or gs:// URI, or a hub id like org/name")
     return "hub"
 
 
 def resolve_model(name_or_path: str) -> ModelSource:
-    """Turn a built-in name, a GGUF file, a local directory or a hub id into a loadable source.
+    """Turn a built-in name, a GGUF file, a local directory, a URI or a hub id into a loadable source.
 
-    Call this once on the driver: it performs the (cached) GGUF conversion.
+    Call this once on the driver: it performs the (cached) GGUF conversion and the (cached)
+    download of a URI's directory; workers load the local path it returns (on a cluster the
+    cache, ``LAYERCUT_CACHE``, is on storage every node mounts: README, Shared storage).
     """
     kind = model_kind(name_or_path)
     path = Path(name_or_path).expanduser()
@@ -153,6 +162,8 @@ def resolve_model(name_or_path: str) -> ModelSource:
         return ModelSource(str(convert_gguf(path)), True)
     if kind == "directory":
         return ModelSource(str(path.resolve()), True)
+    if kind == "uri":
+        return ModelSource(str(fetch_directory(name_or_path, cache_root() / "object-store")), True)
     return ModelSource(name_or_path, False)
 
 
