@@ -216,3 +216,12 @@ def test_runtime_env_json_adds_the_token_to_the_file(tmp_path):
     assert parsed == {**expected, "env_vars": {**expected["env_vars"], "HF_TOKEN": "hf_test"}}
     missing = subprocess.run(command, env={}, capture_output=True, text=True, timeout=60)
     assert missing.returncode == 2 and missing.stderr.count("\n") == 1 and "HF_TOKEN is not set" in missing.stderr
+    # Other variables by name (an object store's keys), HF_TOKEN only when named then.
+    keys = {"AWS_ACCESS_KEY_ID": "AKIA-test", "AWS_SECRET_ACCESS_KEY": "secret-test"}
+    named = [*command, "--env", "AWS_ACCESS_KEY_ID", "--env", "AWS_SECRET_ACCESS_KEY"]
+    done = subprocess.run(named, env=keys, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert parse_runtime_env_args(runtime_env_json=done.stdout) == {**expected, "env_vars": {**expected["env_vars"], **keys}}
+    unset = subprocess.run([*named, "--env", "AWS_REGION"], env=keys, capture_output=True, text=True, timeout=60)
+    assert unset.returncode == 2 and unset.stderr == ("runtime_env_json: error: AWS_REGION is not set: export "
+                                                      "it, or leave out --env AWS_REGION\n")

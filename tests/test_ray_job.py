@@ -60,7 +60,7 @@ def test_the_readmes_local_cluster_block_submits_stage_1(local_cluster):
     listed = local_cluster.shell(after_start[1])
     assert listed.returncode == 0 and "SUCCEEDED" in listed.stdout, (listed.stdout + listed.stderr)[-2000:]
     # The job read the uploaded copy, ran on the cluster and wrote to the README's output dir.
-    run_dir = local_cluster.workdir / "runs-job" / "layer-loss-smollm2-135m"
+    run_dir = local_cluster.workdir / "runs" / "job" / "layer-loss-smollm2-135m"
     selection = json.loads((run_dir / "selection.json").read_text())
     assert selection["num_layers"] == 30 and 1 <= selection["small"]["layers"] <= 15 < selection["large"]["layers"]
     assert (run_dir / "layer_loss.png").exists()
