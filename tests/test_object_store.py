@@ -203,17 +203,6 @@ def test_an_endpoint_that_does_not_answer_is_one_line(s3, monkeypatch):
                                                                "AWS_* variables, see README)")
 
 
-def test_the_sweep_refuses_a_uri_in_one_line(capsys, monkeypatch, tmp_path):
-    monkeypatch.chdir(tmp_path)
-    assert main(["run", "--output-dir", "s3://bucket/runs", "--no-progress"]) == 2
-    lines = capsys.readouterr().err.strip().splitlines()
-    # The bad value came from the flag, not the packaged config file: no file is blamed.
-    assert len(lines) == 1 and lines[0].startswith("layercut: error: invalid config: output_dir: ")
-    assert "s3://bucket/runs: layercut run needs a filesystem path (" in lines[0]
-    assert "layer-loss, finetune, evaluate and evaluate-classifier write to an object store" in lines[0]
-    assert list(tmp_path.iterdir()) == []  # nothing was written or started
-
-
 def _local_and_stored(s3, local, prefix: str) -> dict[str, tuple[bytes, bytes]]:
     """{name: (the local run's bytes, the stored run's bytes)} of every file of the local run
     directory ``local``; the stored run under ``prefix`` must hold the same names, no more."""
