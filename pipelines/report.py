@@ -36,7 +36,7 @@ def write_report(run_dir: Path | str, config, plans, trials, outcomes,
     for name, route in ROUTES.items():
         parts[name] = route.report(config, plans, trials, outcomes, references.get(name, {}),
                                    run_dir, dict(parts))
-    markdown = f"# layercut sweep: {config.run_name()}\n" + "".join(part.markdown for part in parts.values())
+    markdown = f"# layercut sweep: {Path(config.run_name()).name}\n" + "".join(part.markdown for part in parts.values())
     files = RunStore(run_dir).files
     files.write_text("report.md", markdown)
     routes: dict[str, Any] = {}

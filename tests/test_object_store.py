@@ -533,8 +533,10 @@ def test_the_sweep_writes_its_run_to_s3_and_a_rerun_trains_nothing(s3, tiny_caus
     work.mkdir()
     monkeypatch.chdir(work)  # a run that wrote anything locally would leave it here
     argv = ["run", "--config", str(config), "--output-dir", f"s3://{BUCKET}/sweep", "--no-progress"]
+    scratch = _scratch()
     assert main(argv) == 0, capsys.readouterr().err
     first = capsys.readouterr().out
+    assert _scratch() <= scratch  # the uploads' local copies are gone
     prefix, trial = "sweep/s3/", "sweep/s3/trials/tiny-l2/"
     keys = _keys(s3, prefix)
     for name in ("report.md", "summary.json", "report.csv", "sweep.json", "config.yaml",
@@ -548,6 +550,8 @@ def test_the_sweep_writes_its_run_to_s3_and_a_rerun_trains_nothing(s3, tiny_caus
     assert f"{trial}evaluate/summary.md" in keys
     assert any(key.startswith(f"{prefix}tune-") for key in keys)  # Tune's experiment, resumable from there
     assert list(work.iterdir()) == []
+    assert main([*argv, "--plan"]) == 0  # the preview reads sweep.json and stage 1's picks there
+    assert "tiny-l2: 2/6 layers" in capsys.readouterr().out
 
     result = json.loads(_body(s3, f"{trial}result.json"))
     assert result["artifact"] == f"s3://{BUCKET}/{trial}finetune/model" and result["layers"] == 2
@@ -565,7 +569,8 @@ def test_the_sweep_writes_its_run_to_s3_and_a_rerun_trains_nothing(s3, tiny_caus
     checkpoints = [key for key in keys if "/ray/train/" in key]
     assert main(argv) == 0, capsys.readouterr().err
     output = capsys.readouterr()
-    assert "resuming the Tune experiment" in output.err, output.err
+    assert f"resuming the Tune experiment in s3://{BUCKET}/sweep/s3/tune-" in output.err, output.err
+    assert "Trial status: 1 TERMINATED" in output.out  # Tune's word: finished, not run again
     assert s3.head_object(Bucket=BUCKET, Key=f"{trial}result.json")["ETag"] == etag
     assert [key for key in _keys(s3, prefix) if "/ray/train/" in key] == checkpoints
     assert _body(s3, f"{prefix}report.md") == report and _rendered(output.out) == _rendered(first)
