@@ -10,9 +10,8 @@ from types import UnionType
 from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, PlainSerializer, PlainValidator, ValidationError
+from pydantic import BaseModel, ConfigDict, PlainSerializer, PlainValidator, ValidationError
 
-from pipelines.run_store.location import is_uri
 from tasks.errors import LayercutError
 from tasks.model.depth import Depth
 from tasks.trees import merge_trees
@@ -196,18 +195,3 @@ def _dump_depth(depth: Depth | int) -> int | str:
 # A depth in any config (tasks/model/depth.py): 8, "keep:0.7", "prune:0.3" or "keep-indices:0-2,5-6" (or a
 # list of layer indices); written back as that text.
 DepthSetting = Annotated[Depth, PlainValidator(_depth), PlainSerializer(_dump_depth)]
-
-
-def filesystem_output_dir(command: str, why: str) -> Any:
-    """The type of a stage's ``output_dir`` when the stage needs a filesystem path, not an object
-    store URI; ``why`` names the part that does. A URI is refused at validation, before any
-    work, in one line naming the command, the part and the way out."""
-
-    def check(value: str) -> str:
-        if is_uri(value):
-            raise ValueError(f"{value}: layercut {command} needs a filesystem path ({why}); give a "
-                             "directory every node mounts (README: Shared storage); of the commands, "
-                             "layer-loss, finetune, evaluate and evaluate-classifier write to an object store")
-        return value
-
-    return Annotated[str, AfterValidator(check)]

@@ -6,11 +6,18 @@ import io
 from pathlib import Path
 from typing import Callable, Sequence
 
-from pipelines.run_store.files import write_atomic
+from pipelines.run_store.files import RunFiles, write_atomic
+
+Target = Path | Callable[[bytes], None]  # a PNG's path, or a function that stores its bytes
+
+
+def stored_as(files: RunFiles, name: str) -> Callable[[bytes], None]:
+    """The target of a figure that goes into a run directory (local or on a store) as ``name``."""
+    return lambda png: files.write_text(name, png)
 
 
 def plot_layer_losses(losses: Sequence[float], small: int, large: int, title: str,
-                      path: Path | Callable[[bytes], None]) -> None:
+                      path: Target) -> None:
     """Loss of the depth-l model against l, with the L3Prune picks marked (paper, Figure 1).
 
     ``path``: where the PNG goes, or a function that stores its bytes (a run store's file)."""
@@ -42,7 +49,7 @@ def _pyplot():
     return plt
 
 
-def _finish(fig, ax, path: Path | Callable[[bytes], None]) -> None:
+def _finish(fig, ax, path: Target) -> None:
     """Grid, legend, layout; then write the PNG atomically (to ``path``, or through it when it
     is a function taking the bytes) and free the figure."""
     import matplotlib.pyplot as plt
@@ -59,7 +66,7 @@ def _finish(fig, ax, path: Path | Callable[[bytes], None]) -> None:
         write_atomic(path, buffer.getvalue())
 
 
-def plot_training_loss(steps: Sequence[int], losses: Sequence[float], title: str, path: Path,
+def plot_training_loss(steps: Sequence[int], losses: Sequence[float], title: str, path: Target,
                        ylabel: str = "InfoNCE loss") -> None:
     """Training loss per step, with a running mean over 1/20 of the run."""
     plt = _pyplot()
@@ -79,7 +86,7 @@ def plot_training_loss(steps: Sequence[int], losses: Sequence[float], title: str
 
 
 def plot_accuracy_vs_layers(series: dict[str, list[tuple[int, float]]], zero_shot: dict[str, float],
-                            total_layers: int, title: str, path: Path) -> None:
+                            total_layers: int, title: str, path: Target) -> None:
     """Test accuracy of the prompt-tuned model cut to l layers against l, one line per dataset,
     with the unpruned model's zero-shot accuracy (same prompt) as a dashed reference line (the
     main figure of "Why Lift so Heavy?")."""
@@ -105,7 +112,7 @@ def plot_accuracy_vs_layers(series: dict[str, list[tuple[int, float]]], zero_sho
 
 
 def plot_score_vs_parameters(series: dict[str, tuple[list[tuple[float, float, int]], list[int]]],
-                             path: Path,
+                             path: Target,
                              intervals: dict[str, list[list[float] | None]] | None = None,
                              untrained: dict[str, list[tuple[float, float]]] | None = None) -> None:
     """MTEB mean against parameters, one colour per model, its Pareto front joined (paper,
@@ -144,7 +151,7 @@ def plot_score_vs_parameters(series: dict[str, tuple[list[tuple[float, float, in
     _finish(fig, ax, path)
 
 
-def plot_training_curves(curves: dict[str, list[tuple[int, list[int], list[float]]]], path: Path,
+def plot_training_curves(curves: dict[str, list[tuple[int, list[int], list[float]]]], path: Target,
                          ylabel: str = "InfoNCE loss") -> None:
     """Training loss per step of every depth, one panel per model (or model and dataset)."""
     plt = _pyplot()

@@ -18,13 +18,13 @@ from typing import Any
 from pipelines.results import SweepResult
 from pipelines.routes.registry import ROUTES
 from pipelines.routes.base import RouteReport
-from pipelines.run_store.files import write_atomic, write_json
+from pipelines.run_store.run import RunStore
 
 
-def write_report(run_dir: Path, config, plans, trials, outcomes,
+def write_report(run_dir: Path | str, config, plans, trials, outcomes,
                  references: dict[str, dict[str, Any]] | None = None) -> SweepResult:
-    """report.md, summary.json and every route's files in ``run_dir``; returns the sweep's result
-    (summary.json's record).
+    """report.md, summary.json and every route's files in ``run_dir`` (a path or a URI); returns
+    the sweep's result (summary.json's record).
 
     Args:
         config: the sweep's ``SweepConfig``; plans: its ``ModelPlan``s; trials: every ``Trial``.
@@ -36,13 +36,14 @@ def write_report(run_dir: Path, config, plans, trials, outcomes,
     for name, route in ROUTES.items():
         parts[name] = route.report(config, plans, trials, outcomes, references.get(name, {}),
                                    run_dir, dict(parts))
-    markdown = f"# layercut sweep: {config.run_dir().name}\n" + "".join(part.markdown for part in parts.values())
-    write_atomic(run_dir / "report.md", markdown)
+    markdown = f"# layercut sweep: {Path(config.run_name()).name}\n" + "".join(part.markdown for part in parts.values())
+    files = RunStore(run_dir).files
+    files.write_text("report.md", markdown)
     routes: dict[str, Any] = {}
     for part in parts.values():
         routes.update(part.summary)
     summary = SweepResult(run_dir=str(run_dir), routes=routes,
                           overlap={plan.label: plan.overlap for plan in plans if plan.overlap},
                           failed=[key for part in parts.values() for key in part.failed])
-    write_json(run_dir / "summary.json", summary.to_json())
+    files.write_json("summary.json", summary.to_json())
     return summary

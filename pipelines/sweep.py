@@ -25,7 +25,6 @@ from their own checkpoints and result files).
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -33,6 +32,8 @@ from pipelines.commands import Stage, run_as_script
 from pipelines.ray_runtime import ensure_ray
 from pipelines.results import SweepResult
 from pipelines.routes.registry import ROUTES, routes_of
+from pipelines.run_store.location import absolute
+from pipelines.run_store.run import RunStore
 from pipelines.schemas.sweep import STAGE, SweepConfig
 from pipelines.sweep_guard import SWEEP_RECORD, fingerprint, guard_and_record
 from pipelines.sweep_models import resolve_models
@@ -49,8 +50,8 @@ def run(config: SweepConfig) -> SweepResult:
     result (summary.json's record)."""
     from pipelines.report import write_report
 
-    run_dir = config.run_dir().resolve()
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = absolute(config.run_dir())
+    RunStore(run_dir).create()  # on a store: the bucket answers, or one line before any work
     plans = resolve_models(config)
     concurrency = admit(config, plans, run_dir)
     for plan in plans:
@@ -65,7 +66,7 @@ def run(config: SweepConfig) -> SweepResult:
     return write_report(run_dir, config, plans, trials, outcomes, references)
 
 
-def admit(config: SweepConfig, plans: list[ModelPlan], run_dir: Path) -> int | None:
+def admit(config: SweepConfig, plans: list[ModelPlan], run_dir: Path | str) -> int | None:
     """Everything checked before any work: model access (before Ray and any GPU is asked for:
     a gated model without a token fails here, in one line), the cluster's resources, each
     route's inputs, and the run directory's earlier configuration. Returns how many trials can
@@ -102,9 +103,8 @@ def describe_plan(config: SweepConfig) -> str:
     per model its layer count and global batch, then one line per trial (key, layers kept,
     origins). L3Prune picks come from stage 1's selection.json when this run directory holds one
     of the same configuration; otherwise they are listed as "after stage 1"."""
-    run_dir = config.run_dir().resolve()
-    marker = run_dir / SWEEP_RECORD
-    recorded = json.loads(marker.read_text()).get("models", {}) if marker.exists() else {}
+    files = RunStore(absolute(config.run_dir())).files
+    recorded = files.read_json(SWEEP_RECORD).get("models", {}) if files.exists(SWEEP_RECORD) else {}
     lines = []
     for plan in resolve_models(config):
         training, workers = plan.finetune.training, plan.finetune.workers.num_workers
@@ -135,9 +135,8 @@ def _trial_line(trial: Trial, total: int) -> str:
 
 def render(config: SweepConfig, summary: SweepResult) -> int:
     """The report, then exit status 1 when a trial failed (rerunning retries it)."""
-    run_dir = Path(summary.run_dir)
-    print((run_dir / "report.md").read_text())
-    print(f"report, plots and every trial's model in {run_dir}")
+    print(RunStore(summary.run_dir).files.read_text("report.md"))
+    print(f"report, plots and every trial's model in {summary.run_dir}")
     if summary.failed:
         print(f"layercut: error: {len(summary.failed)} trial(s) failed: "
               f"{', '.join(summary.failed)}; rerun the same command to retry them", file=sys.stderr)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.fingerprints import digest, flatten
+from pipelines.run_store.files import RunFiles
 from pipelines.run_store.guard import Record, Refusal, check
 from pipelines.run_store.run import RunStore
 from pipelines.schemas.sweep import SweepConfig
@@ -47,15 +48,22 @@ def _settings(plan: ModelPlan) -> dict[str, Any]:
     return settings
 
 
-def _has_results(run_dir: Path, plan: ModelPlan) -> bool:
+def _has_results(files: RunFiles, plan: ModelPlan) -> bool:
+    """Whether the run directory of ``files`` holds any result of ``plan``'s model: stage 1's
+    batches folder, its zero-shot reference, or anything inside one of its trial directories."""
     label = plan.label
-    patterns = [f"{label}-l*/*", *(f"{label}-{name}-l*/*" for name in plan.classifiers)]
-    return (run_dir / "layer-loss" / label / "batches").is_dir() or \
-        (run_dir / "zero-shot" / label).is_dir() or \
-        any(any((run_dir / "trials").glob(pattern)) for pattern in patterns)
+    patterns = [f"{label}-l*", *(f"{label}-{name}-l*" for name in plan.classifiers)]
+    return _is_folder(files, f"layer-loss/{label}/batches") or _is_folder(files, f"zero-shot/{label}") or \
+        any(files.names(trial) for pattern in patterns for trial in files.names("trials", pattern))
 
 
-def guard_and_record(run_dir: Path, config: SweepConfig, plans: list[ModelPlan]) -> None:
+def _is_folder(files: RunFiles, name: str) -> bool:
+    """Whether the folder ``name`` is there: a local directory, even empty (``exists``), or a
+    prefix holding objects (an object store has no empty folders)."""
+    return files.exists(name) or bool(files.names(name))
+
+
+def guard_and_record(run_dir: Path | str, config: SweepConfig, plans: list[ModelPlan]) -> None:
     """A model's earlier results in this run dir came from the same configuration, or we stop
     (one line naming the model and the keys that differ). A run that stopped before any
     result, e.g. on a resource error, guards nothing.
@@ -72,7 +80,7 @@ def guard_and_record(run_dir: Path, config: SweepConfig, plans: list[ModelPlan])
         label = plan.label
         recorded = Record(previous[label], described.get(label)) if label in previous else None
         check(run_dir, recorded, settings[label], fingerprint=current[label],
-              has_results=recorded is not None and _has_results(run_dir, plan),
+              has_results=recorded is not None and _has_results(files, plan),
               refusal=Refusal(f"results of {label}", "with a different configuration",
                               "use another --name or delete it"))
     files.write_json(SWEEP_RECORD, {"models": {**previous, **current}, "settings": {**described, **settings}})

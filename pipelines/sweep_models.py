@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pipelines.routes.registry import ROUTES
 from pipelines.routes.base import ResolveContext
+from pipelines.run_store.location import absolute, run_path
 from pipelines.schemas.finetune import FinetuneConfig
 from pipelines.schemas.sweep import SweepConfig
 from pipelines.sweep_plan import ModelPlan, stage_config
@@ -22,7 +23,7 @@ def resolve_models(config: SweepConfig) -> list[ModelPlan]:
     Raises:
         LayercutError: naming the model's stage config and the key.
     """
-    run_dir = config.run_dir().resolve()
+    run_dir = absolute(config.run_dir())
     plans = []
     for entry in config.models:
         label = entry.name()
@@ -30,7 +31,7 @@ def resolve_models(config: SweepConfig) -> list[ModelPlan]:
         wait = {"workers": {"wait_for_resources": True}} if config.tune.autoscaling else {}
         common = {"address": config.address} if config.address else {}
         finetune_trees = [config.overrides.finetune, entry.overrides.finetune, wait,
-                          {"output_dir": str(run_dir / "trials"), "data": data, "layers": None,
+                          {"output_dir": str(run_path(run_dir, "trials")), "data": data, "layers": None,
                            "show_progress": config.show_progress, "workers": common}]
         finetune = stage_config(FinetuneConfig, entry.finetune or entry.config, "finetune",
                                 finetune_trees)

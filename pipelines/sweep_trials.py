@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from pipelines.routes.registry import ROUTES, routes_of
 from pipelines.routes.base import TrialOptions, l3prune_picks
+from pipelines.run_store.location import run_path
 from pipelines.sweep_plan import ModelPlan, Trial
 from tasks.errors import LayercutError
 
@@ -53,7 +54,7 @@ def check_one_trial_per_count(trials: list[Trial]) -> None:
 
 
 def trial_specs(config: SweepConfig, plans: list[ModelPlan], trials: list[Trial],
-                texts: dict[str, list[str]], run_dir: Path) -> dict[str, TrialSpec]:
+                texts: dict[str, list[str]], run_dir: Path | str) -> dict[str, TrialSpec]:
     """{trial key: TrialSpec}: each trial's stage configs at its depth, inside ``run_dir``;
     ``texts``: per model label, the texts its latency is measured on (none: not measured)."""
     from pipelines.trial import TrialSpec
@@ -67,6 +68,6 @@ def trial_specs(config: SweepConfig, plans: list[ModelPlan], trials: list[Trial]
             key=trial.key, model=trial.model, layers=trial.layers, origins=trial.origins,
             finetune=finetune.model_copy(update={"layers": trial.depth, "name": f"{trial.key}/finetune"}),
             latency_texts=texts.get(trial.model, []), latency_batch_size=config.latency.batch_size,
-            result_dir=str(run_dir / "trials" / trial.key), objective=route.name,
+            result_dir=str(run_path(run_dir, f"trials/{trial.key}")), objective=route.name,
             **route.trial_configs(config, plan, trial))
     return specs

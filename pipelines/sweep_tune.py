@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipelines.ray_runtime import layercut_cause, user_errors_from_ray
+from pipelines.run_store.location import is_uri
+from pipelines.run_store.portable_fs import store_environment
 from pipelines.run_store.run import RunStore
 from pipelines.schemas.sweep import SweepConfig, TuneSection
 from tasks.errors import LayercutError
@@ -20,30 +22,37 @@ if TYPE_CHECKING:
 
 
 def run_experiment(config: SweepConfig, specs: dict[str, TrialSpec], concurrency: int | None,
-                   run_dir: Path) -> dict[str, Any]:
+                   run_dir: Path | str) -> dict[str, Any]:
     """Run (or resume) the Tune experiment of ``specs`` with at most ``concurrency`` trials at
-    once (None: no limit); returns {trial key: result dict, or {"error": one line}}."""
+    once (None: no limit) in ``run_dir`` (a local path, or a URI: Tune's files go to the store
+    through its pyarrow filesystem); returns {trial key: result dict, or {"error": one line}}."""
     import ray.tune as tune
 
     from pipelines.trial import run_trial
 
-    trainable = tune.with_resources(tune.with_parameters(run_trial, specs=specs),
+    files = RunStore(run_dir).files
+    # A trial opens the store by URI in its own processes (finetune, evaluate, its result.json),
+    # which Ray started without the driver's AWS_* settings: they travel with the trial.
+    environment = store_environment() if is_uri(run_dir) else {}
+    trainable = tune.with_resources(tune.with_parameters(run_trial, specs=specs, environment=environment),
                                     dict(config.tune.driver_resources))
     # One experiment per trial list: changing the grid starts a new experiment, whose trials
     # that already finished return their saved result at once.
     keys = sorted(specs)
     experiment = "tune-" + hashlib.sha256(json.dumps(["v2", *keys]).encode()).hexdigest()[:8]
-    path = run_dir / experiment
-    if tune.Tuner.can_restore(str(path)):
-        print(f"layercut: resuming the Tune experiment in {path}", file=sys.stderr)
-        tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_errored=True)
+    storage, path = files.storage(experiment)  # storage: None locally (Tune's own filesystem)
+    if tune.Tuner.can_restore(path, storage_filesystem=storage):
+        print(f"layercut: resuming the Tune experiment in {files.where(experiment)}", file=sys.stderr)
+        tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True,
+                                   storage_filesystem=storage)
     else:
         tuner = tune.Tuner(
             trainable, param_space={"trial": tune.grid_search([trial_params(specs[key]) for key in keys])},
             tune_config=tune.TuneConfig(max_concurrent_trials=concurrency,
                                         trial_dirname_creator=lambda t: t.config["trial"]["key"]),
             run_config=tune.RunConfig(
-                name=experiment, storage_path=str(run_dir), callbacks=logger_callbacks(config.tune),
+                name=experiment, storage_path=files.storage("")[1], storage_filesystem=storage,
+                callbacks=logger_callbacks(config.tune),
                 failure_config=tune.FailureConfig(max_failures=config.tune.max_failures),
                 verbose=1))
     with user_errors_from_ray():
@@ -56,7 +65,7 @@ def run_experiment(config: SweepConfig, specs: dict[str, TrialSpec], concurrency
             text = str(cause) if cause else str(result.error).strip().splitlines()[-1]
             outcomes[key] = {"error": text}
         else:
-            outcomes[key] = _read_result(Path(specs[key].result_dir))
+            outcomes[key] = _read_result(specs[key].result_dir)
     return outcomes
 
 
@@ -98,7 +107,7 @@ def logger_callbacks(tune_section: TuneSection) -> list:
     return callbacks
 
 
-def _read_result(trial_dir: Path) -> dict[str, Any]:
+def _read_result(trial_dir: str) -> dict[str, Any]:
     from pipelines.trial import RESULT_FILE
 
     result = RunStore(trial_dir).finished(RESULT_FILE, announce=False)

@@ -10,7 +10,6 @@ evaluate skips tasks with a result file, and a trial whose result.json exists re
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -72,22 +71,30 @@ def execute(spec: TrialSpec) -> dict[str, Any]:
 
 def training_progress(spec: TrialSpec) -> dict[str, Any] | None:
     """The latest training step of the trial's Ray Train run ({"step", "training_loss"}), from its
-    newest checkpoint's trainer state (the run directory is on storage every node shares)."""
+    newest checkpoint's trainer state (the run directory is on storage every node shares: a
+    filesystem, or the object store)."""
     training = ROUTES[spec.finetune.objective].training
-    train_dir = spec.finetune.run_dir(spec.layers, training.name_suffix(spec.finetune)) / "ray" / "train"
-    checkpoints = sorted(train_dir.glob("step-*/trainer_state.json"))
-    for path in reversed(checkpoints):  # the newest may be half-written: fall back to the one before
+    files = RunStore(spec.finetune.run_dir(spec.layers, training.name_suffix(spec.finetune))).files
+    checkpoints = files.names("ray/train", "step-*")
+    for name in reversed(checkpoints):  # the newest may be half-written: fall back to the one before
         try:
-            history = json.loads(path.read_text())["history"]
-        except (OSError, ValueError, KeyError):
+            history = files.read_json(f"{name}/trainer_state.json")["history"]
+        except (OSError, ValueError, KeyError):  # FileNotFoundError: not written yet
             continue
         return {"step": history[-1]["step"], "training_loss": history[-1]["loss"]} if history else None
     return None
 
 
-def run_trial(params: dict[str, Any], specs: dict[str, TrialSpec], poll_seconds: float = 5.0) -> None:
+def run_trial(params: dict[str, Any], specs: dict[str, TrialSpec], poll_seconds: float = 5.0,
+              environment: dict[str, str] | None = None) -> None:
     """The Tune function: one depth of one model. Reports the training loss as the trial's Ray
-    Train run checkpoints it, then the trial's metrics at the end."""
+    Train run checkpoints it, then the trial's metrics at the end.
+
+    ``environment``: the driver's object-store settings (``portable_fs.store_environment``) when
+    the sweep's run directory is a URI, else empty: this actor and the work task (and what it
+    starts) open the store by URI, and Ray started them without those variables."""
+    import os
+
     import ray
     import ray.tune
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -97,7 +104,10 @@ def run_trial(params: dict[str, Any], specs: dict[str, TrialSpec], poll_seconds:
     # driver's sliver of a resource: Ray Data, the evaluation actors and the export task would
     # never fit. The work runs in a 0-CPU task beside this driver, outside that group.
     here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
-    work = ray.remote(execute).options(num_cpus=0, max_retries=0, scheduling_strategy=here)
+    os.environ.update(environment or {})  # this actor reads the checkpoints (training_progress)
+    # The task's runtime environment reaches every task and actor it starts too.
+    runtime = {"runtime_env": {"env_vars": environment}} if environment else {}
+    work = ray.remote(execute).options(num_cpus=0, max_retries=0, scheduling_strategy=here, **runtime)
     pending, reported = work.remote(spec), None
     while not ray.wait([pending], timeout=poll_seconds)[0]:
         progress = training_progress(spec)

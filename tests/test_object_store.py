@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import TRIPLETS
+from conftest import SHARED_DATA, TRIPLETS
 from pipelines.cli import main
 from pipelines.run_store.object_store import MANIFEST
 from pipelines.run_store.run import RunStore
@@ -201,17 +201,6 @@ def test_an_endpoint_that_does_not_answer_is_one_line(s3, monkeypatch):
     assert message.startswith(f"output directory s3://{BUCKET}/x: ") and "\n" not in message
     assert "Could not connect" in message and message.endswith("(credentials and endpoint come from "
                                                                "AWS_* variables, see README)")
-
-
-def test_the_sweep_refuses_a_uri_in_one_line(capsys, monkeypatch, tmp_path):
-    monkeypatch.chdir(tmp_path)
-    assert main(["run", "--output-dir", "s3://bucket/runs", "--no-progress"]) == 2
-    lines = capsys.readouterr().err.strip().splitlines()
-    # The bad value came from the flag, not the packaged config file: no file is blamed.
-    assert len(lines) == 1 and lines[0].startswith("layercut: error: invalid config: output_dir: ")
-    assert "s3://bucket/runs: layercut run needs a filesystem path (" in lines[0]
-    assert "layer-loss, finetune, evaluate and evaluate-classifier write to an object store" in lines[0]
-    assert list(tmp_path.iterdir()) == []  # nothing was written or started
 
 
 def _local_and_stored(s3, local, prefix: str) -> dict[str, tuple[bytes, bytes]]:
@@ -510,3 +499,84 @@ def test_finetune_writes_its_run_to_s3_equal_to_a_local_run(s3, local_finetune, 
     assert _body(s3, f"{prefix}model/model.safetensors") == weights
     assert f"{prefix}model/{MANIFEST}" in _keys(s3, prefix) and f"{prefix}summary.json" in _keys(s3, prefix)
     assert list(work.iterdir()) == [] and _scratch() <= scratch
+
+
+def _sweep_config(path, model_dir: str):
+    """The cheapest whole sweep (tests/test_main_job.py's toy, cut down): one model, the
+    contrastive route at one depth (2 of the tiny Llama's 6 layers), no L3Prune depth, no
+    untrained baseline, stage 1 on one batch, 2 fine-tuning steps on one CPU worker,
+    STSBenchmark cut to 16 pairs."""
+    import yaml
+
+    model = {"model": {"name_or_path": model_dir}}
+    cpu = {"use_gpu": False, "num_workers": 1, "cpus_per_worker": 1}
+    path.write_text(yaml.safe_dump({
+        "name": "s3", "grid": [2], "l3prune": False, "untrained_baseline": False,
+        "data_root": str(SHARED_DATA),
+        "models": [{"config": "smollm2-135m", "label": "tiny", "objectives": ["contrastive"]}],
+        "overrides": {
+            "layer_loss": {**model, "data": {"num_batches": 1, "batch_size": 4}, "workers": cpu},
+            "finetune": {**model, "encoder": {"max_length": 32}, "workers": cpu,
+                         "training": {"steps": 2, "warmup_steps": 0, "batch_size": 2,
+                                      "checkpoint_every": 2}},
+            "evaluate": {"tasks": ["STSBenchmark"], "max_samples_per_split": 16, "workers": cpu}},
+        "latency": {"texts": 2, "batch_size": 1}}))
+    return path
+
+
+@pytest.mark.slow
+def test_the_sweep_writes_its_run_to_s3_and_a_rerun_trains_nothing(s3, tiny_causal_lm, ray_cluster, capsys,
+                                                                    monkeypatch, tmp_path):
+    monkeypatch.delenv("LAYERCUT_DATA_ROOT", raising=False)
+    config = _sweep_config(tmp_path / "sweep.yaml", tiny_causal_lm)
+    work = tmp_path / "cwd"
+    work.mkdir()
+    monkeypatch.chdir(work)  # a run that wrote anything locally would leave it here
+    argv = ["run", "--config", str(config), "--output-dir", f"s3://{BUCKET}/sweep", "--no-progress"]
+    scratch = _scratch()
+    assert main(argv) == 0, capsys.readouterr().err
+    first = capsys.readouterr().out
+    assert _scratch() <= scratch  # the uploads' local copies are gone
+    prefix, trial = "sweep/s3/", "sweep/s3/trials/tiny-l2/"
+    keys = _keys(s3, prefix)
+    for name in ("report.md", "summary.json", "report.csv", "sweep.json", "config.yaml",
+                 "plots/layer_loss-tiny.png", "plots/score_vs_parameters.png", "plots/training_loss.png",
+                 "layer-loss/tiny/selection.json", "layer-loss/tiny/layer_losses.json"):
+        assert prefix + name in keys, name
+    assert _body(s3, f"{prefix}plots/training_loss.png")[:8] == b"\x89PNG\r\n\x1a\n"
+    assert MODEL_FILES <= {key.rsplit("/", 1)[1] for key in keys if key.startswith(f"{trial}finetune/model/")}
+    assert f"{trial}finetune/summary.json" in keys and f"{trial}finetune/training_log.csv" in keys
+    assert f"{trial}finetune/ray/train/step-0000002/trainer_state.json" in keys
+    assert f"{trial}evaluate/summary.md" in keys
+    assert any(key.startswith(f"{prefix}tune-") for key in keys)  # Tune's experiment, resumable from there
+    assert list(work.iterdir()) == []
+    assert main([*argv, "--plan"]) == 0  # the preview reads sweep.json and stage 1's picks there
+    assert "tiny-l2: 2/6 layers" in capsys.readouterr().out
+
+    result = json.loads(_body(s3, f"{trial}result.json"))
+    assert result["artifact"] == f"s3://{BUCKET}/{trial}finetune/model" and result["layers"] == 2
+    assert result["training_log"] == f"s3://{BUCKET}/{trial}finetune/training_log.csv"
+    assert "tiny-l2 (layercut)" in _body(s3, f"{trial}finetune/model/README.md").decode()  # the card's scores
+    summary = json.loads(_body(s3, f"{prefix}summary.json"))
+    assert summary["run_dir"] == f"s3://{BUCKET}/sweep/s3" and summary["failed"] == []
+    assert [row["layers"] for row in summary["trials"]] == [2]
+    report = _body(s3, f"{prefix}report.md")
+    assert _rendered(first).startswith(report.decode()) and "| tiny | 2/6 |" in report.decode()
+
+    # The same command again: the trial is finished (its result.json is not written again),
+    # nothing is trained, and the report is the same.
+    etag = s3.head_object(Bucket=BUCKET, Key=f"{trial}result.json")["ETag"]
+    checkpoints = [key for key in keys if "/ray/train/" in key]
+    assert main(argv) == 0, capsys.readouterr().err
+    output = capsys.readouterr()
+    assert f"resuming the Tune experiment in s3://{BUCKET}/sweep/s3/tune-" in output.err, output.err
+    assert "Trial status: 1 TERMINATED" in output.out  # Tune's word: finished, not run again
+    assert s3.head_object(Bucket=BUCKET, Key=f"{trial}result.json")["ETag"] == etag
+    assert [key for key in _keys(s3, prefix) if "/ray/train/" in key] == checkpoints
+    assert _body(s3, f"{prefix}report.md") == report and _rendered(output.out) == _rendered(first)
+    assert list(work.iterdir()) == []
+
+
+def _rendered(out: str) -> str:
+    """What `layercut run` printed after Tune's tables: the report and where it is."""
+    return out[out.index("# layercut sweep: "):]

@@ -37,6 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
+from pipelines.run_store.location import parent, run_path
+
 if TYPE_CHECKING:
     from pipelines.results import FinetuneResult
     from pipelines.schemas.finetune import FinetuneConfig
@@ -52,13 +54,14 @@ class ResolveContext:
 
     ``finetune_trees`` are stage 2's override trees (run-wide, the entry's, the sweep's own keys);
     ``data`` the data-root tree (``{"data_root": ...}`` or empty), ``wait`` the autoscaling
-    tree of a stage's workers, ``common`` the workers' address tree; ``run_dir`` is absolute.
+    tree of a stage's workers, ``common`` the workers' address tree; ``run_dir`` is the sweep's
+    run directory: an absolute Path, or a URI (join with ``run_store.location.run_path``).
     """
 
     config: SweepConfig
     entry: ModelEntry
     label: str
-    run_dir: Path
+    run_dir: Path | str
     data: dict[str, Any]
     wait: dict[str, Any]
     common: dict[str, Any]
@@ -200,7 +203,7 @@ class Route:
     trials: Callable[[ModelPlan, int, TrialOptions], list[Trial]]
     preview: Callable[[ModelPlan, bool, SweepConfig], list[str]]
     serving_texts: Callable[[ModelPlan, int], list[str] | None]
-    references: Callable[[SweepConfig, list[ModelPlan], Path], dict[str, Any]]
+    references: Callable[[SweepConfig, list[ModelPlan], Path | str], dict[str, Any]]
     finetune_config: Callable[[ModelPlan, Trial], FinetuneConfig]
     trial_configs: Callable[[SweepConfig, ModelPlan, Trial], dict[str, Any]]
     evaluate_trial: Callable[[TrialSpec, FinetuneResult], dict[str, Any]]
@@ -241,7 +244,7 @@ def trial_result(spec: TrialSpec, trained: FinetuneResult, *, scores: dict[str, 
         "final_loss": trained.final_loss, "first_loss": trained.first_loss, "steps": trained.steps,
         **throughput,
         "artifact": trained.artifact,
-        "training_log": str(Path(trained.artifact).parent / "training_log.csv"),
+        "training_log": str(run_path(parent(trained.artifact), "training_log.csv")),
         "train_workers": trained.train_workers,  # rank -> Ray node that trained it
         **(extra or {}),
     }

@@ -11,11 +11,25 @@ from pathlib import Path
 
 from tasks.object_store import is_uri
 
-__all__ = ["is_uri", "run_path"]
+__all__ = ["absolute", "is_uri", "parent", "run_path"]
 
 
-def run_path(output_dir: str, name: str) -> Path | str:
-    """The run directory ``name`` inside ``output_dir``: a Path, or 'scheme://.../name' for a URI."""
+def run_path(output_dir: Path | str, name: str) -> Path | str:
+    """The run directory ``name`` inside ``output_dir``: a Path, or 'scheme://.../name' for a URI.
+    ``name`` may hold '/' ('trials/tiny-l6')."""
     if is_uri(output_dir):
-        return f"{output_dir.rstrip('/')}/{name}"
+        return f"{str(output_dir).rstrip('/')}/{name}"
     return Path(output_dir) / name
+
+
+def absolute(location: Path | str) -> Path | str:
+    """A local directory made absolute (``Path.resolve``: the form other processes and reports
+    see); a URI as it is."""
+    return location if is_uri(location) else Path(location).resolve()
+
+
+def parent(location: Path | str) -> Path | str:
+    """The directory holding ``location``: ``Path.parent``, or the URI up to its last '/'."""
+    if is_uri(location):
+        return str(location).rstrip("/").rsplit("/", 1)[0]
+    return Path(location).parent

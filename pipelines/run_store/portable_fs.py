@@ -45,3 +45,16 @@ def filesystem_of(uri: str) -> tuple[FileSystem, str]:
             "AWS_DEFAULT_REGION") or ""
         filesystem = S3FileSystem(**options)
     return filesystem, path
+
+
+# What any process needs to open an s3:// URI itself: keys, region, endpoint (an S3-compatible
+# server). AWS_PROFILE and instance roles are not copied: each node resolves those on its own.
+ENVIRONMENT = (*KEYS, "AWS_SESSION_TOKEN", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL",
+               "AWS_ENDPOINT_URL_S3")
+
+
+def store_environment() -> dict[str, str]:
+    """{name: value} of this process's ``ENVIRONMENT`` variables that are set: what a process Ray
+    started without them (a sweep's trial, which runs whole stages that open their run
+    directories by URI) sets before it reaches the store. A snapshot, like the keys above."""
+    return {name: os.environ[name] for name in ENVIRONMENT if os.environ.get(name)}

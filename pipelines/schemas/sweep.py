@@ -9,8 +9,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field, field_validator, model_validator
 
-from pipelines.config import DepthSetting, StrictModel, filesystem_output_dir
+from pipelines.config import DepthSetting, StrictModel
 from pipelines.route_names import DEFAULT_ROUTE, RouteName
+from pipelines.run_store.location import run_path
 from pipelines.schemas.classify import ClassifyConfig
 from pipelines.schemas.evaluate import EvaluateConfig
 from pipelines.schemas.finetune import FinetuneConfig
@@ -18,11 +19,6 @@ from pipelines.schemas.layer_loss import LayerLossConfig
 from tasks.model.depth import Depth
 
 STAGE = "run"
-
-# An s3:// or gs:// output_dir is refused at validation, before any work.
-OutputDir = filesystem_output_dir("run",
-                                  "its trials' and Tune's files, the report and plots go through paths")
-
 
 def _check_grid(value: list[Depth] | None) -> list[Depth] | None:
     if value is not None and not value:
@@ -164,7 +160,8 @@ class ClassificationRoute(StrictModel):
 
 class SweepConfig(StrictModel):
     name: str | None = None  # run name; default: sweep-<first model>
-    output_dir: OutputDir = "runs"  # on a cluster: a filesystem every node mounts
+    # A local directory (on a cluster: a filesystem every node mounts) or an object store URI.
+    output_dir: str = "runs"
     address: str | None = None  # None: RAY_ADDRESS / a running cluster, else start one in-process
     data_root: str | None = None  # local mirror for every stage (also LAYERCUT_DATA_ROOT)
     grid: Annotated[list[DepthSetting], AfterValidator(_check_grid)] = Field(
@@ -196,5 +193,9 @@ class SweepConfig(StrictModel):
             raise ValueError(f"model labels must differ; repeated: {repeated} (set label:)")
         return value
 
-    def run_dir(self) -> Path:
-        return Path(self.output_dir) / (self.name or f"sweep-{self.models[0].name()}")
+    def run_name(self) -> str:
+        return self.name or f"sweep-{self.models[0].name()}"
+
+    def run_dir(self) -> Path | str:
+        """The run directory: a Path, or 's3://.../<name>' when ``output_dir`` is a URI."""
+        return run_path(self.output_dir, self.run_name())

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from pipelines.route_names import CLASSIFICATION
 from pipelines.routes.base import ResolveContext, TrialOptions
+from pipelines.run_store.location import run_path
 from pipelines.schemas.classify import ClassifyConfig
 from pipelines.schemas.finetune import FinetuneConfig
 from pipelines.sweep_plan import ModelPlan, Trial, base_layer_count, depth_origins, stage_config, trials_of
@@ -33,8 +34,9 @@ def resolve(context: ResolveContext, plan: ModelPlan) -> None:
         plan.classify[name] = stage_config(
             ClassifyConfig, entry.classify or entry.config, "classify", [
                 config.overrides.classify, entry.overrides.classify, context.wait,
-                {"output_dir": str(context.run_dir / "trials"), "layers": None, "workers": context.common,
-                 "show_progress": config.show_progress, "classification": task}])
+                {"output_dir": str(run_path(context.run_dir, "trials")), "layers": None,
+                 "workers": context.common, "show_progress": config.show_progress,
+                 "classification": task}])
         if plan.classify[name].workers.executor != "ray":
             raise LayercutError(f"model {label}: a sweep classifies on Ray workers "
                                 "(classify workers.executor must be ray)")
@@ -57,7 +59,8 @@ def trials(plan: ModelPlan, total: int, options: TrialOptions) -> list[Trial]:
             for trial in trials_of(CLASSIFICATION, plan.label, origins, name)]
 
 
-def references(config: SweepConfig, plans: list[ModelPlan], run_dir: Path) -> dict[str, ClassifyResult]:
+def references(config: SweepConfig, plans: list[ModelPlan],
+               run_dir: Path | str) -> dict[str, ClassifyResult]:
     """The unpruned model's zero-shot accuracy with each dataset's prompt: the reference line of
     the route ({"<label>-<dataset>": stage 3's ``ClassifyResult``}), scored once, then reused;
     {} when the section's ``zero_shot`` is off."""
@@ -70,7 +73,7 @@ def references(config: SweepConfig, plans: list[ModelPlan], run_dir: Path) -> di
         for name, stage in plan.classify.items():
             print(f"layercut: zero-shot {plan.label} on {name}", file=sys.stderr)
             reference = stage.model_copy(update={
-                "output_dir": str(run_dir / "zero-shot"), "name": f"{plan.label}/{name}",
+                "output_dir": str(run_path(run_dir, "zero-shot")), "name": f"{plan.label}/{name}",
                 "model": plan.classifiers[name].model})
             results[f"{plan.label}-{name}"] = classify.run(reference)
     return results

@@ -9,10 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipelines.plots import plot_accuracy_vs_layers, plot_training_curves
+from pipelines.plots import plot_accuracy_vs_layers, plot_training_curves, stored_as
 from pipelines.report_text import change_text, fmt, training_curves
 from pipelines.routes.base import RouteReport
-from pipelines.run_store.files import write_csv
+from pipelines.run_store.files import RunFiles
+from pipelines.run_store.run import RunStore
 from pipelines.route_names import CLASSIFICATION, CONTRASTIVE
 
 if TYPE_CHECKING:
@@ -115,7 +116,8 @@ def _side_by_side(rows, contrastive_rows) -> list[tuple]:
     return out
 
 
-def _classification_plots(rows, plans, zero_shot, plots: Path) -> None:
+def _classification_plots(rows, plans, zero_shot, files: RunFiles) -> None:
+    """plots/accuracy_vs_layers-<model>.png per model, plots/classification_training_loss.png."""
     for plan in (p for p in plans if p.classifiers):
         series = {name: [(r["layers"], r["accuracy"]) for r in rows if r["status"] == "done"
                          and r["model"] == plan.label and r["dataset"] == name]
@@ -124,13 +126,14 @@ def _classification_plots(rows, plans, zero_shot, plots: Path) -> None:
                       for name in plan.classifiers if f"{plan.label}-{name}" in zero_shot}
         plot_accuracy_vs_layers({k: v for k, v in series.items() if v}, references,
                                 plan.total_layers, f"{plan.label}: prompt-tuned accuracy of the "
-                                "model cut to l layers", plots / f"accuracy_vs_layers-{plan.label}.png")
-    plot_training_curves(training_curves(rows), plots / "classification_training_loss.png",
+                                "model cut to l layers",
+                                stored_as(files, f"plots/accuracy_vs_layers-{plan.label}.png"))
+    plot_training_curves(training_curves(rows), stored_as(files, "plots/classification_training_loss.png"),
                          ylabel="classification loss")
 
 
 def report(config, plans, trials, outcomes: dict[str, dict[str, Any]],
-           references: dict[str, ClassifyResult], run_dir: Path,
+           references: dict[str, ClassifyResult], run_dir: Path | str,
            earlier: dict[str, RouteReport]) -> RouteReport:
     """The classification trials' rows against the zero-shot ``references``
     ({"<label>-<dataset>": stage 3's ``ClassifyResult``}); with any trial, its figures, classification.csv and
@@ -141,8 +144,9 @@ def report(config, plans, trials, outcomes: dict[str, dict[str, Any]],
     best = best_accuracy(classified)
     markdown = ""
     if classified:
-        _classification_plots(classified, plans, zero_shot, run_dir / "plots")
-        write_csv(run_dir / "classification.csv", CLASSIFICATION_COLUMNS + ["zero_shot_accuracy"],
+        files = RunStore(run_dir).files
+        _classification_plots(classified, plans, zero_shot, files)
+        files.write_csv("classification.csv", CLASSIFICATION_COLUMNS + ["zero_shot_accuracy"],
                   [[row.get(c) for c in CLASSIFICATION_COLUMNS + ["zero_shot_accuracy"]]
                    for row in classified])
         probed = earlier[CONTRASTIVE].rows if CONTRASTIVE in earlier else []

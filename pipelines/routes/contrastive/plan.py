@@ -5,13 +5,14 @@ stage 3), what it needs from the cluster, the checks before any work (instructio
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import TYPE_CHECKING
 
 from pipelines.results import LayerLossResult
 from pipelines.route_names import CLASSIFICATION, CONTRASTIVE
 from pipelines.routes.base import ResolveContext, TrialOptions, l3prune_picks
+from pipelines.run_store.location import run_path
+from pipelines.run_store.run import RunStore
 from pipelines.schemas.evaluate import EvaluateConfig
 from pipelines.schemas.layer_loss import LayerLossConfig
 from pipelines.sweep_plan import ModelPlan, Trial, depth_origins, stage_config, trials_of
@@ -33,11 +34,11 @@ def resolve(context: ResolveContext, plan: ModelPlan) -> None:
     data, wait, common = context.data, context.wait, context.common
     plan.layer_loss = stage_config(LayerLossConfig, entry.layer_loss or entry.config, "layer_loss", [
         config.overrides.layer_loss, entry.overrides.layer_loss, wait,
-        {"output_dir": str(context.run_dir / "layer-loss"), "name": label, "data": data,
+        {"output_dir": str(run_path(context.run_dir, "layer-loss")), "name": label, "data": data,
          "workers": common}])
     plan.evaluate = stage_config(EvaluateConfig, entry.evaluate or entry.config, "evaluate", [
         config.overrides.evaluate, entry.overrides.evaluate, wait,
-        {"output_dir": str(context.run_dir / "trials"), "layers": None, "workers": common,
+        {"output_dir": str(run_path(context.run_dir, "trials")), "layers": None, "workers": common,
          "show_progress": config.show_progress, **data}])
     check_tasks(plan.evaluate)  # a task typo fails now, not after hours of fine-tuning
     if plan.evaluate.workers.executor != "ray":
@@ -143,9 +144,9 @@ def recorded_picks(plan: ModelPlan, same_config: bool) -> bool:
     """For `layercut run --plan`: load stage 1's selection.json into ``plan.stage1`` when this
     run directory holds one of the same configuration (``same_config``); else set it to None
     (the layer count is ``plan.total_layers``). Returns whether the picks were loaded."""
-    selection = plan.layer_loss.run_dir().resolve() / "selection.json"
-    picked = selection.exists() and same_config
-    plan.stage1 = LayerLossResult.from_json(json.loads(selection.read_text()), str(selection)) if picked else None
+    files, name = RunStore(plan.layer_loss.run_dir()).files, "selection.json"
+    picked = files.exists(name) and same_config
+    plan.stage1 = LayerLossResult.from_json(files.read_json(name), files.where(name)) if picked else None
     return picked
 
 

@@ -10,12 +10,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pipelines.plots import plot_layer_losses, plot_score_vs_parameters, plot_training_curves
+from pipelines.plots import plot_layer_losses, plot_score_vs_parameters, plot_training_curves, stored_as
 from pipelines.report_text import change_text, fmt, training_curves
 from pipelines.routes.base import RouteReport
 from pipelines.routes.contrastive.rows import (COLUMNS, _rows, best_within_budget, differences_from_best,
                                                fine_tuning_effect, pareto_front, within_interval)
-from pipelines.run_store.files import write_csv
+from pipelines.run_store.files import RunFiles
+from pipelines.run_store.run import RunStore
 
 
 def untrained_wording(model: str, groups: dict[str, list[int]], rows: list[dict[str, Any]]) -> str:
@@ -152,16 +153,16 @@ def _overlap_markdown(plans) -> list[str]:
     return lines
 
 
-def _figures(plans, rows, plots: Path) -> dict[str, tuple[list[tuple[float, float, int]], list[int]]]:
+def _figures(plans, rows, files: RunFiles) -> dict[str, tuple[list[tuple[float, float, int]], list[int]]]:
     """The layer-loss figure of each model with stage 1, the score against parameters and the
-    training curves; returns {model: ((parameters, MTEB mean, layers) per finished depth,
-    indices of its Pareto front)}."""
+    training curves, into plots/ of the run directory of ``files``; returns {model: ((parameters,
+    MTEB mean, layers) per finished depth, indices of its Pareto front)}."""
     for plan in (p for p in plans if p.stage1 is not None):
-        stage1_dir = plan.layer_loss.run_dir()
-        losses = [entry["loss"] for entry in json.loads((stage1_dir / "layer_losses.json").read_text())["layers"]]
+        stage1 = RunStore(plan.layer_loss.run_dir()).files
+        losses = [entry["loss"] for entry in stage1.read_json("layer_losses.json")["layers"]]
         plot_layer_losses(losses, plan.stage1.small.layers, plan.stage1.large.layers,
                           f"{plan.label}: loss of the model cut to l layers",
-                          plots / f"layer_loss-{plan.label}.png")
+                          stored_as(files, f"plots/layer_loss-{plan.label}.png"))
     done = [row for row in rows if row["status"] == "done"]
     series, intervals, untrained = {}, {}, {}
     for model in dict.fromkeys(row["model"] for row in done):
@@ -171,20 +172,22 @@ def _figures(plans, rows, plots: Path) -> dict[str, tuple[list[tuple[float, floa
         untrained[model] = [(row["parameters"], row["untrained_mean"]) for row in done
                             if row["model"] == model and row["untrained_mean"] is not None]
     if rows:
-        plot_score_vs_parameters(series, plots / "score_vs_parameters.png", intervals, untrained)
-        plot_training_curves(training_curves(rows), plots / "training_loss.png")
+        plot_score_vs_parameters(series, stored_as(files, "plots/score_vs_parameters.png"),
+                                 intervals, untrained)
+        plot_training_curves(training_curves(rows), stored_as(files, "plots/training_loss.png"))
     return series
 
 
 def report(config, plans, trials, outcomes: dict[str, dict[str, Any]], references: dict[str, Any],
-           run_dir: Path, earlier: dict[str, RouteReport]) -> RouteReport:
+           run_dir: Path | str, earlier: dict[str, RouteReport]) -> RouteReport:
     """The contrastive trials' rows, figures, report.csv, report.md section and summary.json keys
     (trials, pareto_front, best_within_budget, best_within_interval_of, fine_tuning_effect,
     budget, stage1)."""
     rows = _rows(trials, outcomes)
     best = best_within_budget(rows, config.budget.max_parameters, config.budget.max_latency_ms)
-    series = _figures(plans, rows, run_dir / "plots")
-    write_csv(run_dir / "report.csv", COLUMNS + ["mteb_per_type"],
+    files = RunStore(run_dir).files
+    series = _figures(plans, rows, files)
+    files.write_csv("report.csv", COLUMNS + ["mteb_per_type"],
               [[";".join(row[c]) if c == "origins" else row.get(c) for c in COLUMNS]
                + [json.dumps(row.get("mteb_per_type"))] for row in rows])
     # The evaluated items stay in the trials' result files (the report reads them there).

@@ -5,11 +5,10 @@ encode latency and peak memory; the result is result.json's record of the trial.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipelines.routes.base import trial_result
-from pipelines.run_store.files import write_atomic
+from pipelines.run_store.run import RunStore
 
 if TYPE_CHECKING:
     from pipelines.results import EvaluateResult, FinetuneResult
@@ -37,11 +36,13 @@ def _measure(spec: TrialSpec, artifact: str) -> dict[str, Any]:
     from tasks.model.footprint import measure_encoding
     from tasks.model.models import resolve_model
     from tasks.model.prompts import PromptConfig
+    from tasks.object_store import is_uri
 
     evaluate = spec.evaluate
     plan = plan_workers(evaluate.workers, jobs=1)
-    facts = read_layercut_file(artifact)
-    model_spec = evaluate.model.spec(resolve_model(artifact))
+    source = resolve_model(artifact)  # a URI: its local copy, fetched again after the card changed
+    facts = read_layercut_file(source.path if is_uri(artifact) else artifact)
+    model_spec = evaluate.model.spec(source)
     task = ray.remote(**plan.task_options)(measure_encoding)
     return ray.get(task.remote(model_spec, PromptConfig(**facts["prompt"]), facts["pooling"],
                                spec.latency_texts, spec.latency_batch_size, plan.threads))
@@ -66,7 +67,7 @@ def evaluate_trial(spec: TrialSpec, trained: FinetuneResult) -> dict[str, Any]:
         probe_run = evaluate.run(evaluation.model_copy(update={
             "name": f"{spec.key}/probe", "tasks": list(spec.probe_tasks)}))
         probes = {row["task"]: row["main_score"] for row in probe_run.tasks}
-    _card_scores(Path(trained.artifact), spec, scores.tasks, probes)
+    _card_scores(trained.artifact, spec, scores.tasks, probes)
     with user_errors_from_ray():
         footprint = _measure(spec, trained.artifact)
     return trial_result(
@@ -101,13 +102,15 @@ def change_fields(trained: EvaluateResult, untrained: EvaluateResult) -> dict[st
             "change_vs_untrained_task_intervals": per_task}
 
 
-def _card_scores(artifact: Path, spec: TrialSpec, rows: list[dict[str, Any]], probes: dict[str, float]) -> None:
-    """The artifact's model card with the scores this trial measured (tasks/export/card_scores.py)."""
+def _card_scores(artifact: str, spec: TrialSpec, rows: list[dict[str, Any]],
+                 probes: dict[str, float]) -> None:
+    """The artifact's model card with the scores this trial measured (tasks/export/card_scores.py);
+    ``artifact``: the model directory, a path or a URI (the card is replaced whole there)."""
     from tasks.export.card_scores import card_with_scores
 
-    card = artifact / "README.md"
-    write_atomic(card, card_with_scores(card.read_text(), f"{spec.key} (layercut)", rows,
-                                        spec.overlap, probes))
+    files = RunStore(artifact).files
+    files.write_text("README.md", card_with_scores(files.read_text("README.md"), f"{spec.key} (layercut)",
+                                                   rows, spec.overlap, probes))
 
 
 def tune_metrics(result: dict[str, Any]) -> dict[str, float]:
