@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING, Any
 
 from pipelines.ray_runtime import layercut_cause, user_errors_from_ray
 from pipelines.run_store.location import is_uri
-from pipelines.run_store.portable_fs import store_environment
 from pipelines.run_store.run import RunStore
 from pipelines.schemas.sweep import SweepConfig, TuneSection
 from tasks.errors import LayercutError
+from tasks.object_store import store_environment
 
 if TYPE_CHECKING:
     from pipelines.trial import TrialSpec

@@ -90,7 +90,7 @@ def run_trial(params: dict[str, Any], specs: dict[str, TrialSpec], poll_seconds:
     """The Tune function: one depth of one model. Reports the training loss as the trial's Ray
     Train run checkpoints it, then the trial's metrics at the end.
 
-    ``environment``: the driver's object-store settings (``portable_fs.store_environment``) when
+    ``environment``: the driver's object-store settings (``tasks.object_store.store_environment``) when
     the sweep's run directory is a URI, else empty: this actor and the work task (and what it
     starts) open the store by URI, and Ray started them without those variables."""
     import os

@@ -220,6 +220,33 @@ def _upload(client, folder, prefix: str) -> None:
                               Body=path.read_bytes())
 
 
+def test_an_e5_folder_on_the_store_reads_as_the_local_one(s3, ray_cluster, tmp_path):
+    """Training data on the store: an E5 folder of <source>.jsonl files (not Parquet) is read by
+    Ray Data's tasks, whose processes have none of this process's AWS_* variables, with each
+    row's source and instruction as from the same folder on disk."""
+    import pyarrow as pa
+
+    from tasks.training.data import annotated_triplets
+
+    folder = tmp_path / "echo-data"
+    folder.mkdir()
+    for source, count in (("allnli", 4), ("nq", 3)):
+        (folder / f"{source}.jsonl").write_text("".join(json.dumps(
+            {"query": f"{source} query {i}", "positive": f"{source} positive {i}",
+             "negative": f"{source} negative {i}"}) + "\n" for i in range(count)))
+    _upload(s3, folder, "data/echo-data/")
+
+    def rows(path: str):
+        annotated, report = annotated_triplets(path, seed=0, layout="e5")
+        table = pa.concat_tables(list(annotated.iter_batches(batch_format="pyarrow")))
+        return sorted(zip(*(table[name].to_pylist() for name in ("query", "instruction", "source")))), report
+
+    local, local_report = rows(str(folder))
+    stored, stored_report = rows(f"s3://{BUCKET}/data/echo-data")
+    assert len(local) == 7 and stored == local
+    assert stored_report["rows"] == 7 and stored_report["skipped_rows"] == 0
+
+
 def test_a_model_directory_is_fetched_once_and_again_when_the_store_changes(s3, tiny_model_dirs, tmp_path):
     from tasks.object_store import SOURCE_RECORD, fetch_directory
 

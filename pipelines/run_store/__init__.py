@@ -4,9 +4,9 @@ One idea per module:
 
 - ``files``: ``RunFiles``, a run directory's files by relative name, every write atomic (text,
   JSON, CSV, staged files and directories); the one place that touches the filesystem.
-- ``object_store``: ``ObjectStoreFiles``, the same on a pyarrow filesystem (s3://, gs://).
-- ``portable_fs``: the pyarrow filesystem of a URI, built to work in the processes it is
-  pickled into (Ray Train's, a Ray task's), carrying the driver's S3 endpoint and keys.
+- ``object_store``: ``ObjectStoreFiles``, the same on a pyarrow filesystem (s3://, gs://), the
+  one of ``tasks.object_store.filesystem_of``: it keeps working in the processes it is pickled
+  into (Ray Train's, a Ray task's), carrying the driver's S3 endpoint and keys.
 - ``location``: a run directory's path or URI (``is_uri``, ``run_path``, ``absolute``, ``parent``).
 - ``guard``: the fingerprint guard, a record of what computed a directory's results and the
   one-line refusal of other settings (naming what differs).

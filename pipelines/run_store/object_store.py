@@ -13,7 +13,7 @@ Credentials and endpoint come from the environment, as for any pyarrow / AWS SDK
 ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_REGION``, ``AWS_ENDPOINT_URL`` (or
 ``AWS_ENDPOINT_URL_S3``) for an S3-compatible server; for gs://, Google's application default
 credentials. Query parameters of the URI (``?region=...&endpoint_override=...``) work too. The
-filesystem carries the driver's S3 keys when pickled (portable_fs.py), so ``for_task()`` is the
+filesystem carries the driver's S3 keys when pickled (tasks/object_store.py), so ``for_task()`` is the
 same object and ``storage(name)`` hands Ray Train a filesystem its other processes can use.
 """
 
@@ -27,9 +27,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from pipelines.run_store.files import RunFiles, json_text
-from pipelines.run_store.portable_fs import filesystem_of
 from tasks.errors import LayercutError
-from tasks.object_store import MANIFEST  # written last into a directory that appears whole
+from tasks.object_store import MANIFEST, filesystem_of  # MANIFEST: a whole directory's, written last
 
 
 class ObjectStoreFiles(RunFiles):

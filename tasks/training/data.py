@@ -22,6 +22,7 @@ import numpy as np
 import pyarrow as pa
 
 from tasks.errors import LayercutError
+from tasks.object_store import filesystem_of, is_uri
 from tasks.training.e5_data import E5_INSTRUCTIONS, e5_instruction, e5_source
 from tasks.training.fields import FIELD_ALIASES, OPTIONAL_FIELDS, REQUIRED_FIELDS
 from tasks.training.json_lines import LINE, NOT_TEXT, UNPARSABLE, json_type, read_json_lines
@@ -44,27 +45,37 @@ def resolve_source(source: str, local_source: str | None, data_root: str | None)
 
 
 def _filesystem_for(path: str):
-    """(pyarrow filesystem or None, path for it). hf:// goes through huggingface_hub's fsspec."""
+    """(pyarrow filesystem or None, path for it). hf:// goes through huggingface_hub's fsspec; an
+    object store (s3://, gs://) through the filesystem that carries the driver's keys to Ray
+    Data's read tasks (tasks/object_store.filesystem_of); None for a local path."""
     scheme = urlparse(path).scheme
     if scheme == "hf":
         from huggingface_hub import HfFileSystem
         from pyarrow.fs import FSSpecHandler, PyFileSystem
 
         return PyFileSystem(FSSpecHandler(HfFileSystem())), path[len("hf://"):]
+    if is_uri(path):
+        return filesystem_of(path)
     return None, path
 
 
-def _format_of(path: str, filesystem) -> str:
+def _format_of(path: str, filesystem, fs_path: str) -> str:
     lowered = path.lower().rstrip("/")
     if lowered.endswith((".jsonl", ".json", ".jsonl.gz", ".json.gz")):
         return "json"
     if lowered.endswith(".parquet"):
         return "parquet"
-    # A directory: Parquet if it holds any Parquet file (hub datasets), else JSON lines.
-    if filesystem is None and urlparse(path).scheme in ("", "file"):
+    # A directory: Parquet if it holds any Parquet file (hub datasets), else JSON lines (an E5
+    # folder of <source>.jsonl files, here or on an object store).
+    if filesystem is None:
         local = Path(urlparse(path).path if path.startswith("file:") else path)
         return "parquet" if any(local.rglob("*.parquet")) else "json"
-    return "parquet"
+    if urlparse(path).scheme == "hf":  # listing a hub repository costs requests: its data is Parquet
+        return "parquet"
+    from pyarrow.fs import FileSelector
+
+    found = filesystem.get_file_info(FileSelector(fs_path.rstrip("/"), recursive=True))
+    return "parquet" if any(info.path.endswith(".parquet") for info in found) else "json"
 
 
 def read_triplets(path: str):
@@ -79,7 +90,7 @@ def read_triplets(path: str):
     filesystem, fs_path = _filesystem_for(path)
     kwargs = {"filesystem": filesystem} if filesystem is not None else {}
     try:
-        if _format_of(path, filesystem) == "json":
+        if _format_of(path, filesystem, fs_path) == "json":
             # Line by line, every column text: one bad line is one bad row (tasks.training.json_lines).
             return read_json_lines(fs_path, file_extensions=["json", "jsonl", "gz"],
                                    include_paths=True, **kwargs)
