@@ -92,10 +92,11 @@ def store_environment() -> dict[str, str]:
 
 
 def fetch_directory(uri: str, cache: Path) -> Path:
-    """The model directory ``uri`` as a local directory under ``cache``, downloaded on first use
-    and again whenever the store's copy changed (another export to the same URI); reused as long
-    as every object's name, size and modification time are the same. Safe across processes (a
-    file lock; the copy appears whole or not at all).
+    """The model directory ``uri`` as a local directory under ``cache``, downloaded on first use;
+    reused as long as every object's name, size and modification time are the same, and when the
+    store's copy changed (a new card, another export to the same URI), rebuilt with only the
+    changed objects downloaded again. Safe across processes (a file lock; the copy appears whole
+    or not at all).
 
     Which objects: those the directory's manifest lists when it has one (a layercut export),
     else every object under ``uri`` (a model uploaded by other means).
@@ -137,16 +138,33 @@ def fetch_directory(uri: str, cache: Path) -> Path:
     target = cache / f"{label}-{hashlib.sha256(uri.encode()).hexdigest()[:16]}"
     target.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(f"{target}.lock"):
-        if _recorded(target) == record:
+        previous = _recorded(target)
+        if previous == record:
             return target
+        # Objects the store still holds unchanged (a sweep rewrites only the model card) come
+        # from the old copy, linked, not downloaded again: a 7B model's shards are 15 GB.
+        unchanged = {tuple(entry) for entry in (previous or {}).get("objects", [])
+                     if previous.get("uri") == uri}
         with staged_directory(target) as staging:
-            for name in record["objects"]:
-                local = staging / name[0]
+            for name, size, mtime in record["objects"]:
+                local = staging / name
                 local.parent.mkdir(parents=True, exist_ok=True)
-                with fs.open_input_stream(f"{base}/{name[0]}") as source, open(local, "wb") as copy:
+                if (name, size, mtime) in unchanged and (target / name).is_file():
+                    _link_or_copy(target / name, local)
+                    continue
+                with fs.open_input_stream(f"{base}/{name}") as source, open(local, "wb") as copy:
                     shutil.copyfileobj(source, copy, 16 << 20)  # shards are GBs: never whole in memory
             (staging / SOURCE_RECORD).write_text(json.dumps(record, indent=2) + "\n")
     return target
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    """``target`` as a hard link of ``source`` (the staging directory is beside the copy, on the
+    same filesystem), or a copy where the filesystem has no hard links."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
 
 
 def _recorded(target: Path) -> dict | None:

@@ -262,10 +262,18 @@ def test_a_model_directory_is_fetched_once_and_again_when_the_store_changes(s3, 
     # Unchanged on the store: the same copy, not downloaded again.
     stamp = (copy / "model.safetensors").stat().st_mtime_ns
     assert fetch_directory(uri + "/", cache) == copy and (copy / "model.safetensors").stat().st_mtime_ns == stamp
-    # Changed on the store (a new export to the same URI): fetched again, whole.
+    # Changed on the store (a sweep writes the scores into the card): the changed object is
+    # fetched again; the unchanged weights come from the old copy (the same file, linked).
+    weights = (copy / "model.safetensors").stat().st_ino
     s3.put_object(Bucket=BUCKET, Key="models/tiny/README.md", Body=b"a new card")
     assert fetch_directory(uri, cache) == copy and (copy / "README.md").read_bytes() == b"a new card"
+    assert (copy / "model.safetensors").stat().st_ino == weights
     assert (copy / "model.safetensors").read_bytes() == (model / "model.safetensors").read_bytes()
+    # Another export to the same URI: every changed object fetched, no stale file kept.
+    s3.put_object(Bucket=BUCKET, Key="models/tiny/model.safetensors", Body=b"other weights")
+    s3.delete_object(Bucket=BUCKET, Key="models/tiny/README.md")
+    fetch_directory(uri, cache)
+    assert (copy / "model.safetensors").read_bytes() == b"other weights" and not (copy / "README.md").exists()
 
     # A layercut export is fetched by its manifest: what the manifest lists, no more.
     files = RunStore(f"s3://{BUCKET}/models/export").files

@@ -20,6 +20,7 @@ from tasks.model.depth import Depth
 
 STAGE = "run"
 
+
 def _check_grid(value: list[Depth] | None) -> list[Depth] | None:
     if value is not None and not value:
         raise ValueError("the grid is empty: give depths, e.g. [keep:1.0, keep:0.5, 4]")
