@@ -31,9 +31,12 @@ def run_experiment(config: SweepConfig, specs: dict[str, TrialSpec], concurrency
     from pipelines.trial import run_trial
 
     files = RunStore(run_dir).files
-    # A trial opens the store by URI in its own processes (finetune, evaluate, its result.json),
-    # which Ray started without the driver's AWS_* settings: they travel with the trial.
-    environment = store_environment() if is_uri(run_dir) else {}
+    # A trial opens the store by URI in its own processes (finetune, evaluate, its result.json,
+    # a base model given as a URI), which Ray may have started without the driver's AWS_*
+    # settings: they travel with the trial. (Training data goes through Ray Data's read tasks
+    # with the filesystem of tasks/object_store.filesystem_of, which carries the keys itself.)
+    on_store = is_uri(run_dir) or any(is_uri(spec.finetune.model.name_or_path) for spec in specs.values())
+    environment = store_environment() if on_store else {}
     trainable = tune.with_resources(tune.with_parameters(run_trial, specs=specs, environment=environment),
                                     dict(config.tune.driver_resources))
     # One experiment per trial list: changing the grid starts a new experiment, whose trials
