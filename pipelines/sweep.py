@@ -63,6 +63,8 @@ def run(config: SweepConfig) -> SweepResult:
     references = {name: route.references(config, plans, run_dir) for name, route in ROUTES.items()}
     specs = trial_specs(config, plans, trials, serving_texts(config, plans), run_dir)
     outcomes = run_experiment(config, specs, concurrency, run_dir)
+    for route in ROUTES.values():  # e.g. latency, measured with no trial running any more
+        outcomes = route.after_trials(specs, outcomes)
     return write_report(run_dir, config, plans, trials, outcomes, references)
 
 

@@ -216,7 +216,6 @@ def test_a_trial_records_its_depth_untrained_and_a_finished_one_evaluates_nothin
                                  steps=3)
     monkeypatch.setattr(evaluate, "run", evaluated)
     monkeypatch.setattr(finetune, "run", lambda config: trained)
-    monkeypatch.setattr(contrastive_trial, "_measure", lambda spec, artifact: {"latency_ms": 1.0})
     monkeypatch.setattr(contrastive_trial, "_card_scores", lambda *args: None)
 
     def spec(result_dir, untrained):
@@ -259,7 +258,6 @@ def test_result_json_keys_of_each_route_in_their_order(tmp_path, monkeypatch):
 
     monkeypatch.setattr(evaluate, "run", lambda config: _results.evaluated(texts_per_second=1.0))
     monkeypatch.setattr(classify, "run", lambda config: _results.classified())
-    monkeypatch.setattr(contrastive_trial, "_measure", lambda spec, artifact: {"latency_ms": 1.0})
     monkeypatch.setattr(contrastive_trial, "_card_scores", lambda *args: None)
     spec = TrialSpec(key="k", model="m", layers=1, origins=("grid 1",), finetune=None,
                      evaluate=EvaluateConfig(), latency_texts=[], latency_batch_size=1,
@@ -276,11 +274,66 @@ def test_result_json_keys_of_each_route_in_their_order(tmp_path, monkeypatch):
     assert list(contrastive_trial.evaluate_trial(spec, trained)) == [
         *stage2_before, *stage2_size, *scores, "change_vs_untrained", "change_vs_untrained_interval",
         "change_vs_untrained_task_intervals", *stage2_training, "encode_texts_per_second",
-        "latency_ms", *stage2_after, "probe_accuracy", "mteb_items"]
+        *stage2_after, "probe_accuracy", "mteb_items"]
     assert list(classification_trial.evaluate_trial(spec, trained)) == [
         *stage2_before, "objective", "dataset", *stage2_size, "accuracy", "macro_f1",
         "majority_rate", "test_examples", *stage2_training, "classify_texts_per_second",
         *stage2_after]
+
+
+def test_latency_is_measured_after_the_trials_one_depth_at_a_time(tmp_path, monkeypatch, capsys):
+    """routes/contrastive/serving.py: each finished contrastive depth measured once, in order (per
+    model, deepest first), never two at once; failed trials and other routes left alone; a rerun
+    measures only what it has not, or what ran again; a failed measurement is n/a and retried.
+    (The measurement itself, a Ray task on the artifact, runs in tests/test_main_job.py.)"""
+    import threading
+
+    from pipelines.routes.contrastive import serving
+    from pipelines.trial import TrialSpec
+
+    calls, running, lock = [], [0], threading.Lock()
+
+    def measure(spec, artifact):
+        with lock:
+            running[0] += 1
+            assert running[0] == 1, "two measurements at once"
+        calls.append((spec.key, artifact))
+        with lock:
+            running[0] -= 1
+        if spec.key == "b-l2" and len(calls) == 3:
+            raise RuntimeError("Traceback...\nCUDA out of memory")
+        return {"latency_ms": float(spec.layers), "latency_batch_size": 4, "peak_memory_mib": 10.0 * spec.layers,
+                "memory_kind": "process_rss"}
+
+    monkeypatch.setattr(serving, "measure", measure)
+
+    def spec(key, model, layers, objective="contrastive"):
+        return TrialSpec(key=key, model=model, layers=layers, origins=("grid",), finetune=None, latency_texts=[],
+                         latency_batch_size=4, result_dir=str(tmp_path / key), objective=objective)
+
+    specs = {s.key: s for s in (spec("a-l2", "a", 2), spec("a-l6", "a", 6), spec("b-l2", "b", 2),
+                                spec("b-l4", "b", 4), spec("a-sst2-l2", "a", 2, "classification"))}
+    outcomes = {"a-l2": {"artifact": "art/a2", "mteb_mean": 0.5}, "a-l6": {"artifact": "art/a6", "mteb_mean": 0.6},
+                "b-l2": {"artifact": "art/b2", "mteb_mean": 0.4}, "b-l4": {"error": "not finished"},
+                "a-sst2-l2": {"artifact": "art/c", "accuracy": 0.9}}
+    measured = serving.measure_finished(specs, outcomes)
+    assert calls == [("a-l6", "art/a6"), ("a-l2", "art/a2"), ("b-l2", "art/b2")]
+    assert measured["a-l6"] == {"artifact": "art/a6", "mteb_mean": 0.6, "latency_ms": 6.0, "latency_batch_size": 4,
+                                "peak_memory_mib": 60.0, "memory_kind": "process_rss"}
+    assert measured["b-l4"] == outcomes["b-l4"] and measured["a-sst2-l2"] == outcomes["a-sst2-l2"]
+    assert measured["b-l2"]["latency_ms"] is None and not (tmp_path / "b-l2" / serving.SERVING_FILE).exists()
+    err = capsys.readouterr().err
+    assert "layercut: could not measure b-l2 (latency and memory stay n/a; a rerun measures it again): " \
+           "CUDA out of memory\n" in err
+    assert err.count("layercut: measuring encode latency and memory of ") == 3
+
+    # The rerun: a-l6 and a-l2 are read back; b-l2 is measured again, as is a-l2 after its trial
+    # ran again (another result).
+    outcomes["a-l2"] = {"artifact": "art/a2", "mteb_mean": 0.55}
+    again = serving.measure_finished(specs, outcomes)
+    assert calls[3:] == [("a-l2", "art/a2"), ("b-l2", "art/b2")]
+    assert again["a-l6"] == measured["a-l6"] and again["b-l2"]["latency_ms"] == 2.0
+    assert serving.measure_finished(specs, outcomes) == again and len(calls) == 5
 
 
 def _untrained_outcomes() -> dict[str, dict]:

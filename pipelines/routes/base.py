@@ -191,6 +191,9 @@ class Route:
         report: ``(SweepConfig, plans, trials, outcomes, references, run dir, earlier) ->
             RouteReport``: write its plots and CSV files into the run dir and return its part of
             report.md and summary.json; ``earlier``: the reports of the routes before it.
+        after_trials: ``(specs, outcomes) -> outcomes``: what the route measures once every
+            trial has ended, added to its trials' outcomes before the report (the contrastive
+            route: encode latency and memory, one depth at a time); by default nothing.
     """
 
     name: str
@@ -209,6 +212,8 @@ class Route:
     evaluate_trial: Callable[[TrialSpec, FinetuneResult], dict[str, Any]]
     tune_metrics: Callable[[dict[str, Any]], dict[str, float]]
     report: Callable[..., RouteReport]
+    after_trials: Callable[[dict[str, TrialSpec], dict[str, Any]], dict[str, Any]] = \
+        lambda specs, outcomes: outcomes
 
 
 def nothing(*args: Any) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pipelines.routes.base import Route
-from pipelines.routes.contrastive import plan, report, trial
+from pipelines.routes.contrastive import plan, report, serving, trial
 from pipelines.routes.contrastive.training import ContrastiveTraining
 from pipelines.route_names import CONTRASTIVE
 
@@ -24,4 +24,5 @@ ROUTE = Route(
     evaluate_trial=trial.evaluate_trial,
     tune_metrics=trial.tune_metrics,
     report=report.report,
+    after_trials=serving.measure_finished,  # latency and memory, one depth at a time
 )

@@ -1,6 +1,7 @@
 """A contrastive trial after stage 2: evaluate the artifact on MTEB (stage 3), the same depth
-untrained and the classification probes, write the scores into the artifact's card, measure
-encode latency and peak memory; the result is result.json's record of the trial.
+untrained and the classification probes, write the scores into the artifact's card; the result
+is result.json's record of the trial. (Encode latency and peak memory are measured once every
+trial has ended: serving.py.)
 """
 
 from __future__ import annotations
@@ -27,32 +28,11 @@ def trial_configs(config: SweepConfig, plan: ModelPlan, trial: Trial) -> dict[st
             if config.untrained_baseline else None}
 
 
-def _measure(spec: TrialSpec, artifact: str) -> dict[str, Any]:
-    """Encode latency and peak memory, in a fresh Ray task with one evaluation worker's resources."""
-    import ray
-
-    from pipelines.ray_runtime import plan_workers
-    from tasks.export.artifact import read_layercut_file
-    from tasks.model.footprint import measure_encoding
-    from tasks.model.models import resolve_model
-    from tasks.model.prompts import PromptConfig
-    from tasks.object_store import is_uri
-
-    evaluate = spec.evaluate
-    plan = plan_workers(evaluate.workers, jobs=1)
-    source = resolve_model(artifact)  # a URI: its local copy, fetched again after the card changed
-    facts = read_layercut_file(source.path if is_uri(artifact) else artifact)
-    model_spec = evaluate.model.spec(source)
-    task = ray.remote(**plan.task_options)(measure_encoding)
-    return ray.get(task.remote(model_spec, PromptConfig(**facts["prompt"]), facts["pooling"],
-                               spec.latency_texts, spec.latency_batch_size, plan.threads))
-
-
 def evaluate_trial(spec: TrialSpec, trained: FinetuneResult) -> dict[str, Any]:
-    """Stage 3 on the artifact (and on the same depth untrained, and the probes), the card's
-    scores, latency and memory: the trial's result (stage 2's ``trained`` summary beside them)."""
+    """Stage 3 on the artifact (and on the same depth untrained, and the probes) and the card's
+    scores: the trial's result (stage 2's ``trained`` summary beside them). Latency and memory
+    are measured after the trials (serving.py)."""
     from pipelines import evaluate
-    from pipelines.ray_runtime import user_errors_from_ray
 
     evaluation = spec.evaluate.model_copy(update={
         "name": f"{spec.key}/evaluate",
@@ -68,11 +48,9 @@ def evaluate_trial(spec: TrialSpec, trained: FinetuneResult) -> dict[str, Any]:
             "name": f"{spec.key}/probe", "tasks": list(spec.probe_tasks)}))
         probes = {row["task"]: row["main_score"] for row in probe_run.tasks}
     _card_scores(trained.artifact, spec, scores.tasks, probes)
-    with user_errors_from_ray():
-        footprint = _measure(spec, trained.artifact)
     return trial_result(
         spec, trained, scores={**score_fields("mteb", scores), **untrained},
-        throughput={"encode_texts_per_second": scores.texts_per_second, **footprint},
+        throughput={"encode_texts_per_second": scores.texts_per_second},
         # mteb_items: what the subsampled scores were computed from: the report pairs depths on them.
         extra={"probe_accuracy": probes, "mteb_items": scores.items})
 
