@@ -41,10 +41,11 @@ def untrained_wording(model: str, groups: dict[str, list[int]], rows: list[dict[
     return f"- **{model}**: " + "; ".join(parts) + "."
 
 
-def best_wording(best: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+def best_wording(best: dict[str, Any], rows: list[dict[str, Any]],
+                 differences: dict[int, tuple[float, list[float] | None]] | None = None) -> str:
     """"best", or "best (within the interval of l28, l15)" when other depths score inside its
-    interval: a subsampled evaluation does not rank them."""
-    close = within_interval(best, rows)
+    interval: a subsampled evaluation does not rank them. ``differences``: as ``within_interval``'s."""
+    close = within_interval(best, rows, differences)
     return "best" if not close else f"best (within the interval of {', '.join(f'l{l}' for l in close)})"
 
 
@@ -56,9 +57,17 @@ def _mean_text(row: dict[str, Any], name: str = "mteb_mean") -> str:
     return f"{row[name]:.4f}" + (f" [{interval[0]:.4f}, {interval[1]:.4f}]" if interval else "")
 
 
-def _markdown(config, rows, best, plans) -> str:
+def _leads(best, rows) -> dict[str, dict[int, tuple[float, list[float] | None]]]:
+    """Per model, its best depth's difference from each other depth (``differences_from_best``:
+    a paired bootstrap each), computed once for the wording, the differences line and summary.json."""
+    return {model: differences_from_best(row, rows) if row else {} for model, row in best.items()}
+
+
+def _markdown(config, rows, best, plans, leads=None) -> str:
     """report.md's contrastive section, below the title: the stage-1 picks, the table of depths,
-    the best depth within the budget, fine-tuning's effect, the train/test overlap."""
+    the best depth within the budget (``leads``: ``_leads(best, rows)``, computed here when not
+    given), fine-tuning's effect, the train/test overlap."""
+    leads = _leads(best, rows) if leads is None else leads
     lines = ["", "Each depth is the model cut to *layers kept* layers (its first ones, or a keep-indices "
              "selection named in its trial key), fine-tuned with LoRA "
              "(stage 2) and evaluated on MTEB (stage 3). *Untrained*: the same depth of the base "
@@ -95,7 +104,7 @@ def _markdown(config, rows, best, plans) -> str:
     lines += ["", f"## Best depth per model within the budget: {limits}", ""]
     for model, row in best.items():
         lines.append(f"- **{model}**: " + ("no finished depth fits the budget" if row is None else
-                     f"{best_wording(row, rows)}: keep {row['layers']} of {row['total_layers']} layers "
+                     f"{best_wording(row, rows, leads[model])}: keep {row['layers']} of {row['total_layers']} layers "
                      f"({row['parameters'] / 1e6:,.1f}M parameters, MTEB mean {_mean_text(row)}, "
                      f"{fmt(row['latency_ms'], '.1f')} ms)"))
     if any(row.get("mteb_mean_interval") for row in rows):
@@ -104,7 +113,7 @@ def _markdown(config, rows, best, plans) -> str:
                   "on the same items, so a depth is compared with the best one by the paired 95% "
                   "interval of their difference (both resampled alike); where it holds 0, this "
                   "evaluation does not rank the depth below the best one."]
-        lines += _best_differences_markdown(best, rows)
+        lines += _best_differences_markdown(best, leads)
     lines += _effect_markdown(config, rows)
     lines += _overlap_markdown(plans)
     lines += ["", "Plots: plots/score_vs_parameters.png (score against parameters, Pareto front "
@@ -113,13 +122,12 @@ def _markdown(config, rows, best, plans) -> str:
     return "\n".join(lines)
 
 
-def _best_differences_markdown(best, rows) -> list[str]:
+def _best_differences_markdown(best, leads) -> list[str]:
     """Per model with paired items: the best depth's lead over each other depth, with the paired
-    interval of the difference."""
+    interval of the difference (``leads``: per model, ``differences_from_best`` of its best)."""
     lines = []
     for model, row in best.items():
-        differences = {layers: value for layers, value in differences_from_best(row, rows).items()
-                       if value[1] is not None} if row else {}
+        differences = {layers: value for layers, value in leads[model].items() if value[1] is not None}
         if differences:
             lines.append(f"- **{model}**, l{row['layers']} minus: " + ", ".join(
                 f"l{layers} {change_text(difference, interval)}"
@@ -185,6 +193,7 @@ def report(config, plans, trials, outcomes: dict[str, dict[str, Any]], reference
     budget, stage1)."""
     rows = _rows(trials, outcomes)
     best = best_within_budget(rows, config.budget.max_parameters, config.budget.max_latency_ms)
+    leads = _leads(best, rows)
     files = RunStore(run_dir).files
     series = _figures(plans, rows, files)
     files.write_csv("report.csv", COLUMNS + ["mteb_per_type"],
@@ -197,7 +206,7 @@ def report(config, plans, trials, outcomes: dict[str, dict[str, Any]], reference
                "best_within_budget": {model: (row["layers"] if row else None) for model, row in best.items()},
                # Per model: the depths this evaluation does not tell from the best one (the
                # paired interval of their difference holds 0; within_interval).
-               "best_within_interval_of": {model: within_interval(row, rows) if row else []
+               "best_within_interval_of": {model: within_interval(row, rows, leads[model]) if row else []
                                            for model, row in best.items()},
                # Per model: its depths whose change vs untrained is beyond / within this
                # evaluation's noise (paired interval), or that have no interval (a full evaluation).
@@ -207,4 +216,4 @@ def report(config, plans, trials, outcomes: dict[str, dict[str, Any]], reference
                                        "large": plan.stage1.large.layers,
                                        "num_layers": plan.stage1.num_layers}
                           for plan in plans if plan.stage1 is not None}}
-    return RouteReport(rows, _markdown(config, rows, best, plans) if rows else "", summary)
+    return RouteReport(rows, _markdown(config, rows, best, plans, leads) if rows else "", summary)

@@ -134,14 +134,18 @@ def differences_from_best(best: dict[str, Any], rows: list[dict[str, Any]]
     return differences
 
 
-def within_interval(best: dict[str, Any], rows: list[dict[str, Any]]) -> list[int]:
+def within_interval(best: dict[str, Any], rows: list[dict[str, Any]],
+                    differences: dict[int, tuple[float, list[float] | None]] | None = None) -> list[int]:
     """Layers of the other finished depths of ``best``'s model that this evaluation cannot tell
     from it: the paired 95% interval of their difference holds 0, or, for results without
     paired items (older results), their mean lies inside ``best``'s own 95% interval. Empty for
-    a full evaluation (no interval)."""
+    a full evaluation (no interval). ``differences``: ``differences_from_best(best, rows)`` when
+    the caller has it already (each is a paired bootstrap per depth)."""
     own = best.get("mteb_mean_interval")
     close = []
-    for layers, (difference, paired) in differences_from_best(best, rows).items():
+    if differences is None:
+        differences = differences_from_best(best, rows)
+    for layers, (difference, paired) in differences.items():
         if paired is not None:
             if paired[0] <= 0 <= paired[1]:
                 close.append(layers)
