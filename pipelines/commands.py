@@ -180,6 +180,7 @@ def _config_tree(command: Command, args: argparse.Namespace) -> tuple[dict, list
 def run_command(args: argparse.Namespace, load: Callable[[], Stage]) -> int:
     """Run the parsed command on the stage ``load`` returns; the process's exit status."""
     from pipelines.config import find_config, load_config
+    from pipelines.ray_runtime import refuse_output_in_a_job_copy
 
     # transformers/tokenizers threads fight with Ray workers and torch; keep tokenizers quiet.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -190,6 +191,7 @@ def run_command(args: argparse.Namespace, load: Callable[[], Stage]) -> int:
         if getattr(args, "preview", False):
             print(stage.preview(config))
             return 0
+        refuse_output_in_a_job_copy(config.output_dir, os.getcwd())  # every stage has one
         options = {"show_progress": not args.no_progress} if stage.progress_argument else {}
         return stage.render(config, stage.run(config, **options))
     except LayercutError as error:

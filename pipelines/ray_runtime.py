@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterator
 
 from pipelines.sections import RayWorkersSection
@@ -62,6 +63,30 @@ class WorkerPlan:
         (CUDA_VISIBLE_DEVICES) while Ray assigns the next task another one. On CPU a pooled worker
         is reused warm (0: no limit)."""
         return {**self.resources, "max_calls": 1 if self.use_gpu else 0}
+
+
+# Where `ray job submit --working-dir` unpacks a job's code on a node: the job's cwd.
+JOB_COPY = "/runtime_resources/working_dir_files/"
+
+
+def refuse_output_in_a_job_copy(output_dir: str, cwd: str) -> None:
+    """Refuse a relative ``output_dir`` when this process runs in a Ray job's copy of its working
+    directory (``cwd`` under Ray's runtime resources): results would go into that temporary
+    copy on the head node, which Ray deletes once the job is gone, while a trial's workers on
+    other nodes wrote into their own copies. Before any work, in one line.
+
+    Raises:
+        LayercutError: naming the relative path, where it would go, and the fix.
+    """
+    from tasks.object_store import is_uri
+
+    relative = not is_uri(output_dir) and not Path(output_dir).expanduser().is_absolute()
+    if relative and JOB_COPY in cwd.replace("\\", "/"):
+        raise LayercutError(
+            f"output_dir {output_dir!r} is relative and this runs as a Ray job in its temporary copy of "
+            f"the working directory ({cwd}): results there are lost with the job and each node writes "
+            "its own; give an absolute path on storage every node mounts (README: Shared storage) or "
+            "an s3:// or gs:// URI")
 
 
 def plan_workers(workers: RayWorkersSection, jobs: int) -> WorkerPlan:

@@ -89,3 +89,27 @@ def test_working_dir_upload_stays_small():
     files = [REPO / name for name in listed.split("\0") if name and (REPO / name).is_file()]
     total_mib = sum(path.stat().st_size for path in files) / 2**20
     assert files and total_mib < 5, f"working dir upload would be {total_mib:.1f} MiB"
+
+
+def test_a_relative_output_dir_inside_a_ray_job_copy_is_refused(tmp_path, monkeypatch, capsys):
+    """`ray job submit --working-dir .` runs the entry point in a temporary copy of the working
+    directory (<session>/runtime_resources/working_dir_files/_ray_pkg_<hash>, Ray's layout): a
+    relative --output-dir there (the default, `runs`) would lose the results with the job. Every
+    command refuses it before any work; an absolute path or a URI passes the check."""
+    from pipelines.cli import main
+    from pipelines.ray_runtime import refuse_output_in_a_job_copy
+
+    copy = tmp_path / "session_x" / "runtime_resources" / "working_dir_files" / "_ray_pkg_0123"
+    copy.mkdir(parents=True)
+    monkeypatch.chdir(copy)
+    for command in ("layer-loss", "finetune", "evaluate", "evaluate-classifier", "run"):
+        assert main([command, "--no-progress"]) == 2, command
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert lines == [f"layercut: error: output_dir 'runs' is relative and this runs as a Ray job in its "
+                         f"temporary copy of the working directory ({copy}): results there are lost with the "
+                         "job and each node writes its own; give an absolute path on storage every node "
+                         "mounts (README: Shared storage) or an s3:// or gs:// URI"], command
+    assert list(copy.iterdir()) == []  # nothing was written or started
+    for fine in (str(tmp_path / "runs"), "s3://bucket/runs"):
+        refuse_output_in_a_job_copy(fine, str(copy))
+    refuse_output_in_a_job_copy("runs", str(tmp_path))  # outside a job: relative is the user's choice
