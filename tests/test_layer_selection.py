@@ -76,6 +76,38 @@ def test_loading_and_pruning_a_selection_equal_the_hand_cut_model(eight_layers):
     torch.testing.assert_close(_hidden(in_place), expected, rtol=0, atol=0)
 
 
+def test_a_backbone_selection_does_not_read_an_untied_lm_head(tmp_path, smollm2_dir, monkeypatch):
+    """A causal LM checkpoint with its own LM head: the backbone of a selection (AutoModel) never
+    reads the head (1 GB in bf16 for Llama-3's vocabulary); the causal LM of it keeps the head."""
+    import transformers as tf
+
+    from tasks.model import selected_weights
+
+    tokenizer = family_tokenizer(smollm2_dir, "llama")
+    torch.manual_seed(0)
+    config = tiny_config("llama", len(tokenizer), num_hidden_layers=8)
+    config.tie_word_embeddings = False
+    full = tf.LlamaForCausalLM(config).eval()
+    path = _save(full, tokenizer, tmp_path / "causal")
+    read = []
+    real = selected_weights.kept_weights
+
+    def recording(*args, **kwargs):
+        weights = real(*args, **kwargs)
+        read.append(sorted(weights))
+        return weights
+
+    monkeypatch.setattr(selected_weights, "kept_weights", recording)
+    backbone = load_backbone(ModelSource(path, True), layers=list(KEPT))
+    assert not any(name.startswith("lm_head.") for name in read[-1]) and "model.norm.weight" in read[-1]
+    torch.testing.assert_close(backbone.embed_tokens.weight, full.model.embed_tokens.weight, rtol=0, atol=0)
+    causal = load_backbone(ModelSource(path, True), layers=list(KEPT), lm_head=True)
+    assert "lm_head.weight" in read[-1]
+    torch.testing.assert_close(causal.lm_head.weight, full.lm_head.weight, rtol=0, atol=0)
+    torch.testing.assert_close(causal.model.layers[3].mlp.up_proj.weight, full.model.layers[5].mlp.up_proj.weight,
+                               rtol=0, atol=0)
+
+
 def _job(model_dir: str, layers):
     from tasks.model.lora import LoraSettings
     from tasks.model.prompts import PromptConfig

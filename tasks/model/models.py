@@ -267,7 +267,9 @@ def _load_selection(auto, source: ModelSource, config, selection: LayerSelection
     with torch.device("meta"):  # the class and the layer list's name; no weights
         skeleton = auto.from_config(config, trust_remote_code=trust_remote_code)
     layer_list = decoder_layers_path(skeleton).rsplit(".", 1)[-1]
-    weights = kept_weights(source.path, source.is_local, selection, layer_list, revision)
+    # A backbone (AutoModel) has no LM head: a causal LM checkpoint's untied head is not read.
+    skip = () if any(name.startswith("lm_head.") for name, _ in skeleton.named_parameters()) else ("lm_head.",)
+    weights = kept_weights(source.path, source.is_local, selection, layer_list, revision, skip)
     model, info = type(skeleton).from_pretrained(
         None, config=config, state_dict=weights, dtype=dtype, output_loading_info=True, **kwargs)
     if info["missing_keys"]:  # freshly initialised weights would pass for trained ones
