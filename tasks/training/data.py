@@ -126,13 +126,13 @@ def read_rows(path: str, what: str = "training data"):
     """(Ray Dataset over the rows of ``path``, its column names), or a one-line error."""
     dataset = read_triplets(path)
     try:
-        schema = dataset.schema()
+        columns = column_names(dataset)
     except Exception as exc:  # noqa: BLE001
         raise LayercutError(f"cannot read {what} {path}: {short_error(exc)}") from exc
-    if schema is None:
+    if columns is None:
         raise LayercutError(f"{what} {path} holds no rows")
-    names = [n for n in schema.names if n != "path" and n not in INTERNAL_COLUMNS]
-    if not names and UNPARSABLE in schema.names:  # JSON lines, none of them an object
+    names = [n for n in columns if n != "path" and n not in INTERNAL_COLUMNS]
+    if not names and UNPARSABLE in columns:  # JSON lines, none of them an object
         try:
             first = dataset.take(1)[0]
         except Exception as exc:  # noqa: BLE001
@@ -141,6 +141,32 @@ def read_rows(path: str, what: str = "training data"):
         raise LayercutError(f"{what} {path} has no usable rows; first problem: {place}: "
                             f"{first[UNPARSABLE]}")
     return dataset, names
+
+
+def column_names(dataset) -> list[str] | None:
+    """The column names of ``dataset``: its schema when known without reading (Parquet), else
+    those of its blocks that hold rows, in first-seen order (JSON lines may differ from block to
+    block); None when no block holds a row.
+
+    Read through to the end rather than with ``Dataset.schema()``: for a read whose schema is
+    not known beforehand (JSON lines), schema() runs the read with limit(1) and shuts it down
+    by cancelling its still-running read tasks, and in the Ray we pin (2.60) that cancellation
+    can race the task's completion in the driver's core worker, which then aborts the driver
+    (task_manager.cc "Check failed ... Tried to complete task that was not pending"; seen at a
+    stage's first read, twice in CI). A read that runs to its end has nothing to cancel.
+    """
+    known = dataset.schema(fetch_if_missing=False)  # Parquet: from the files' footers, no read
+    if known is not None:
+        return list(known.names)
+    found = dataset.map_batches(_block_columns, batch_format="pyarrow", batch_size=None).take_all()
+    columns = [name for row in found for name in json.loads(row["columns"])]
+    return list(dict.fromkeys(columns)) or None
+
+
+def _block_columns(table: pa.Table) -> pa.Table:
+    """One row naming ``table``'s columns (JSON), or no row for an empty block."""
+    return pa.table({"columns": [json.dumps(table.column_names)] if table.num_rows else []},
+                    schema=pa.schema([("columns", pa.string())]))
 
 
 def take_summaries(annotated, summarize, path: str, what: str = "training data") -> list[dict]:
