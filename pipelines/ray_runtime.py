@@ -151,9 +151,15 @@ def stream_in_one_task(function, plan: WorkerPlan, *args):
 
     remote = ray.remote(num_returns="streaming", max_retries=0, **plan.task_options)(function)
     stream = remote.remote(*args)
+    finished = False
     try:
         with user_errors_from_ray():
             for value in stream:
                 yield ray.get(value)
+        finished = True
     finally:
-        ray.cancel(stream)
+        # Only a stream stopped early: cancelling one that ran to its end can race the task's
+        # completion in Ray 2.60's core worker and abort this process (task_manager.cc "Tried to
+        # complete task that was not pending").
+        if not finished:
+            ray.cancel(stream)
