@@ -113,7 +113,7 @@ def fetch_directory(uri: str, cache: Path) -> Path:
         fs, base = filesystem_of(uri)
         found = fs.get_file_info(FileSelector(base, recursive=True, allow_not_found=True))
     except (OSError, ValueError) as error:
-        raise LayercutError(f"model {uri}: {_first_line(error)} (credentials and endpoint come "
+        raise LayercutError(f"model {uri}: {first_line(error)} (credentials and endpoint come "
                             "from AWS_* variables, see README)") from None
     objects = {info.path[len(base) + 1:]: info for info in found if info.type == FileType.File}
     if not objects:
@@ -174,5 +174,6 @@ def _recorded(target: Path) -> dict | None:
         return None
 
 
-def _first_line(error: BaseException) -> str:
+def first_line(error: BaseException) -> str:
+    """The first line of ``error``'s message (its type's name when it has none)."""
     return (str(error).strip().splitlines() or [type(error).__name__])[0]

@@ -28,7 +28,7 @@ from typing import Any, Iterator
 
 from pipelines.run_store.files import RunFiles, json_text
 from tasks.errors import LayercutError
-from tasks.object_store import MANIFEST, filesystem_of  # MANIFEST: a whole directory's, written last
+from tasks.object_store import MANIFEST, filesystem_of, first_line  # MANIFEST: a whole directory's, written last
 
 
 class ObjectStoreFiles(RunFiles):
@@ -44,7 +44,7 @@ class ObjectStoreFiles(RunFiles):
         try:
             self.fs, self.base = filesystem_of(self.root)
         except (OSError, ValueError) as error:  # unknown scheme, a malformed URI
-            raise LayercutError(f"output directory {self.root}: {_first_line(error)}") from None
+            raise LayercutError(f"output directory {self.root}: {first_line(error)}") from None
         self.base = self.base.rstrip("/")
 
     def __str__(self) -> str:
@@ -79,7 +79,7 @@ class ObjectStoreFiles(RunFiles):
         try:
             found = self.fs.get_file_info(bucket).type
         except OSError as error:
-            raise LayercutError(f"output directory {self.root}: {_first_line(error)} (credentials "
+            raise LayercutError(f"output directory {self.root}: {first_line(error)} (credentials "
                                 "and endpoint come from AWS_* variables, see README)") from None
         if found == FileType.NotFound:
             raise LayercutError(f"output directory {self.root}: bucket {bucket} does not exist; "
@@ -166,6 +166,3 @@ class ObjectStoreFiles(RunFiles):
         if self.fs.get_file_info(self._path(name)).type == FileType.Directory:
             self.fs.delete_dir_contents(self._path(name))
 
-
-def _first_line(error: BaseException) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]

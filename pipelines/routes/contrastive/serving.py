@@ -43,11 +43,12 @@ def measure_finished(specs: dict[str, TrialSpec], outcomes: dict[str, Any]) -> d
         spec, result = specs[key], outcomes[key]
         files = RunStore(spec.result_dir).files
         stored = files.read_json(SERVING_FILE) if files.exists(SERVING_FILE) else None
-        if stored is None or stored.get("result") != digest(result):
+        of = digest(result)  # the result it belongs to: a trial that ran again is measured again
+        if stored is None or stored.get("result") != of:
             print(f"layercut: measuring encode latency and memory of {key} ({number}/{len(finished)}; "
                   "after the trials, one depth at a time)", file=sys.stderr, flush=True)
             footprint = _footprint(spec, result["artifact"])
-            stored = {"result": digest(result), **footprint} if footprint else {}
+            stored = {"result": of, **footprint} if footprint else {}
             if footprint:
                 files.write_json(SERVING_FILE, stored)
         measured[key] = {**result, **{name: stored.get(name) for name in FOOTPRINT_KEYS}}
